@@ -1,0 +1,130 @@
+"""Checkpoints: safetensors files whose header carries edn's metadata (no code is ever executed).
+
+A checkpoint is ``<name>.safetensors`` holding float tensors, plus a JSON document stored in
+the safetensors metadata under the key ``"edn"``: task, architecture, operator settings,
+training command, data, validation metrics. Beside it, ``<name>.md`` is the model card with
+the file's sha256. Loading never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+from ..errors import CheckpointError
+
+FORMAT_VERSION = 1
+
+
+def sha256_of(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file in the target folder, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def save_checkpoint(path: str | Path, state_dict: Dict[str, Any], metadata: Dict[str, Any]) -> str:
+    """Save tensors and metadata atomically; returns the file's sha256.
+
+    ``metadata`` must be JSON-serialisable and contain at least ``task`` and ``arch``.
+    """
+    from safetensors.torch import save
+
+    for key in ("task", "arch"):
+        if key not in metadata:
+            raise ValueError(f"checkpoint metadata needs {key!r}")
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    meta = {"edn": json.dumps({"format_version": FORMAT_VERSION, **metadata}, sort_keys=True)}
+    atomic_write_bytes(path, save(tensors, metadata=meta))
+    return sha256_of(path)
+
+
+def read_metadata(path: str | Path) -> Dict[str, Any]:
+    """The edn metadata of a checkpoint, without loading its tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path}: no such file")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get("edn")
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise CheckpointError(f"checkpoint {path}: not a readable safetensors file ({exc})") from None
+    if raw is None:
+        raise CheckpointError(f"checkpoint {path}: a safetensors file, but not an edn checkpoint (no 'edn' metadata)")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError:
+        raise CheckpointError(f"checkpoint {path}: its edn metadata is not valid JSON") from None
+    if not isinstance(meta, dict) or "task" not in meta or "arch" not in meta:
+        raise CheckpointError(f"checkpoint {path}: its edn metadata lacks 'task' or 'arch'")
+    return meta
+
+
+def load_checkpoint(
+    path: str | Path, expect_task: Optional[str | Tuple[str, ...]] = None, device: str = "cpu"
+) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """Load ``(state_dict, metadata)``; with ``expect_task``, a checkpoint for another task is an error."""
+    meta = read_metadata(path)
+    if expect_task is not None:
+        tasks = (expect_task,) if isinstance(expect_task, str) else tuple(expect_task)
+        if meta["task"] not in tasks:
+            raise CheckpointError(
+                f"checkpoint {Path(path).name} is for task {meta['task']!r}, but {'/'.join(tasks)} was asked for"
+            )
+    try:
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(path), device=device)
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {path}: cannot read its tensors ({exc})") from None
+    meta["sha256"] = sha256_of(path)
+    meta["file"] = str(path)
+    return tensors, meta
+
+
+def write_model_card(card_path: str | Path, name: str, meta: Dict[str, Any], sha256: str, body: str = "") -> None:
+    """Write ``<name>.md`` beside the checkpoint: what it is, how it was made, how well it does."""
+    lines = [
+        f"# {name}",
+        "",
+        f"- task: `{meta.get('task')}`",
+        f"- architecture: `{json.dumps(meta.get('arch'), sort_keys=True)}`",
+        f"- sha256: `{sha256}`",
+        f"- file size: {meta.get('file_size', 'n/a')} bytes",
+        f"- trained with: `{meta.get('command', 'n/a')}`",
+        f"- data: {meta.get('data', 'n/a')}",
+        f"- device: {meta.get('device', 'n/a')}; time: {meta.get('train_time_s', 'n/a')} s",
+        "",
+        "## Validation metrics",
+        "",
+        "```json",
+        json.dumps(meta.get("metrics", {}), indent=2, sort_keys=True),
+        "```",
+    ]
+    if body:
+        lines += ["", body.strip()]
+    atomic_write_bytes(card_path, ("\n".join(lines) + "\n").encode())
