@@ -1,0 +1,539 @@
+"""Sinogram files: DXchange HDF5, ``.npy``, TIFF and 16-bit PNG; angle files; rotation-axis estimate.
+
+In memory a sinogram stack is float32 ``(n_slices, n_angles, detectors)`` with angles in
+radians. On disk (DXchange) ``/exchange/data`` is ``(angles, rows, detectors)`` or
+``(angles, detectors)`` and ``/exchange/theta`` is in degrees.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional, Sequence
+
+import numpy as np
+
+from ..errors import InputError, UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..operators.tomography import CTGeometry
+
+WALNUT_DIR = Path("/work/shared/data/walnut")
+_NO_ANGLES = "no projection angles: the file has no /exchange/theta; pass --angles N or --angle-file FILE"
+
+
+@dataclass
+class Sinogram:
+    """A stack of sinograms with its angles and provenance.
+
+    Attributes
+    ----------
+    data:
+        float32 ``(n_slices, n_angles, detectors)``; line integrals (``-log`` transmission when
+        ``normalised``).
+    theta:
+        float64 ``(n_angles,)`` projection angles in radians.
+    source:
+        The file it came from (and dataset, for HDF5).
+    normalised:
+        True when flat/dark-field normalisation and ``-log`` were applied on reading.
+    notes:
+        Human-readable remarks on what was done (clipping, angle source, slices...).
+    """
+
+    data: np.ndarray
+    theta: np.ndarray
+    source: str = ""
+    normalised: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n_slices(self) -> int:
+        return int(self.data.shape[0])
+
+    @property
+    def n_angles(self) -> int:
+        return int(self.data.shape[1])
+
+    @property
+    def detectors(self) -> int:
+        return int(self.data.shape[2])
+
+    def describe(self) -> dict:
+        """Plain-JSON provenance summary (no data)."""
+        return {
+            "source": self.source,
+            "shape": list(self.data.shape),
+            "n_angles": self.n_angles,
+            "theta_first": float(self.theta[0]),
+            "theta_last": float(self.theta[-1]),
+            "normalised": self.normalised,
+            "notes": list(self.notes),
+        }
+
+
+# ----------------------------------------------------------------------------------------------
+# Angles
+# ----------------------------------------------------------------------------------------------
+def _to_radians(values: np.ndarray, unit: str, arg: str = "unit") -> np.ndarray:
+    if unit in ("deg", "degree", "degrees"):
+        return np.deg2rad(values)
+    if unit in ("rad", "radian", "radians"):
+        return values
+    raise UsageError(f"{arg}={unit!r} is not known; use 'deg' or 'rad'")
+
+
+def read_angles(path: str | os.PathLike, unit: str = "deg") -> np.ndarray:
+    """Read projection angles from a text file, one per line (blank lines and ``#`` comments
+    ignored; commas/whitespace also separate values).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``(n_angles,)`` in radians.
+    """
+    _to_radians(np.zeros(0), unit)  # validate the unit first
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"angle file {str(p)!r} does not exist; give a text file with one angle per line")
+    values: list[float] = []
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"angle file {str(p)!r} cannot be read as text ({exc}); give one angle per line") from None
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].replace(",", " ").strip()
+        for tok in line.split():
+            try:
+                values.append(float(tok))
+            except ValueError:
+                raise InputError(
+                    f"angle file {str(p)!r} line {lineno}: {tok!r} is not a number; give one angle per line"
+                ) from None
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size == 0:
+        raise InputError(f"angle file {str(p)!r} holds no angles; give one angle per line")
+    if not np.all(np.isfinite(arr)):
+        raise InputError(f"angle file {str(p)!r} holds NaN/Inf; give finite angles")
+    return _to_radians(arr, unit)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading
+# ----------------------------------------------------------------------------------------------
+def _check_finite(arr: np.ndarray, what: str) -> None:
+    if not np.all(np.isfinite(arr)):
+        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+        raise InputError(f"{what} holds {bad} NaN/Inf values; fix or crop the data before reconstructing")
+
+
+def _slice_list(slices: Optional[Sequence[int] | range | slice], n_rows: int, what: str) -> list[int]:
+    if slices is None:
+        return list(range(n_rows))
+    if isinstance(slices, slice):
+        return list(range(n_rows))[slices]
+    if isinstance(slices, (int, np.integer)):
+        slices = [int(slices)]
+    out = [int(s) for s in slices]
+    if not out:
+        raise UsageError(f"slices=[] is empty for {what}; give detector rows in 0..{n_rows - 1}")
+    bad = [s for s in out if not 0 <= s < n_rows]
+    if bad:
+        raise UsageError(f"slices={bad[:5]} out of range for {what} with {n_rows} detector rows; use 0..{n_rows - 1}")
+    return out
+
+
+def _read_rows(dset, rows: list[int]) -> np.ndarray:
+    """Read ``dset[:, rows, :]`` (h5py needs increasing unique fancy indices)."""
+    uniq = sorted(set(rows))
+    if uniq == list(range(uniq[0], uniq[-1] + 1)):
+        block = np.asarray(dset[:, uniq[0] : uniq[-1] + 1, :])
+    else:
+        block = np.asarray(dset[:, uniq, :])
+    pos = {r: i for i, r in enumerate(uniq)}
+    return block[:, [pos[r] for r in rows], :]
+
+
+def _field(f, name: str, rows: Optional[list[int]], path: str) -> np.ndarray:
+    """Average a flat/dark dataset over its first axis; returns ``(rows, det)`` or ``(det,)``."""
+    d = f[name]
+    if d.ndim == 3:
+        arr = _read_rows(d, rows) if rows is not None else np.asarray(d[...])
+        arr = arr.astype(np.float64).mean(axis=0)
+    elif d.ndim == 2:
+        arr = np.asarray(d[...], dtype=np.float64).mean(axis=0)
+    else:
+        raise InputError(f"{path}:{name} has shape {d.shape}; expected (n, rows, detectors) or (n, detectors)")
+    _check_finite(arr, f"{path}:{name}")
+    return arr
+
+
+def _resolve_theta(
+    theta: Optional[Sequence[float] | np.ndarray],
+    angle_file: Optional[str | os.PathLike],
+    angle_unit: str,
+    file_theta: Optional[np.ndarray],
+    n_angles: int,
+    path: str,
+    notes: list[str],
+) -> np.ndarray:
+    if theta is not None and angle_file is not None:
+        raise UsageError("theta and angle_file are both given; pass only one source of projection angles")
+    if theta is not None:
+        out = np.asarray(theta, dtype=np.float64).reshape(-1)
+        notes.append("angles from the theta argument (radians)")
+    elif angle_file is not None:
+        out = read_angles(angle_file, unit=angle_unit)
+        notes.append(f"angles from {angle_file} ({angle_unit})")
+    elif file_theta is not None:
+        out = file_theta
+        notes.append("angles from /exchange/theta (degrees)")
+    else:
+        raise UsageError(_NO_ANGLES)
+    if out.size != n_angles:
+        raise UsageError(
+            f"{out.size} projection angles for {path} with {n_angles} projections; give exactly {n_angles} angles"
+        )
+    if not np.all(np.isfinite(out)):
+        raise UsageError("projection angles contain NaN/Inf; give finite angles")
+    return out
+
+
+def read_sinogram(
+    path: str | os.PathLike,
+    dataset: Optional[str] = None,
+    theta: Optional[Sequence[float] | np.ndarray] = None,
+    slices: Optional[Sequence[int] | range | slice | int] = None,
+    angle_file: Optional[str | os.PathLike] = None,
+    angle_unit: str = "deg",
+    normalise: bool = True,
+    floor: float = 1e-6,
+    transpose: bool = False,
+) -> Sinogram:
+    """Read a sinogram (stack) from DXchange HDF5, ``.npy``, ``.tif``/``.tiff`` or 16-bit ``.png``.
+
+    Parameters
+    ----------
+    path:
+        The file. HDF5 files (``.h5``, ``.hdf5``, ``.hdf``, ``.nxs``, or any file h5py recognises)
+        use the DXchange layout: ``/exchange/data`` ``(angles, rows, detectors)`` or
+        ``(angles, detectors)``, ``/exchange/theta`` in degrees, optional
+        ``/exchange/data_white`` and ``/exchange/data_dark``. Other files hold one
+        ``(angles, detectors)`` array (``transpose=True`` for ``(detectors, angles)``).
+    dataset:
+        HDF5 path of the projections instead of ``/exchange/data``.
+    theta:
+        Projection angles in radians (overrides ``/exchange/theta``).
+    slices:
+        Detector rows of a 3D scan to read (list, range, slice or int); default all rows.
+    angle_file, angle_unit:
+        A text file of angles (see :func:`read_angles`) instead of ``theta``.
+    normalise:
+        With flats (``data_white``; ``data_dark`` defaults to 0) present, return
+        ``-log(clip((data - dark) / (white - dark), floor))``. Without flats, data are returned
+        as stored (assumed to be line integrals already).
+    floor:
+        Smallest transmission kept before the logarithm.
+
+    Returns
+    -------
+    Sinogram
+        ``data`` float32 ``(n_slices, n_angles, detectors)``, ``theta`` radians.
+
+    Raises
+    ------
+    InputError
+        Missing/unreadable file, missing dataset, wrong rank, NaN/Inf in the data.
+    UsageError
+        No projection angles anywhere, or an angle count that does not match the data.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"sinogram file {str(p)!r} does not exist; check the path")
+    suffix = p.suffix.lower()
+    if suffix in (".npy", ".tif", ".tiff", ".png"):
+        if dataset is not None:
+            raise UsageError(f"dataset={dataset!r} applies to HDF5 files only, and {str(p)!r} is {suffix}; drop it")
+        return _read_plain(p, theta, slices, angle_file, angle_unit, transpose)
+    import h5py  # noqa: PLC0415
+
+    try:
+        is_h5 = h5py.is_hdf5(str(p))
+    except OSError:
+        is_h5 = False
+    if not is_h5:
+        raise InputError(
+            f"sinogram file {str(p)!r} is not HDF5 (nor .npy/.tif/.png); give a DXchange HDF5 file or a 2D array file"
+        )
+    name = dataset or "/exchange/data"
+    notes: list[str] = []
+    try:
+        f = h5py.File(str(p), "r")
+    except OSError as exc:
+        raise InputError(f"sinogram file {str(p)!r} cannot be opened as HDF5 ({exc})") from None
+    with f:
+        if name not in f or not isinstance(f[name], h5py.Dataset):
+            raise InputError(
+                f"sinogram file {str(p)!r} has no dataset {name!r}; give the projections' path with --dataset"
+            )
+        d = f[name]
+        if d.ndim == 3:
+            rows = _slice_list(slices, d.shape[1], f"{p}:{name}")
+            raw = _read_rows(d, rows).astype(np.float64)  # (angles, n_slices, det)
+            raw = np.transpose(raw, (1, 0, 2))
+            if len(rows) != d.shape[1]:
+                notes.append(f"detector rows {rows[:8]}{'...' if len(rows) > 8 else ''} of {d.shape[1]}")
+        elif d.ndim == 2:
+            if slices is not None and _slice_list(slices, 1, f"{p}:{name}") != [0]:
+                raise UsageError(f"slices={slices!r} given, but {p}:{name} is a single 2D sinogram; drop slices")
+            rows = None
+            raw = np.asarray(d[...], dtype=np.float64)[None]
+        else:
+            raise InputError(
+                f"{p}:{name} has shape {d.shape}; expected (angles, rows, detectors) or (angles, detectors)"
+            )
+        _check_finite(raw, f"{p}:{name}")
+        file_theta = None
+        if "/exchange/theta" in f:
+            t = np.asarray(f["/exchange/theta"][...], dtype=np.float64).reshape(-1)
+            _check_finite(t, f"{p}:/exchange/theta")
+            file_theta = np.deg2rad(t)
+        has_white = "/exchange/data_white" in f
+        has_dark = "/exchange/data_dark" in f
+        white = _field(f, "/exchange/data_white", rows, str(p)) if (normalise and has_white) else None
+        dark = _field(f, "/exchange/data_dark", rows, str(p)) if (normalise and has_dark) else None
+    n_angles = raw.shape[1]
+    th = _resolve_theta(theta, angle_file, angle_unit, file_theta, n_angles, str(p), notes)
+    normalised = False
+    if white is not None:
+        dk = 0.0 if dark is None else dark
+        if dark is None:
+            notes.append("no data_dark: dark field taken as 0")
+        # white/dark are (n_slices, det) or (det,); broadcast over angles
+        w = white[:, None, :] if np.ndim(white) == 2 else white
+        dk_b = dk[:, None, :] if np.ndim(dk) == 2 else dk
+        denom = w - dk_b
+        trans = (raw - dk_b) / np.where(np.abs(denom) > 0, denom, np.inf)
+        clipped = int(np.count_nonzero(trans < floor))
+        trans = np.maximum(trans, floor)
+        raw = -np.log(trans)
+        normalised = True
+        notes.append(f"flat/dark normalised, -log; {clipped} values clipped at transmission {floor:g}")
+    elif has_dark and normalise:
+        notes.append("data_dark present without data_white: not normalised")
+    return Sinogram(
+        data=np.ascontiguousarray(raw, dtype=np.float32), theta=th, source=f"{p}:{name}", normalised=normalised, notes=notes
+    )
+
+
+def _read_plain(p: Path, theta, slices, angle_file, angle_unit: str, transpose: bool) -> Sinogram:
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".npy":
+            arr = np.load(p, allow_pickle=False)
+        elif suffix in (".tif", ".tiff"):
+            import tifffile  # noqa: PLC0415
+
+            arr = tifffile.imread(str(p))
+        else:
+            from PIL import Image  # noqa: PLC0415
+
+            with Image.open(p) as im:
+                arr = np.array(im)
+    except Exception as exc:
+        raise InputError(f"sinogram file {str(p)!r} cannot be read ({type(exc).__name__}: {exc})") from None
+    arr = np.asarray(arr)
+    if arr.ndim != 2:
+        raise InputError(f"sinogram file {str(p)!r} holds shape {arr.shape}; expected a 2D (angles, detectors) array")
+    if slices is not None and _slice_list(slices, 1, str(p)) != [0]:
+        raise UsageError(f"slices={slices!r} given, but {str(p)!r} is a single 2D sinogram; drop slices")
+    notes = [f"read {suffix} as {'(detectors, angles), transposed' if transpose else '(angles, detectors)'}"]
+    if arr.dtype.kind in "ui" and suffix == ".png":
+        notes.append(f"integer PNG kept in raw counts ({arr.dtype})")
+    data = np.asarray(arr, dtype=np.float64)
+    if transpose:
+        data = data.T
+    _check_finite(data, f"sinogram file {str(p)!r}")
+    th = _resolve_theta(theta, angle_file, angle_unit, None, data.shape[0], str(p), notes)
+    return Sinogram(data=np.ascontiguousarray(data[None], dtype=np.float32), theta=th, source=str(p), notes=notes)
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+# ----------------------------------------------------------------------------------------------
+def write_sinogram(path: str | os.PathLike, data: np.ndarray, theta: np.ndarray) -> Path:
+    """Write a DXchange HDF5 sinogram atomically (temp file in the target folder, then
+    ``os.replace``).
+
+    Parameters
+    ----------
+    data:
+        ``(n_angles, detectors)`` or ``(n_slices, n_angles, detectors)``; stored as float32
+        ``/exchange/data`` of shape ``(angles, detectors)`` or ``(angles, rows, detectors)``.
+    theta:
+        ``(n_angles,)`` radians; stored as ``/exchange/theta`` in degrees.
+    """
+    import h5py  # noqa: PLC0415
+
+    arr = np.asarray(data, dtype=np.float32)
+    th = np.asarray(theta, dtype=np.float64).reshape(-1)
+    if arr.ndim not in (2, 3):
+        raise UsageError(f"data has shape {arr.shape}; give (n_angles, detectors) or (n_slices, n_angles, detectors)")
+    n_angles = arr.shape[-2]
+    if th.size != n_angles:
+        raise UsageError(f"theta has {th.size} angles but data has {n_angles} projections; give one angle per projection")
+    if not np.all(np.isfinite(arr)):
+        raise UsageError("data to write holds NaN/Inf; replace them (e.g. np.nan_to_num) before writing the sinogram")
+    stored = arr if arr.ndim == 2 else np.ascontiguousarray(np.transpose(arr, (1, 0, 2)))
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("/exchange/data", data=stored)
+            f.create_dataset("/exchange/theta", data=np.rad2deg(th))
+            f.attrs["creator"] = "edncli"
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return p
+
+
+# ----------------------------------------------------------------------------------------------
+# Rotation axis
+# ----------------------------------------------------------------------------------------------
+def estimate_center(sinogram: np.ndarray, theta: np.ndarray) -> float:
+    """Estimate the rotation-axis position of a parallel-beam sinogram over >= 180 degrees.
+
+    Each projection at ``theta_i`` is paired with the one nearest to ``theta_i + pi`` (within
+    one angular step); the partner is flipped and the shift ``delta`` maximising the summed
+    cross-correlation is found, to sub-pixel precision by a parabola through the peak. Since
+    the mirrored projection satisfies ``p_j[k] = p_i[2 c - k]``, the axis is
+    ``c = (detectors - 1) / 2 + delta / 2``.
+
+    Parameters
+    ----------
+    sinogram:
+        ``(n_angles, detectors)`` line integrals.
+    theta:
+        ``(n_angles,)`` radians.
+
+    Returns
+    -------
+    float
+        Axis position in detector pixels (0 = centre of the first detector pixel), the same
+        meaning as :attr:`CTGeometry.center`.
+    """
+    s = np.asarray(sinogram, dtype=np.float64)
+    th = np.asarray(theta, dtype=np.float64).reshape(-1)
+    if s.ndim != 2 or s.shape[0] != th.size:
+        raise UsageError(f"sinogram has shape {s.shape} for {th.size} angles; give (n_angles, detectors)")
+    _check_finite(s, "sinogram")
+    n_ang, n_det = s.shape
+    if n_ang < 2:
+        raise UsageError("estimate_center needs at least 2 projections 180 degrees apart; give a scan over >= 180 deg")
+    tw = np.mod(th, 2 * np.pi)
+    step = float(np.median(np.abs(np.diff(np.sort(tw))))) if n_ang > 1 else 0.0
+    tol = max(step, 1e-9) * 0.51 + 1e-9
+    diff = np.abs(np.angle(np.exp(1j * (tw[None, :] - tw[:, None] - np.pi))))  # (i, j)
+    j = np.argmin(diff, axis=1)
+    ok = diff[np.arange(n_ang), j] <= tol
+    if not np.any(ok):
+        raise UsageError(
+            "estimate_center found no projection pairs 180 degrees apart; it needs a parallel-beam scan over >= 180 deg"
+        )
+    n = 1 << int(math.ceil(math.log2(2 * n_det)))
+    a = s[ok] - s[ok].mean(axis=1, keepdims=True) * 0  # keep raw profiles (compact support)
+    b = s[j[ok]][:, ::-1]
+    corr = np.fft.irfft(np.fft.rfft(a, n) * np.conj(np.fft.rfft(b, n)), n).sum(axis=0)
+    # corr[delta] = sum_k a[k + delta] b[k]; delta in (-n_det, n_det)
+    lags = np.concatenate([np.arange(0, n_det), np.arange(-n_det + 1, 0)])
+    vals = np.concatenate([corr[:n_det], corr[n - n_det + 1 :]])
+    k = int(np.argmax(vals))
+    delta = float(lags[k])
+    if 0 < k < len(vals) - 1 and lags[k - 1] == lags[k] - 1 and lags[k + 1] == lags[k] + 1:
+        y0, y1, y2 = vals[k - 1], vals[k], vals[k + 1]
+        den = y0 - 2 * y1 + y2
+        if den < 0:
+            delta += 0.5 * (y0 - y2) / den
+    return (n_det - 1) / 2.0 + delta / 2.0
+
+
+# ----------------------------------------------------------------------------------------------
+# The FIPS walnut (measured fan-beam data)
+# ----------------------------------------------------------------------------------------------
+#: Geometry of the FIPS walnut sinogram (mm), as in the data's MANIFEST.md.
+WALNUT_MM = {
+    "source_origin": 110.0,
+    "source_detector": 300.0,
+    "detector_width": 114.8,
+    "detectors": 328,
+    "detector_shift": 0.27,
+    "n_angles": 120,
+}
+
+
+def walnut_pixel_size_mm(size: int) -> float:
+    """Image pixel side in mm: the detector width scaled to the rotation axis, over ``size``."""
+    w = WALNUT_MM
+    return w["detector_width"] * w["source_origin"] / w["source_detector"] / size
+
+
+def walnut_geometry(size: int = 328) -> "CTGeometry":
+    """Fan-beam :class:`CTGeometry` of the FIPS walnut for a ``size x size`` image.
+
+    The image covers the detector's field at the rotation axis (42.1 mm square, the framing of
+    the reference ``walnut.png``); distances are converted to image pixels. Angles are
+    ``pi - linspace(0, 2 pi, 121)[:-1]`` (the MANIFEST's angles rotated by pi so the image has the
+    reference's orientation); the 0.27 mm detector shift becomes ``center = 163.5 + 0.771``
+    detector pixels, for the detector reversed as :func:`load_walnut` does.
+    """
+    from ..operators.tomography import CTGeometry  # noqa: PLC0415
+
+    w = WALNUT_MM
+    px = walnut_pixel_size_mm(size)
+    pitch = w["detector_width"] / w["detectors"]
+    n = int(w["detectors"])
+    return CTGeometry(
+        size=int(size),
+        angles=-np.linspace(0.0, 2 * np.pi, int(w["n_angles"]) + 1)[:-1] + WALNUT_ANGLE_OFFSET,
+        detectors=n,
+        detector_spacing=pitch / px,
+        beam="fan",
+        source_origin=w["source_origin"] / px,
+        origin_detector=(w["source_detector"] - w["source_origin"]) / px,
+        center=(n - 1) / 2.0 + _WALNUT_SHIFT_SIGN * w["detector_shift"] / pitch,
+    )
+
+
+#: +0.27 mm moves the axis towards higher (reversed) detector indices; checked against
+#: ``walnut.png``: the correlation of the FBP with it peaks at center 164.0-164.5 (this gives 164.27).
+_WALNUT_SHIFT_SIGN = 1.0
+#: The MANIFEST angles plus pi: a 180-degree rotation of the image frame (astra's axes vs gratopy's)
+#: so that reconstructions come out in the orientation of the reference ``walnut.png``.
+WALNUT_ANGLE_OFFSET = np.pi
+
+
+def load_walnut(size: int = 328, root: str | os.PathLike = WALNUT_DIR) -> tuple[Sinogram, "CTGeometry"]:
+    """Load the FIPS walnut sinogram and its geometry.
+
+    Returns
+    -------
+    (Sinogram, CTGeometry)
+        ``data`` float32 ``(1, 120, 328)`` = PNG value / 65535 (scale undocumented), the
+        detector reversed; the fan-beam geometry from :func:`walnut_geometry`.
+    """
+    p = Path(root) / "walnut_sinogram.png"
+    if not p.is_file():
+        raise InputError(f"walnut data {str(p)!r} is missing; point root= at the folder holding walnut_sinogram.png")
+    geom = walnut_geometry(size)
+    sino = read_sinogram(p, theta=geom.angles, transpose=True)
+    sino.data = np.ascontiguousarray(sino.data[:, :, ::-1] / np.float32(65535.0), dtype=np.float32)
+    sino.notes.append("value/65535; detector reversed; FIPS walnut (CC BY 4.0, doi:10.5281/zenodo.1254206)")
+    return sino, geom
