@@ -527,8 +527,10 @@ class _MatrixOperator(CTOperator):
         if mat.device != x.device:
             mat = mat.to(x.device)
         flat = x.reshape(b, -1)
-        y = mat @ (flat[0].unsqueeze(1) if b == 1 else flat.T.contiguous())
-        return y.T.reshape(b, *out_shape).contiguous()
+        if b == 1:  # SpMV: on CPU ~2.5x faster than a CSR @ (n, 1) product in torch 2.x
+            return torch.mv(mat, flat[0]).reshape(1, *out_shape)
+        # SpMM on a contiguous (n, B) block streams the matrix once for the whole batch
+        return (mat @ flat.T.contiguous()).T.reshape(b, *out_shape).contiguous()
 
     def _fwd(self, x: torch.Tensor) -> torch.Tensor:
         return self._apply(self.A, x, self.out_shape)
