@@ -17,8 +17,8 @@ LineFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _sum(x: torch.Tensor) -> torch.Tensor:
-    """Per-sample sum over all non-batch dimensions, shape ``(B,)``."""
-    return x.flatten(1).sum(1)
+    """Per-sample sum over all non-batch dimensions, shape ``(B,)``, accumulated in float64."""
+    return x.flatten(1).sum(1, dtype=torch.float64)
 
 
 def _bcast(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -219,6 +219,14 @@ def descend(
         if hasattr(energy, "moved"):
             energy.moved(u, prev_u, d, tau)  # type: ignore[attr-defined]
         e = energy.value(u)
+        # Round-off guard: the Armijo test used the line's closed form; if the energy evaluated
+        # directly at the new point is higher (possible only at the limit of float32 precision),
+        # the step is undone and that sample stops: the recorded energy never rises.
+        rose = active & (e > e_old)
+        if bool(rose.any()):
+            u = torch.where(_bcast(rose, u), prev_u, u).clone()
+            e = energy.value(u)
+            stalled = stalled | rose
         g = energy.grad(u)
         disc = data.discrepancy(u) if data is not None else None
         gnorm = _rows(g).norm(dim=1)
@@ -231,7 +239,7 @@ def descend(
         for i in torch.nonzero(stalled & active).flatten().tolist():
             active[i] = False
             iters[i] = k
-            reasons[i] = "line_search_stalled"
+            reasons[i] = "precision_limit" if bool(rose[i]) else "line_search_stalled"
         moved_tau = tau[active | moved.to(tau.device)]
         record(k, float(moved_tau.mean()) if moved_tau.numel() else 0.0, int(trials.max()))
         update_active(k)

@@ -1,0 +1,181 @@
+"""Pieces every command shares: option types, device choice, progress, inputs, finishing a run.
+
+Nothing here imports torch at module level, so ``edn --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, List, Optional
+
+import typer
+from typing_extensions import Annotated
+
+from ..errors import DeviceError, InputError, UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..solvers.trace import IterationRecord
+
+# ---------------------------------------------------------------------------- option groups
+Output = Annotated[str, typer.Option("--output", "-o", help="Output file ('-' for stdout); .png, .tif, .npy or .h5.")]
+OutputDir = Annotated[
+    Optional[Path], typer.Option("--output-dir", help="Folder for outputs when the input is a folder or a glob.")
+]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+Seed = Annotated[int, typer.Option("--seed", help="Random seed (noise, initialisation).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries on stderr.")]
+Force = Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")]
+Report = Annotated[
+    Optional[str], typer.Option("--report", help="Write the JSON convergence report here (a folder for several inputs).")
+]
+Plot = Annotated[Optional[str], typer.Option("--plot", help="Write a PNG plot of energy, discrepancy and PSNR.")]
+DeltaOpt = Annotated[
+    Optional[str],
+    typer.Option("--delta", help="Discrepancy level δ (absolute, data units), or 'auto' to estimate the noise."),
+]
+NoiseSigma = Annotated[
+    Optional[float], typer.Option("--noise-sigma", help="Known noise std σ (data units): δ = τ σ sqrt(m).")
+]
+Tau = Annotated[float, typer.Option("--tau", help="Safety factor τ in δ = τ σ sqrt(m).")]
+MaxIter = Annotated[Optional[int], typer.Option("--max-iter", help="Iteration cap (exit code 3 if δ is not reached).")]
+MinIter = Annotated[
+    Optional[int], typer.Option("--min-iter", help="Learned methods: steps taken before the δ test.")
+]
+ReferenceOpt = Annotated[
+    Optional[str], typer.Option("--reference", help="Ground truth image: adds PSNR/SSIM per iteration to the report.")
+]
+Format = Annotated[Optional[str], typer.Option("--format", help="Output format: png, tif, npy or h5 (default: from -o).")]
+BitDepth = Annotated[int, typer.Option("--bit-depth", help="Bits per sample for PNG output (8 or 16).")]
+Dataset = Annotated[Optional[str], typer.Option("--dataset", help="HDF5 dataset path of the input.")]
+Json = Annotated[bool, typer.Option("--json", help="Print the run summary as one JSON object on stdout.")]
+
+
+# ---------------------------------------------------------------------------- device
+def resolve_device(spec: str):
+    """``auto`` -> CUDA when present else CPU; ``cuda[:N]`` fails clearly without a GPU."""
+    import torch
+
+    spec = spec.strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DeviceError(f"--device {spec}: no CUDA device is available on this machine; use --device cpu")
+        try:
+            dev = torch.device(spec)
+        except RuntimeError:
+            raise DeviceError(f"--device {spec}: not a device name; use cuda or cuda:N") from None
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) present")
+        return dev
+    raise DeviceError(f"--device must be auto, cpu, cuda or cuda:N, got {spec!r}")
+
+
+# ---------------------------------------------------------------------------- progress
+def progress_callback(total: int, quiet: bool, desc: str) -> tuple[Optional[Callable[["IterationRecord"], None]], Callable[[], None]]:
+    """A solver callback drawing a progress bar on stderr (only on a terminal, not with --quiet)."""
+    if quiet or not sys.stderr.isatty():
+        return None, lambda: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, file=sys.stderr, leave=False, unit="it")
+
+    def update(rec: "IterationRecord") -> None:
+        if rec.iter > 0:
+            bar.update(1)
+        if rec.discrepancy is not None:
+            bar.set_postfix_str(f"E={rec.energy:.3g} |Au-f|={rec.discrepancy:.3g}", refresh=False)
+
+    return update, bar.close
+
+
+def say(msg: str, quiet: bool) -> None:
+    """A human-readable line on stderr (stdout is kept for data and --json)."""
+    if not quiet:
+        print(msg, file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------- inputs
+def expand_inputs(spec: str, exts: tuple = (".png", ".tif", ".tiff", ".npy", ".h5", ".hdf5")) -> List[str]:
+    """A file, ``-``, a folder (its image files, sorted) or a glob pattern -> list of paths."""
+    if spec == "-":
+        return ["-"]
+    p = Path(spec)
+    if p.is_dir():
+        files = sorted(str(q) for q in p.iterdir() if q.suffix.lower() in exts and q.is_file())
+        if not files:
+            raise InputError(f"{spec}: the folder holds no images ({', '.join(exts)})")
+        return files
+    if any(ch in spec for ch in "*?["):
+        files = sorted(f for f in glob.glob(spec) if Path(f).is_file())
+        if not files:
+            raise InputError(f"{spec}: the pattern matches no files")
+        return files
+    if not p.exists():
+        raise InputError(f"{spec}: no such file")
+    return [spec]
+
+
+def plan_outputs(inputs: List[str], output: Optional[str], output_dir: Optional[Path], fmt: Optional[str]) -> List[str]:
+    """Output path per input: ``-o`` for one input, ``--output-dir/<stem>.<ext>`` for several."""
+    if len(inputs) == 1 and output_dir is None:
+        if output is None:
+            raise UsageError("missing -o/--output: where should the result go? ('-' for stdout)")
+        return [output]
+    if output_dir is None:
+        raise UsageError(f"{len(inputs)} inputs: pass --output-dir DIR instead of -o")
+    if output not in (None, "") and len(inputs) > 1:
+        raise UsageError("with several inputs use --output-dir, not -o")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    ext = {"tif": ".tif", "npy": ".npy", "h5": ".h5", "png": ".png", None: None}[fmt]
+    outs = []
+    for path in inputs:
+        stem = Path(path).stem if path != "-" else "stdin"
+        suffix = ext or (Path(path).suffix if path != "-" and Path(path).suffix in (".png", ".tif", ".npy", ".h5") else ".png")
+        outs.append(str(output_dir / f"{stem}{suffix}"))
+    return outs
+
+
+def side_path(base: Optional[str], n_inputs: int, input_path: str, suffix: str) -> Optional[str]:
+    """Report/plot path for one input: the path itself for one input, ``base/<stem><suffix>`` for several."""
+    if base is None:
+        return None
+    if n_inputs == 1:
+        return base
+    folder = Path(base)
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(folder / f"{Path(input_path).stem}{suffix}")
+
+
+def to_tensor(arr: Any, device) -> "Any":
+    """numpy ``(H, W)`` or ``(C, H, W)`` -> float32 torch ``(B, H, W)`` on ``device``."""
+    import numpy as np
+    import torch
+
+    a = np.asarray(arr, dtype=np.float32)
+    if a.ndim == 2:
+        a = a[None]
+    return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+
+
+def from_tensor(t, like_ndim: int):
+    """float32 torch ``(B, H, W)`` -> numpy shaped like the input (``(H, W)`` for gray)."""
+    a = t.detach().float().cpu().numpy()
+    return a[0] if like_ndim == 2 else a
+
+
+def check_exists_for_write(paths: List[Optional[str]], force: bool) -> None:
+    from ..io.images import check_writable
+
+    for p in paths:
+        if p is not None:
+            check_writable(p, force)
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")

@@ -1,0 +1,84 @@
+"""The ``edn`` command line: one Typer app; library errors become one line and an exit code here.
+
+Exit codes: 0 δ reached (or the command succeeded), 2 usage error, 3 ran to the iteration cap
+without reaching δ (result still written), 4 input/output or checkpoint failure, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from . import reconstruct as rec
+from . import simulate
+
+app = typer.Typer(
+    name="edn",
+    help="Learned image reconstruction you can trust: every run lowers a model energy and stops at ||Au - f|| <= δ.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+reconstruct_app = typer.Typer(help="Reconstruct from measurements (same as edn sr|deblur|ct).", no_args_is_help=True)
+
+for target in (app, reconstruct_app):
+    target.command("sr")(rec.sr)
+    target.command("deblur")(rec.deblur)
+
+app.add_typer(reconstruct_app, name="reconstruct")
+app.add_typer(simulate.app, name="simulate")
+
+
+def _register_optional() -> None:
+    """Command groups that live in their own modules (added as they land)."""
+    import importlib
+
+    for module, attach in (
+        ("edncli.cli.ct", lambda m: (app.command("ct")(m.ct), reconstruct_app.command("ct")(m.ct), simulate.app.command("ct")(m.simulate_ct))),
+    ):
+        try:
+            attach(importlib.import_module(module))
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+
+
+_register_optional()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+) -> None:
+    if version:
+        from .. import __version__
+
+        print(f"edn {__version__}")
+        raise typer.Exit(0)
+
+
+def run() -> None:
+    """Console-script entry point: run the app, turning library errors into one line + exit code."""
+    from ..errors import EdnError
+
+    from .._click_compat import Abort, ClickException, Exit
+
+    try:
+        code = app(standalone_mode=False)
+    except Exit as exc:
+        sys.exit(exc.exit_code)
+    except ClickException as exc:  # usage errors from option parsing: exit 2
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, Abort):
+        print("edn: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except EdnError as err:
+        print(f"edn: error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
+    except MemoryError:
+        print("edn: error: out of memory; try a smaller input or fewer slices at a time", file=sys.stderr)
+        sys.exit(4)
+    sys.exit(code if isinstance(code, int) else 0)

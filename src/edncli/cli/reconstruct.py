@@ -1,0 +1,300 @@
+"""``edn sr``, ``edn deblur``, ``edn ct`` (also as ``edn reconstruct sr|deblur|ct``).
+
+Each command parses options, builds a :class:`~edncli.solvers.methods.Problem` per input with
+the library, runs the method, writes the result, the report and the plot, and sets the exit
+code: 0 δ reached, 3 the cap came first (result still written).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import typer
+from typing_extensions import Annotated
+
+from ..errors import UsageError
+from . import common as c
+
+METHOD_NAMES = ("gd", "tv", "edn", "baseline", "potential", "red", "pnp")
+DEFAULT_MAX_ITER = 300
+
+MethodOpt = Annotated[str, typer.Option("--method", "-m", help=f"One of: {', '.join(METHOD_NAMES)}.")]
+AlphaOpt = Annotated[
+    Optional[float], typer.Option("--alpha", help="tv: regularisation weight α (default: by the discrepancy principle).")
+]
+WeightsOpt = Annotated[Optional[str], typer.Option("--weights", help="Checkpoint name (in weights/) or path.")]
+InitOpt = Annotated[Optional[str], typer.Option("--init", help="Initial guess (see each command's help).")]
+
+
+def _check_method(method: str) -> str:
+    if method not in METHOD_NAMES:
+        raise UsageError(f"--method must be one of {', '.join(METHOD_NAMES)}, got {method!r}")
+    return method
+
+
+def _options(max_iter, min_iter, alpha, weights, reference):
+    from ..solvers.methods import MethodOptions
+
+    if max_iter is not None and max_iter < 0:
+        raise UsageError(f"--max-iter must be >= 0, got {max_iter}")
+    if min_iter is not None and min_iter < 0:
+        raise UsageError(f"--min-iter must be >= 0, got {min_iter}")
+    return MethodOptions(
+        max_iter=DEFAULT_MAX_ITER if max_iter is None else max_iter,
+        min_iter=min_iter,
+        alpha=alpha,
+        weights=weights,
+        record_ssim=reference is not None,
+    )
+
+
+def run_problems(
+    *,
+    inputs: List[str],
+    outputs: List[str],
+    build: Callable[[str, object], tuple],
+    method: str,
+    options,
+    device,
+    report: Optional[str],
+    plot: Optional[str],
+    force: bool,
+    quiet: bool,
+    fmt: Optional[str],
+    bit_depth: int,
+    as_json: bool,
+    write_result: Optional[Callable[[str, object, object], None]] = None,
+) -> None:
+    """Solve each input and write outputs; raises ``typer.Exit(3)`` if any run missed δ."""
+    from ..io.images import write_image
+    from ..io.reports import build_report, plot_report, write_report
+    from ..solvers.methods import solve
+
+    plan = []
+    for path, out in zip(inputs, outputs):
+        rep = c.side_path(report, len(inputs), path, ".json")
+        plt = c.side_path(plot, len(inputs), path, ".png")
+        c.check_exists_for_write([out, rep, plt], force)
+        plan.append((path, out, rep, plt))
+
+    missed = 0
+    summaries = []
+    for path, out, rep, plt in plan:
+        problem, ndim, context = build(path, device)
+        callback, close = c.progress_callback(options.max_iter, quiet, f"{method} {Path(path).name}")
+        try:
+            result = solve(problem, method, options, callback)
+        finally:
+            close()
+        if write_result is not None:
+            write_result(out, result, context)
+        else:
+            write_image(out, c.from_tensor(result.u, ndim), fmt=fmt, bit_depth=bit_depth, force=force)
+        doc = build_report(
+            result,
+            device=str(device),
+            delta=problem.delta.as_dict() if problem.delta else None,
+            checkpoint=result.extra.pop("checkpoint", None),
+            inputs=context.get("inputs"),
+            operator=problem.op.describe(),
+            extra=context.get("report_extra"),
+        )
+        if rep is not None:
+            write_report(rep, doc, force=force)
+        if plt is not None:
+            plot_report(plt, doc, force=force)
+        reached = result.delta_reached
+        if reached is False:
+            missed += 1
+        summary = {
+            "input": path,
+            "output": out,
+            "method": method,
+            "iterations": result.iterations,
+            "delta": doc["delta"],
+            "final_discrepancy": result.final_discrepancy,
+            "delta_reached": reached,
+            "energy_monotone": result.energy_monotone,
+            "elapsed_s": round(result.elapsed_s, 4),
+        }
+        summaries.append(summary)
+        verdict = {True: "δ reached", False: "δ NOT reached (iteration cap)", None: "no δ set"}[reached]
+        c.say(
+            f"{path} -> {out}: {method}, {result.iterations} iterations, ||Au-f|| = {result.final_discrepancy:.4g}"
+            + (f" (δ = {doc['delta']:.4g} per sample)" if doc["delta"] else "")
+            + f", {verdict}, energy monotone: {result.energy_monotone}",
+            quiet,
+        )
+    if as_json:
+        print(json.dumps(summaries[0] if len(summaries) == 1 else summaries))
+    if missed:
+        c.say(f"{missed} of {len(plan)} run(s) ended at the iteration cap without reaching δ (exit code 3)", quiet)
+        raise typer.Exit(3)
+
+
+def _reference(path: Optional[str], shape, device):
+    if path is None:
+        return None
+    from ..io.images import read_image
+
+    arr, _ = read_image(path)
+    ref = c.to_tensor(arr, device)
+    if tuple(ref.shape[-2:]) != tuple(shape[-2:]) or (ref.shape[0] not in (1, shape[0])):
+        raise UsageError(f"--reference {path}: shape {tuple(arr.shape)} does not match the result {tuple(shape)}")
+    return ref.expand(shape[0], *ref.shape[1:]).contiguous()
+
+
+def _delta(delta, noise_sigma, tau, f):
+    from ..solvers.stopping import choose_delta
+
+    m = int(f[0].numel())
+    return choose_delta(delta, noise_sigma, tau, m, f.detach().cpu().numpy())
+
+
+def sr(
+    input: Annotated[str, typer.Argument(help="Low-resolution image, a folder, a glob, or '-' for stdin.")],
+    output: c.Output = None,  # type: ignore[assignment]
+    scale: Annotated[int, typer.Option("--scale", "-s", help="Integer upscaling factor >= 2.")] = 4,
+    downsampler: Annotated[str, typer.Option("--downsampler", help="Forward model: average (pooling) or bicubic.")] = "average",
+    method: MethodOpt = "gd",
+    init: InitOpt = None,
+    delta: c.DeltaOpt = "auto",
+    noise_sigma: c.NoiseSigma = None,
+    tau: c.Tau = 1.0,
+    max_iter: c.MaxIter = None,
+    min_iter: c.MinIter = None,
+    alpha: AlphaOpt = None,
+    weights: WeightsOpt = None,
+    reference: c.ReferenceOpt = None,
+    report: c.Report = None,
+    plot: c.Plot = None,
+    output_dir: c.OutputDir = None,
+    fmt: c.Format = None,
+    bit_depth: c.BitDepth = 16,
+    dataset: c.Dataset = None,
+    device: c.Device = "auto",
+    seed: c.Seed = 0,
+    quiet: c.Quiet = False,
+    force: c.Force = False,
+    as_json: c.Json = False,
+) -> None:
+    """Super-resolve: find u with ||A u - f|| <= δ, A = downsampling by --scale.
+
+    --init: bicubic (default), bilinear, nearest or adjoint (A^T f scaled).
+    Colour images are reconstructed channel by channel.
+    """
+    from ..operators.downsample import check_scale, make_sr_operator, upsample
+    from ..solvers.methods import Problem
+
+    scale = check_scale(scale)
+    _check_method(method)
+    init = init or "bicubic"
+    if init not in ("bicubic", "bilinear", "nearest", "adjoint"):
+        raise UsageError(f"--init for sr must be bicubic, bilinear, nearest or adjoint, got {init!r}")
+    if noise_sigma is not None and delta == "auto":
+        delta = None
+    options = _options(max_iter, min_iter, alpha, weights, reference)
+    inputs = c.expand_inputs(input)
+    outputs = c.plan_outputs(inputs, output, output_dir, fmt)
+    dev = c.resolve_device(device)
+    import torch
+
+    torch.manual_seed(seed)
+
+    def build(path, device):
+        from ..io.images import read_image
+
+        arr, info = read_image(path, dataset)
+        f = c.to_tensor(arr, device)
+        hr = (f.shape[-2] * scale, f.shape[-1] * scale)
+        op = make_sr_operator(hr, scale, downsampler)
+        if init == "adjoint":
+            u0 = op.adjoint(f) * scale * scale
+        else:
+            u0 = upsample(f, scale, init)
+        problem = Problem(op=op, f=f, u0=u0, delta=_delta(delta, noise_sigma, tau, f), task="sr")
+        problem.reference = _reference(reference, u0.shape, device)
+        ctx = {"inputs": {"path": path, "shape": list(arr.shape), "dtype": info.dtype, "init": init}}
+        return problem, arr.ndim, ctx
+
+    run_problems(
+        inputs=inputs, outputs=outputs, build=build, method=method, options=options, device=dev, report=report,
+        plot=plot, force=force, quiet=quiet, fmt=fmt, bit_depth=bit_depth, as_json=as_json,
+    )
+
+
+def deblur(
+    input: Annotated[str, typer.Argument(help="Blurred image, a folder, a glob, or '-' for stdin.")],
+    output: c.Output = None,  # type: ignore[assignment]
+    kernel_sigma: Annotated[Optional[float], typer.Option("--kernel-sigma", help="Gaussian blur std (pixels).")] = None,
+    kernel_size: Annotated[Optional[int], typer.Option("--kernel-size", help="Gaussian kernel side (odd).")] = None,
+    kernel: Annotated[Optional[Path], typer.Option("--kernel", help="Kernel file (.npy, .txt, image); normalised to sum 1.")] = None,
+    boundary: Annotated[str, typer.Option("--boundary", help="reflect, circular or zero.")] = "reflect",
+    method: MethodOpt = "gd",
+    init: InitOpt = None,
+    delta: c.DeltaOpt = "auto",
+    noise_sigma: c.NoiseSigma = None,
+    tau: c.Tau = 1.0,
+    max_iter: c.MaxIter = None,
+    min_iter: c.MinIter = None,
+    alpha: AlphaOpt = None,
+    weights: WeightsOpt = None,
+    reference: c.ReferenceOpt = None,
+    report: c.Report = None,
+    plot: c.Plot = None,
+    output_dir: c.OutputDir = None,
+    fmt: c.Format = None,
+    bit_depth: c.BitDepth = 16,
+    dataset: c.Dataset = None,
+    device: c.Device = "auto",
+    seed: c.Seed = 0,
+    quiet: c.Quiet = False,
+    force: c.Force = False,
+    as_json: c.Json = False,
+) -> None:
+    """Deblur: find u with ||k * u - f|| <= δ for a Gaussian (--kernel-sigma) or file (--kernel) blur.
+
+    --init: blurred (default, the data itself) or zero.
+    """
+    from ..operators.blur import Blur, gaussian_kernel, read_kernel
+    from ..solvers.methods import Problem
+
+    _check_method(method)
+    if (kernel_sigma is None) == (kernel is None):
+        raise UsageError("give exactly one of --kernel-sigma (Gaussian) or --kernel FILE")
+    k = gaussian_kernel(kernel_sigma, kernel_size) if kernel is None else read_kernel(kernel)
+    init = init or "blurred"
+    if init not in ("blurred", "zero"):
+        raise UsageError(f"--init for deblur must be blurred or zero, got {init!r}")
+    if noise_sigma is not None and delta == "auto":
+        delta = None
+    options = _options(max_iter, min_iter, alpha, weights, reference)
+    inputs = c.expand_inputs(input)
+    outputs = c.plan_outputs(inputs, output, output_dir, fmt)
+    dev = c.resolve_device(device)
+    import torch
+
+    torch.manual_seed(seed)
+
+    def build(path, device):
+        from ..io.images import read_image
+
+        arr, info = read_image(path, dataset)
+        f = c.to_tensor(arr, device)
+        op = Blur(f.shape[-2:], k, boundary).to(device)
+        u0 = f.clone() if init == "blurred" else torch.zeros_like(f)
+        problem = Problem(op=op, f=f, u0=u0, delta=_delta(delta, noise_sigma, tau, f), task="deblur")
+        problem.reference = _reference(reference, u0.shape, device)
+        ctx = {
+            "inputs": {"path": path, "shape": list(arr.shape), "dtype": info.dtype, "init": init},
+            "report_extra": {"kernel": {"sigma": kernel_sigma, "size": list(k.shape), "file": str(kernel) if kernel else None}},
+        }
+        return problem, arr.ndim, ctx
+
+    run_problems(
+        inputs=inputs, outputs=outputs, build=build, method=method, options=options, device=dev, report=report,
+        plot=plot, force=force, quiet=quiet, fmt=fmt, bit_depth=bit_depth, as_json=as_json,
+    )

@@ -1,0 +1,230 @@
+"""Reconstruction methods by name, each with its stopping semantics (DESIGN §4 "When to stop").
+
+- ``gd`` (Landweber): steepest descent on ``E = 1/2||Au - f||^2`` with step ``1/||A||^2``
+  (Armijo-safeguarded); classical early stopping at the first iterate with ``||Au - f|| <= δ``.
+- ``tv``: minimise ``E + α R`` (``R`` Huber-TV) to tolerance; ``α`` given, or chosen per sample
+  by the discrepancy principle (Morozov: the largest ``α`` whose minimiser meets δ).
+
+Learned methods register themselves here (``register_method``) from their own modules.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+from ..energies import DataFidelity, Energy, HuberTV
+from ..operators.base import LinearOperator
+from .descent import LineSearch, StopRule, descend
+from .stopping import DeltaChoice
+from .trace import IterationRecord, SolveResult
+
+
+@dataclass
+class Problem:
+    """A linear inverse problem ``f = A u + noise``, batched over the first dimension.
+
+    ``f``: ``(B, *op.out_shape)``; ``u0``: ``(B, *op.in_shape)`` initial guess;
+    ``reference``: ground truth of ``u`` when known (adds PSNR to the trace).
+    """
+
+    op: LinearOperator
+    f: torch.Tensor
+    u0: torch.Tensor
+    delta: Optional[DeltaChoice] = None
+    reference: Optional[torch.Tensor] = None
+    task: str = "generic"
+
+
+@dataclass
+class MethodOptions:
+    """Options shared by the methods; each method reads the ones it needs."""
+
+    max_iter: int = 300
+    min_iter: Optional[int] = None
+    grad_tol: float = 0.0
+    c: float = 1e-4
+    rho: float = 0.5
+    alpha: Optional[float] = None
+    huber_eps: float = 0.01
+    tv_inner_iter: int = 200
+    tv_search_steps: int = 8
+    weights: Optional[str] = None
+    record_ssim: bool = False
+    extra: Dict[str, object] = field(default_factory=dict)
+
+
+Callback = Optional[Callable[[IterationRecord], None]]
+MethodFn = Callable[[Problem, MethodOptions, Callback], SolveResult]
+METHODS: Dict[str, MethodFn] = {}
+
+
+def register_method(name: str) -> Callable[[MethodFn], MethodFn]:
+    def wrap(fn: MethodFn) -> MethodFn:
+        METHODS[name] = fn
+        return fn
+
+    return wrap
+
+
+def solve(problem: Problem, method: str, options: MethodOptions = MethodOptions(), callback: Callback = None) -> SolveResult:
+    """Run ``method`` on ``problem``; the result carries the trace and per-sample verdicts."""
+    if method not in METHODS:
+        _load_learned_methods()
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(sorted(METHODS))}")
+    return METHODS[method](problem, options, callback)
+
+
+def _load_learned_methods() -> None:
+    """Import modules that register learned methods (kept lazy: they need networks)."""
+    import importlib
+
+    for module in ("edncli.networks.methods",):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+
+
+def _delta(problem: Problem) -> Optional[float]:
+    return None if problem.delta is None else problem.delta.delta
+
+
+@register_method("gd")
+def solve_gd(problem: Problem, options: MethodOptions, callback: Callback = None) -> SolveResult:
+    """Landweber iteration with Armijo safeguard, stopped at the first iterate meeting δ."""
+    energy = DataFidelity(problem.op, problem.f)
+    return descend(
+        energy,
+        problem.u0,
+        line=LineSearch(c=options.c, rho=options.rho, initial="lipschitz"),
+        stop=StopRule(delta=_delta(problem), min_iter=options.min_iter or 0, max_iter=options.max_iter, grad_tol=options.grad_tol),
+        method="gd",
+        reference=problem.reference,
+        callback=callback,
+        record_ssim=options.record_ssim,
+    )
+
+
+class _PerSampleWeighted(Energy):
+    """``w_b R(u_b)`` with one weight per sample (so Morozov can pick ``α`` per sample)."""
+
+    def __init__(self, term: Energy, weights: torch.Tensor):
+        self.term = term
+        self.weights = weights
+        self.name = f"weighted_{term.name}"
+        self.lipschitz = float(weights.max()) * term.lipschitz if term.lipschitz else None
+
+    def _w(self, like: torch.Tensor) -> torch.Tensor:
+        return self.weights.to(like.device).view(-1, *([1] * (like.dim() - 1)))
+
+    def value(self, u):
+        return self.weights.to(u.device) * self.term.value(u)
+
+    def grad(self, u):
+        return self._w(u) * self.term.grad(u)
+
+    def describe(self):
+        return {**self.term.describe(), "alpha": [float(a) for a in self.weights]}
+
+
+def _tv_solve(problem: Problem, alpha: torch.Tensor, u0: torch.Tensor, options: MethodOptions, callback: Callback, max_iter: int) -> SolveResult:
+    data = DataFidelity(problem.op, problem.f)
+    energy = data + _PerSampleWeighted(HuberTV(options.huber_eps), alpha)
+    # Minimise to tolerance: stop when ||grad|| has fallen by 1e-4 relative to the start.
+    g0 = energy.grad(u0).flatten(1).norm(dim=1).max()
+    tol = max(options.grad_tol, 1e-4 * float(g0))
+    return descend(
+        energy,
+        u0,
+        line=LineSearch(c=options.c, rho=options.rho, initial="bb"),
+        stop=StopRule(delta=None, max_iter=max_iter, grad_tol=tol),
+        method="tv",
+        reference=problem.reference,
+        callback=callback,
+        record_ssim=options.record_ssim,
+    )
+
+
+def _attach_delta(result: SolveResult, delta: Optional[float]) -> SolveResult:
+    for s in result.samples:
+        s.delta = delta
+        s.delta_reached = None if delta is None or s.final_discrepancy is None else s.final_discrepancy <= delta
+    return result
+
+
+@register_method("tv")
+def solve_tv(problem: Problem, options: MethodOptions, callback: Callback = None) -> SolveResult:
+    """Huber-TV regularised least squares; ``α`` given or by the discrepancy principle."""
+    batch = problem.f.shape[0]
+    delta = _delta(problem)
+    if options.alpha is not None:
+        if not options.alpha > 0:
+            from ..errors import UsageError
+
+            raise UsageError(f"--alpha must be > 0, got {options.alpha}")
+        alpha = torch.full((batch,), float(options.alpha))
+        result = _tv_solve(problem, alpha, problem.u0, options, callback, options.max_iter)
+        result.extra["alpha"] = [float(a) for a in alpha]
+        result.extra["alpha_rule"] = "given"
+        return _attach_delta(result, delta)
+    if delta is None:
+        from ..errors import UsageError
+
+        raise UsageError("method tv needs --alpha, or a δ (--delta / --noise-sigma) to choose α by the discrepancy principle")
+
+    # Morozov: disc(α) grows with α; per sample, find the largest α with disc(α) <= δ by
+    # stepping in decades until bracketed, then bisecting in log α. Warm starts keep solves short.
+    data = DataFidelity(problem.op, problem.f)
+    tv = HuberTV(options.huber_eps)
+    u0 = problem.u0
+    # Start where the two terms balance at a discrepancy of δ: α R(u) ~ δ^2 / 2, with u the
+    # initial guess (or A^T f rescaled when the guess is flat).
+    probe = u0 if float(tv.value(u0).min()) > 0 else problem.op.adjoint(problem.f) / problem.op.sqnorm()
+    r0 = tv.value(probe).clamp_min(1e-12)
+    log_alpha = torch.log10((0.5 * delta**2 / r0).clamp(1e-12, 1e12)).cpu().double()
+    lo = torch.full((batch,), -math.inf, dtype=torch.float64)  # largest log α known to meet δ
+    hi = torch.full((batch,), math.inf, dtype=torch.float64)  # smallest log α known to miss δ
+    best_u = u0.clone()
+    bisections = torch.zeros(batch, dtype=torch.long)
+    log: List[dict] = []
+    warm = u0
+    for _ in range(options.tv_search_steps + 16):
+        alpha = (10.0**log_alpha).float()
+        res = _tv_solve(problem, alpha, warm, options, None, options.tv_inner_iter)
+        disc = torch.tensor([s.final_discrepancy for s in res.samples], dtype=torch.float64)
+        meets = disc <= delta
+        log.append({"alpha": alpha.tolist(), "discrepancy": disc.tolist(), "iterations": [s.iterations for s in res.samples]})
+        lo = torch.where(meets, torch.maximum(lo, log_alpha), lo)
+        hi = torch.where(meets, hi, torch.minimum(hi, log_alpha))
+        best_u[meets.to(best_u.device)] = res.u[meets.to(best_u.device)]
+        warm = res.u
+        bracketed = torch.isfinite(lo) & torch.isfinite(hi)
+        bisections += bracketed.long()
+        finished = (bracketed & (bisections >= options.tv_search_steps)) | (lo > 6) | (hi < -12)
+        if bool(finished.all()):
+            break
+        log_alpha = torch.where(
+            bracketed, 0.5 * (lo + hi), torch.where(torch.isfinite(hi), hi - 1.0, lo + 1.0)
+        )
+    found = torch.isfinite(lo)
+    final_log = torch.where(found, lo, hi - 1.0)
+    final_alpha = (10.0**final_log).float()
+    start = torch.where(found.to(best_u.device).view(-1, *([1] * (u0.dim() - 1))), best_u, warm)
+    result = _tv_solve(problem, final_alpha, start, options, callback, options.max_iter)
+    # The search solves are inexact; if the converged minimiser lands just above δ, halve α.
+    for _ in range(3):
+        missed = torch.tensor([s.final_discrepancy > delta for s in result.samples]) & found
+        if not bool(missed.any()):
+            break
+        final_alpha = torch.where(missed, final_alpha / 2, final_alpha)
+        result = _tv_solve(problem, final_alpha, start, options, callback, options.max_iter)
+    result.extra["alpha"] = final_alpha.tolist()
+    result.extra["alpha_rule"] = "discrepancy"
+    result.extra["alpha_search"] = log
+    return _attach_delta(result, delta)
