@@ -9,9 +9,7 @@ existing file is only replaced with ``force=True``.
 from __future__ import annotations
 
 import io
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -245,18 +243,9 @@ def write_bytes(path: str, data: bytes, force: bool = False) -> None:
         sys.stdout.buffer.flush()
         return
     check_writable(path, force)
-    p = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent if str(p.parent) else ".")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    from .checkpoints import atomic_write_bytes
+
+    atomic_write_bytes(path, data)
 
 
 def write_image(path: str, arr: np.ndarray, fmt: Optional[str] = None, bit_depth: int = 16, force: bool = False) -> None:

@@ -18,6 +18,7 @@ from typing import Callable, List, Optional, Protocol
 import torch
 
 from ..energies import Energy, data_term_of
+from ..metrics import psnr, ssim
 from .trace import MONOTONE_RTOL, IterationRecord, SampleVerdict, SolveResult
 
 
@@ -80,11 +81,6 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(1)
 
 
-def _psnr(u: torch.Tensor, ref: torch.Tensor) -> float:
-    mse = float(((u - ref) ** 2).mean())
-    return 10 * math.log10(1.0 / max(mse, 1e-20))
-
-
 def descend(
     energy: Energy,
     u0: torch.Tensor,
@@ -138,10 +134,8 @@ def descend(
             active=int(active.sum()),
         )
         if reference is not None:
-            rec.psnr = _psnr(u.clamp(0, 1), reference)
+            rec.psnr = psnr(u.clamp(0, 1), reference)
             if record_ssim:
-                from ..metrics import ssim
-
                 rec.ssim = ssim(u.clamp(0, 1), reference)
         trace.append(rec)
         if callback is not None:
