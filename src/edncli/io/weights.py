@@ -1,0 +1,45 @@
+"""Finding shipped and user checkpoints by name: ``edn-sr-x4`` -> ``weights/edn-sr-x4.safetensors``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import List
+
+from ..errors import CheckpointError
+
+SUFFIX = ".safetensors"
+
+
+def weights_dirs() -> List[Path]:
+    """Where named checkpoints are looked up, in order: ``$EDN_WEIGHTS_DIR``, the repository's ``weights/``."""
+    dirs = []
+    env = os.environ.get("EDN_WEIGHTS_DIR")
+    if env:
+        dirs.append(Path(env))
+    dirs.append(Path(__file__).resolve().parents[3] / "weights")
+    return dirs
+
+
+def resolve_weights(name_or_path: str) -> Path:
+    """A checkpoint path from a file path or a shipped name; a clear error when neither exists."""
+    p = Path(name_or_path)
+    if p.suffix == SUFFIX or p.exists() or os.sep in name_or_path:
+        if not p.is_file():
+            raise CheckpointError(f"--weights {name_or_path}: no such checkpoint file")
+        return p
+    for d in weights_dirs():
+        cand = d / f"{name_or_path}{SUFFIX}"
+        if cand.is_file():
+            return cand
+    known = ", ".join(sorted(q.stem for d in weights_dirs() if d.is_dir() for q in d.glob(f"*{SUFFIX}")))
+    raise CheckpointError(f"--weights {name_or_path}: no such checkpoint; shipped: {known or 'none'} (see edn weights list)")
+
+
+def list_weights() -> List[Path]:
+    seen = {}
+    for d in weights_dirs():
+        if d.is_dir():
+            for q in sorted(d.glob(f"*{SUFFIX}")):
+                seen.setdefault(q.stem, q)
+    return list(seen.values())
