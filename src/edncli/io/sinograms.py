@@ -449,7 +449,7 @@ def estimate_center(sinogram: np.ndarray, theta: np.ndarray) -> float:
             "estimate_center found no projection pairs 180 degrees apart; it needs a parallel-beam scan over >= 180 deg"
         )
     n = 1 << int(math.ceil(math.log2(2 * n_det)))
-    a = s[ok] - s[ok].mean(axis=1, keepdims=True) * 0  # keep raw profiles (compact support)
+    a = s[ok]  # raw profiles (compact support); zero-padded correlation
     b = s[j[ok]][:, ::-1]
     corr = np.fft.irfft(np.fft.rfft(a, n) * np.conj(np.fft.rfft(b, n)), n).sum(axis=0)
     # corr[delta] = sum_k a[k + delta] b[k]; delta in (-n_det, n_det)
