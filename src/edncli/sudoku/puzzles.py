@@ -226,7 +226,8 @@ def find_conflicts(grid: Sequence[int]) -> List[str]:
             for digit, cells in sorted(seen.items()):
                 if len(cells) > 1:
                     where = ", ".join(f"r{i // 9 + 1}c{i % 9 + 1}" for i in cells)
-                    out.append(f"digit {digit} {len(cells)} times in {_unit_name(kind, k)} ({where})")
+                    times = "twice" if len(cells) == 2 else f"{len(cells)} times"
+                    out.append(f"digit {digit} {times} in {_unit_name(kind, k)} ({where})")
     return out
 
 

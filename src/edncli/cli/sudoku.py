@@ -1,0 +1,205 @@
+"""``edn sudoku solve``, ``edn eval sudoku`` and ``edn train --task sudoku``: parse, call
+:mod:`edncli.sudoku`, format. torch is imported inside the commands only (``edn --help`` stays fast).
+
+Exit codes: 0 all puzzles solved, 3 some not solved (results still written), 2 usage error,
+4 input or checkpoint error (also: a puzzle whose givens break the rules).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from typing_extensions import Annotated
+
+from ..errors import InputError, UsageError
+
+app = typer.Typer(
+    name="sudoku",
+    help="Solve Sudokus as convex feasibility: averaged projections (gd) or an energy dissipating network (edn).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+JsonOut = Annotated[Optional[Path], typer.Option("--json", help="Write the machine-readable report (JSON) to this file.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
+Force = Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+Weights = Annotated[
+    Optional[str], typer.Option("--weights", help="Checkpoint name (in weights/) or path; default edn-sudoku / sudoku-baseline.")
+]
+
+
+def _echo(msg: str, quiet: bool) -> None:
+    if not quiet:
+        typer.echo(msg)
+
+
+def _check_outputs(paths: List[Optional[Path]], force: bool) -> None:
+    """Refuse to overwrite an existing file without ``--force`` (checked before any work)."""
+    for p in paths:
+        if p is None:
+            continue
+        if p.is_dir():
+            raise UsageError(f"output {p}: is a folder; pass a file name")
+        if p.exists() and not force:
+            raise UsageError(f"output {p}: already exists; pass --force to overwrite it or choose another name")
+        if not p.parent.exists():
+            raise UsageError(f"output {p}: the folder {p.parent} does not exist; create it first")
+
+
+def _write_json(path: Path, doc: dict) -> None:
+    from ..io.checkpoints import atomic_write_bytes
+
+    atomic_write_bytes(path, (json.dumps(doc, indent=2, sort_keys=False) + "\n").encode())
+
+
+def _device(spec: str) -> str:
+    from .common import resolve_device
+
+    return str(resolve_device(spec))
+
+
+@app.command("solve")
+def solve(
+    puzzle: Annotated[str, typer.Argument(help="An 81-character puzzle (0 or . = blank), or a CSV/text file of puzzles.")],
+    method: Annotated[str, typer.Option("--method", "-m", help="edn (learned, default), gd (averaged projections) or baseline.")] = "edn",
+    iterations: Annotated[
+        Optional[int], typer.Option("--iterations", "-n", help="Iteration cap (default: 100 for edn, 750 for gd).")
+    ] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write id,puzzle,solution,status rows to this CSV.")] = None,
+    json_out: JsonOut = None,
+    weights: Weights = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Puzzles solved together.")] = 256,
+    device: DeviceOpt = "cpu",
+    quiet: Quiet = False,
+    force: Force = False,
+) -> None:
+    """Solve puzzles; report solved / not solved per puzzle (checked against the rules and givens).
+
+    Exit code 0 when every puzzle is solved, 3 when some are not (results are still written),
+    4 when a puzzle's givens break the rules (reported as infeasible) or the input is unreadable.
+    """
+    from ..sudoku.puzzles import puzzles_from_argument, write_solutions_csv
+    from ..sudoku.solve import solve_table
+
+    _check_outputs([out, json_out], force)
+    table = puzzles_from_argument(puzzle)
+    report = solve_table(table, method, iterations, weights, batch_size, _device(device))
+    if out is not None:
+        write_solutions_csv(out, table.ids, table.puzzles, report.rows)
+    if json_out is not None:
+        _write_json(json_out, report.as_dict())
+    single = len(table) == 1 and table.source == "argument"
+    for r in report.rows:
+        if r["status"] == "infeasible":
+            continue
+        if single:
+            _echo(r["grid"] if r["solved"] else f"{r['grid']}  (not solved)", quiet)
+        else:
+            _echo(f"{r['id']}: {r['status']} ({r['iterations']} it)" + ("" if r["solved"] else f": {r['problems'][0]}"), quiet)
+    s = report.summary()
+    _echo(
+        f"{s['solved']}/{s['puzzles']} solved with {method}"
+        + (f" ({report.iterations} iterations max)" if method != "baseline" else "")
+        + f", energy monotone: {'yes' if s['energy_monotone'] else 'NO'}, {s['time_s']:.1f} s",
+        quiet,
+    )
+    infeasible = [r for r in report.rows if r["status"] == "infeasible"]
+    if infeasible:
+        r = infeasible[0]
+        where = "" if single else f"puzzle {r['id']}: "
+        more = f" (and {len(infeasible) - 1} more infeasible puzzles)" if len(infeasible) > 1 else ""
+        raise InputError(
+            f"{where}infeasible: {r['problems'][0]}; energy >= {r['energy']:.3g} > 0 for every u{more}; fix the givens"
+        )
+    if s["solved"] < s["puzzles"]:
+        raise typer.Exit(3)
+
+
+@app.command("eval")
+def evaluate(
+    puzzles: Annotated[Path, typer.Option("--puzzles", help="CSV with puzzle and solution columns.")],
+    methods: Annotated[str, typer.Option("--methods", help="Comma-separated: gd, baseline, edn.")] = "gd,baseline,edn",
+    label: Annotated[Optional[str], typer.Option("--label", help="Only rows with this label (e.g. easy).")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N puzzles (after --label).")] = None,
+    gd_iterations: Annotated[int, typer.Option("--gd-iterations", help="Iterations of gradient descent.")] = 750,
+    edn_iterations: Annotated[Optional[int], typer.Option("--edn-iterations", help="Iterations of edn (default from checkpoint).")] = None,
+    weights: Annotated[Optional[str], typer.Option("--weights", help="edn checkpoint (name or path).")] = None,
+    baseline_weights: Annotated[Optional[str], typer.Option("--baseline-weights", help="Baseline checkpoint (name or path).")] = None,
+    json_out: JsonOut = None,
+    device: DeviceOpt = "cpu",
+    quiet: Quiet = False,
+    force: Force = False,
+) -> None:
+    """Compare methods on puzzles with known solutions: cell accuracy, solved rate, iterations, time."""
+    from ..sudoku.evaluate import evaluate_methods, format_table
+
+    _check_outputs([json_out], force)
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    table = evaluate_methods(
+        puzzles,
+        names,
+        label=label,
+        limit=limit,
+        gd_iterations=gd_iterations,
+        edn_iterations=edn_iterations,
+        weights=weights,
+        baseline_weights=baseline_weights,
+        device=_device(device),
+    )
+    if json_out is not None:
+        _write_json(json_out, table)
+    _echo(format_table(table), quiet)
+
+
+def train_command(
+    puzzles: Optional[Path] = None,
+    out: Path = Path("edn-sudoku"),
+    epochs: int = 20,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    n_puzzles: int = 3000,
+    givens_min: int = 24,
+    givens_max: int = 40,
+    channels: int = 32,
+    blocks: int = 6,
+    baseline: bool = False,
+    time_limit_s: Optional[float] = None,
+    seed: int = 0,
+    device: str = "cpu",
+    quiet: bool = False,
+    force: bool = False,
+    command: Optional[str] = None,
+) -> dict:
+    """``edn train --task sudoku``: train the direction network (or, with ``baseline``, the baseline).
+
+    Without ``puzzles``, trains on ``n_puzzles`` generated puzzles with ``givens_min``-
+    ``givens_max`` givens. Writes ``<out>.safetensors`` and ``<out>.md``; returns their paths and
+    sha256. Default settings take about 10 minutes on 2 CPU cores.
+    """
+    from ..sudoku.train import TrainConfig, checkpoint_paths, save_trained, train
+
+    ck, card = checkpoint_paths(out)
+    _check_outputs([ck, card], force)
+    cfg = TrainConfig(
+        puzzles=None if puzzles is None else str(puzzles),
+        n_puzzles=n_puzzles,
+        givens_min=givens_min,
+        givens_max=givens_max,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        channels=channels,
+        blocks=blocks,
+        time_limit_s=time_limit_s,
+        seed=seed,
+        device=_device(device),
+    )
+    net, meta = train(cfg, baseline=baseline, log=lambda s: _echo(s, quiet))
+    info = save_trained(net, meta, out, command=command or "edn " + " ".join(sys.argv[1:]))
+    _echo(f"wrote {info['checkpoint']} ({info['size'] / 1e6:.2f} MB, sha256 {info['sha256'][:12]}) and {info['card']}", quiet)
+    return info

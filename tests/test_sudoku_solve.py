@@ -1,0 +1,233 @@
+"""Sudoku: puzzle files and bad input, the generator, gd/edn solving (energy monotone), the CLI
+end to end with exit codes, and a tiny training run that writes a loadable checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from edncli.errors import CheckpointError, EdnError, InputError, UsageError
+from edncli.sudoku.networks import SudokuDirectionNet
+from edncli.sudoku.puzzles import (
+    check_solution,
+    count_solutions,
+    find_conflicts,
+    generate_puzzles,
+    parse_grid,
+    puzzles_from_argument,
+    read_puzzles,
+    solve_exact,
+)
+from edncli.sudoku.solve import run_descent, solve_table, solved_mask
+
+EASY = "530070000600195000098000060800060003400803001700020006060000280000419005000080079"
+EASY_SOLUTION = "534678912672195348198342567859761423426853791713924856961537284287419635345286179"
+DUPLICATE = "550070000600195000098000060800060003400803001700020006060000280000419005000080079"
+
+
+def invoke(args, **kw):
+    """Run the sudoku Typer app as ``edn`` does: an EdnError becomes its exit code."""
+    from edncli.cli.sudoku import app
+
+    res = CliRunner().invoke(app, args, **kw)
+    code = res.exception.exit_code if isinstance(res.exception, EdnError) else res.exit_code
+    return res, code
+
+
+# ----------------------------------------------------------------------------- puzzles
+
+
+def test_parse_and_check():
+    g = parse_grid(EASY.replace("0", "."))
+    assert (g == parse_grid(EASY)).all()
+    assert check_solution(parse_grid(EASY_SOLUTION), g) == []
+    assert solve_exact(g).tolist() == parse_grid(EASY_SOLUTION).tolist()
+    assert count_solutions(g) == 1
+    assert find_conflicts(parse_grid(DUPLICATE)) == [
+        "digit 5 twice in row 1 (r1c1, r1c2)",
+        "digit 5 twice in box 1 (rows 1-3, columns 1-3) (r1c1, r1c2)",
+    ]
+    assert "givens changed" in " ".join(check_solution(parse_grid(EASY_SOLUTION), parse_grid(DUPLICATE)))
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [(EASY[:-1], "has 80 characters"), (EASY[:-1] + "x", "character 'x' at position 81"), ("", "has 0 characters")],
+)
+def test_parse_bad_strings(text, fragment):
+    with pytest.raises(InputError, match=fragment):
+        parse_grid(text)
+
+
+def test_read_layouts(tmp_path: Path):
+    (tmp_path / "bare.txt").write_text(f"{EASY}\n{EASY.replace('0', '.')}\n")
+    (tmp_path / "header.csv").write_text(f"quizzes\n{EASY}\n")
+    (tmp_path / "ps.csv").write_text(f"puzzle,solution\n{EASY},{EASY_SOLUTION}\n")
+    (tmp_path / "dev.csv").write_text(f"id,puzzle,solution,givens,label\nx1,{EASY},{EASY_SOLUTION},30,easy\n")
+    assert len(read_puzzles(tmp_path / "bare.txt")) == 2
+    assert read_puzzles(tmp_path / "header.csv").solutions is None
+    assert read_puzzles(tmp_path / "ps.csv").solutions.shape == (1, 81)
+    t = read_puzzles(tmp_path / "dev.csv")
+    assert t.ids == ["x1"] and t.labels == ["easy"]
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        ("", "the file is empty"),
+        ("puzzle,solution\n", "only a header line"),
+        (f"puzzle\n{EASY[:70]}\n", "line 2: puzzle '53007000060019500...' has 70 characters"),
+        ("a,b\n1,2\n", "no 'puzzle' column"),
+    ],
+)
+def test_read_bad_files(tmp_path: Path, content, fragment):
+    p = tmp_path / "p.csv"
+    p.write_text(content)
+    with pytest.raises(InputError, match=fragment.replace("(", r"\(").replace(".", r"\.")):
+        read_puzzles(p)
+
+
+def test_argument_is_string_or_file(tmp_path: Path):
+    assert len(puzzles_from_argument(EASY)) == 1
+    with pytest.raises(InputError, match="neither an 81-character puzzle string nor an existing file"):
+        puzzles_from_argument(str(tmp_path / "missing.csv"))
+    with pytest.raises(InputError, match="has 5 characters"):
+        puzzles_from_argument("53007")
+
+
+def test_generator_unique_and_difficulty_knob():
+    p, s = generate_puzzles(6, (30, 36), seed=11)
+    for puz, sol in zip(p, s):
+        assert count_solutions(puz) == 1
+        assert check_solution(sol, puz) == []
+        assert 30 <= (puz > 0).sum() <= 36
+    p2, _ = generate_puzzles(6, (30, 36), seed=11)
+    assert (p == p2).all()
+    with pytest.raises(UsageError):
+        generate_puzzles(1, (40, 30))
+
+
+# ----------------------------------------------------------------------------- solving
+
+
+def test_gd_solves_known_easy_puzzle_with_monotone_energy():
+    g = torch.tensor(parse_grid(EASY), dtype=torch.long).view(1, 9, 9)
+    out = run_descent(g, 2000)  # averaged projections solve it at iteration 1754
+    assert bool(solved_mask(out.u, g)[0])
+    assert all(out.energy_monotone)
+    energies = [r["energy"] for r in out.trace]
+    assert all(b <= a * (1 + 1e-5) + 1e-12 for a, b in zip(energies, energies[1:]))
+
+
+def test_edn_energy_monotone_for_any_network():
+    """The guarantee does not depend on training: an untrained network still only descends."""
+    torch.manual_seed(0)
+    net = SudokuDirectionNet(channels=8, blocks=1).eval()
+    p, _ = generate_puzzles(3, (26, 36), seed=2)
+    g = torch.tensor(p, dtype=torch.long).view(-1, 9, 9)
+    out = run_descent(g, 20, net)
+    assert all(out.energy_monotone)
+    assert max(out.max_energy_increase) <= 1e-6
+    e = [r["energy"] for r in out.trace]
+    assert e[-1] < e[0]
+
+
+def test_solve_table_reports_infeasible_and_accuracy(tmp_path: Path):
+    p = tmp_path / "ps.csv"
+    p.write_text(f"puzzle,solution\n{EASY},{EASY_SOLUTION}\n{DUPLICATE},{EASY_SOLUTION}\n")
+    rep = solve_table(read_puzzles(p), "gd", iterations=2000)
+    assert rep.rows[0]["solved"] and rep.rows[0]["cell_accuracy"] == 1.0
+    assert rep.rows[1]["status"] == "infeasible" and rep.rows[1]["energy"] > 0
+    assert rep.summary()["solved"] == 1
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_solve_string_gd():
+    res, code = invoke(["solve", EASY, "--method", "gd", "--iterations", "2000"])
+    assert code == 0, res.output
+    assert EASY_SOLUTION in res.output
+
+
+def test_cli_solve_exit_3_when_not_solved(tmp_path: Path):
+    out, js = tmp_path / "s.csv", tmp_path / "r.json"
+    res, code = invoke(["solve", EASY, "--method", "gd", "--iterations", "2", "--out", str(out), "--json", str(js)])
+    assert code == 3, res.output
+    assert "not solved" in res.output
+    assert out.read_text().splitlines()[1].endswith("not solved")
+    doc = json.loads(js.read_text())
+    assert doc["summary"]["solved"] == 0 and doc["puzzles"][0]["energy_monotone"]
+    res, code = invoke(["solve", EASY, "--method", "gd", "--out", str(out)])
+    assert code == 2 and "already exists" in str(res.exception)
+
+
+@pytest.mark.parametrize(
+    "arg, code, fragment",
+    [
+        (EASY[:-2], 4, "has 79 characters"),
+        (DUPLICATE, 4, "infeasible: digit 5 twice in row 1"),
+        ("nope.csv", 4, "neither an 81-character puzzle string nor an existing file"),
+    ],
+)
+def test_cli_bad_input(arg, code, fragment):
+    res, got = invoke(["solve", arg, "--method", "gd", "--iterations", "5"])
+    assert got == code
+    assert fragment in str(res.exception)
+    assert "\n" not in str(res.exception)
+
+
+def test_cli_bad_method_and_missing_weights(tmp_path: Path):
+    res, code = invoke(["solve", EASY, "--method", "magic"])
+    assert code == 2
+    res, code = invoke(["solve", EASY, "--method", "edn", "--weights", str(tmp_path / "none.safetensors")])
+    assert code == 4 and isinstance(res.exception, CheckpointError)
+
+
+def test_cli_empty_file(tmp_path: Path):
+    p = tmp_path / "empty.csv"
+    p.write_text("")
+    res, code = invoke(["solve", str(p)])
+    assert code == 4 and "no puzzles found" in str(res.exception)
+
+
+def test_tiny_training_writes_loadable_checkpoint(tmp_path: Path):
+    from edncli.cli.sudoku import train_command
+    from edncli.io.checkpoints import load_checkpoint
+
+    info = train_command(
+        out=tmp_path / "tiny", epochs=1, n_puzzles=24, batch_size=8, channels=8, blocks=1, quiet=True, command="test"
+    )
+    tensors, meta = load_checkpoint(info["checkpoint"], expect_task="sudoku")
+    assert meta["arch"]["name"] == "fibre_direction" and meta["default_iterations"] == 100
+    assert meta["zeta1"] == 0.1 and Path(info["card"]).read_text().count(info["sha256"]) == 1
+    res, code = invoke(["solve", EASY, "--weights", info["checkpoint"], "--iterations", "5", "--json", str(tmp_path / "r.json")])
+    assert code in (0, 3), res.output
+    assert json.loads((tmp_path / "r.json").read_text())["summary"]["energy_monotone"]
+    with pytest.raises(UsageError, match="already exists"):
+        train_command(out=tmp_path / "tiny", epochs=1, n_puzzles=24, quiet=True)
+    base = train_command(
+        out=tmp_path / "base", epochs=1, n_puzzles=24, batch_size=8, channels=8, blocks=1, baseline=True, quiet=True
+    )
+    res, code = invoke(["solve", EASY, "--method", "baseline", "--weights", base["checkpoint"]])
+    assert code in (0, 3)
+    res, code = invoke(["solve", EASY, "--method", "edn", "--weights", base["checkpoint"]])
+    assert code == 4 and "sudoku-baseline" in str(res.exception)
+
+
+def test_cli_eval(tmp_path: Path):
+    p = tmp_path / "ps.csv"
+    p.write_text(f"id,puzzle,solution,label\na,{EASY},{EASY_SOLUTION},easy\n")
+    js = tmp_path / "t.json"
+    res, code = invoke(["eval", "--puzzles", str(p), "--methods", "gd", "--gd-iterations", "50", "--json", str(js)])
+    assert code == 0, res.output
+    doc = json.loads(js.read_text())
+    assert set(doc["methods"]["gd"]) >= {"cell_accuracy", "solved_rate", "iterations", "time_s"}
+    assert doc["rows"][0]["gd"]["cell_accuracy"] is not None
+    res, code = invoke(["eval", "--puzzles", str(p), "--methods", "gd,magic"])
+    assert code == 2
