@@ -179,3 +179,35 @@ def test_readme_documents_every_top_level_command_and_exit_code():
         assert f"edn {name}" in readme, f"README does not mention `edn {name}`"
     for code in ("0", "2", "3", "4", "130"):
         assert f"| {code} " in readme
+
+
+def _phantom(path: Path, n=48):
+    yy, xx = np.mgrid[-1 : 1 : n * 1j, -1 : 1 : n * 1j]
+    img = 0.8 * ((xx / 0.8) ** 2 + (yy / 0.6) ** 2 <= 1) + 0.2 * (((xx - 0.2) / 0.2) ** 2 + (yy / 0.3) ** 2 <= 1)
+    Image.fromarray(np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)).save(path)
+
+
+def test_ct_simulate_and_reconstruct(workdir, monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("EDN_CACHE_DIR", str(tmp_path / "cache"))
+    _phantom(workdir / "phantom.png")
+    code, _, err = edn(monkeypatch, capsys, "simulate", "ct", "--angles", "60", "--noise-sigma", "0.05", "phantom.png", "-o", "sino.h5")
+    assert code == 0, err
+    code, _, err = edn(monkeypatch, capsys, "reconstruct", "ct", "--sinogram", "sino.h5", "--size", "48", "-o", "slice.tif",
+                       "--method", "gd", "--noise-sigma", "0.05", "--tau", "1.02", "--report", "ct.json", "--reference", "phantom.png")
+    assert code == 0, err
+    report = json.loads(Path("ct.json").read_text())
+    assert report["delta_reached"] and report["energy_monotone"]
+    assert report["center_rule"] == "auto" and abs(report["center"] - (68 - 1) / 2) < 1.0
+    assert report["geometry"]["beam"] == "parallel"
+    assert report["trace"][-1]["psnr"] > 20
+    assert tifffile.imread("slice.tif").shape == (48, 48)
+
+
+def test_ct_without_angles_fails_rather_than_guesses(workdir, monkeypatch, capsys):
+    np.save("sino.npy", np.ones((30, 68), dtype=np.float32))
+    code, _, err = edn(monkeypatch, capsys, "ct", "--sinogram", "sino.npy", "-o", "x.tif")
+    assert code == 2 and "angles" in err
+    code, _, err = edn(monkeypatch, capsys, "ct", "--sinogram", "sino.npy", "-o", "x.tif", "--angles", "30", "--size", "48",
+                       "--beam", "fan")
+    assert code == 2 and "source" in err
+    assert not Path("x.tif").exists()

@@ -440,7 +440,7 @@ def estimate_center(sinogram: np.ndarray, theta: np.ndarray) -> float:
         raise UsageError("estimate_center needs at least 2 projections 180 degrees apart; give a scan over >= 180 deg")
     tw = np.mod(th, 2 * np.pi)
     step = float(np.median(np.abs(np.diff(np.sort(tw))))) if n_ang > 1 else 0.0
-    tol = max(step, 1e-9) * 0.51 + 1e-9
+    tol = max(step, 1e-9) * 1.01 + 1e-9  # [0, pi) scans pair theta=0 with pi - step
     diff = np.abs(np.angle(np.exp(1j * (tw[None, :] - tw[:, None] - np.pi))))  # (i, j)
     j = np.argmin(diff, axis=1)
     ok = diff[np.arange(n_ang), j] <= tol

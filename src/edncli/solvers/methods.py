@@ -83,7 +83,7 @@ def _load_learned_methods() -> None:
     """Import modules that register learned methods (kept lazy: they need networks)."""
     import importlib
 
-    for module in ("edncli.networks.methods",):
+    for module in ("edncli.solvers.learned", "edncli.solvers.potential"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:
