@@ -37,6 +37,7 @@ def _register_optional() -> None:
 
     for module, attach in (
         ("edncli.cli.ct", lambda m: (app.command("ct")(m.ct), reconstruct_app.command("ct")(m.ct), simulate.app.command("ct")(m.simulate_ct))),
+        ("edncli.cli.train", lambda m: app.command("train")(m.train)),
     ):
         try:
             attach(importlib.import_module(module))

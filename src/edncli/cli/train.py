@@ -1,0 +1,120 @@
+"""``edn train --task sr|ct|deblur|denoiser|sudoku``: train a checkpoint with the project's own code.
+
+Also runs under ``torchrun --nproc-per-node N -m edncli train ...`` (data-parallel).
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from typing_extensions import Annotated
+
+from ..errors import UsageError
+from . import common as c
+
+TASKS = ("sr", "ct", "deblur", "denoiser", "sudoku")
+
+
+def _out_path(out: Optional[str], default: str) -> Path:
+    name = out or default
+    p = Path(name)
+    if p.suffix != ".safetensors":
+        p = p.with_suffix(".safetensors") if p.suffix == "" else Path(str(p) + ".safetensors")
+    if not p.parent.exists():
+        raise UsageError(f"--out {name}: folder {p.parent} does not exist")
+    return p
+
+
+def train(
+    task: Annotated[str, typer.Option("--task", help=f"One of: {', '.join(TASKS)}.")],
+    out: Annotated[Optional[str], typer.Option("--out", help="Checkpoint name or path (.safetensors added); a model card .md is written beside it.")] = None,
+    images: Annotated[Optional[str], typer.Option("--images", help="Folder of training images.")] = None,
+    val_images: Annotated[Optional[str], typer.Option("--val-images", help="Folder of validation images.")] = None,
+    kind: Annotated[str, typer.Option("--kind", help="sr/ct/deblur: edn (direction network) or baseline.")] = "edn",
+    scale: Annotated[int, typer.Option("--scale", help="sr: upscaling factor.")] = 4,
+    downsampler: Annotated[str, typer.Option("--downsampler", help="sr: average or bicubic.")] = "average",
+    kernel_sigma: Annotated[str, typer.Option("--kernel-sigma", help="deblur: Gaussian σ or range lo:hi.")] = "1.0:2.0",
+    kernel_size: Annotated[int, typer.Option("--kernel-size", help="deblur: kernel side.")] = 25,
+    angles: Annotated[int, typer.Option("--angles", help="ct: parallel-beam angles over 180° at training size.")] = 90,
+    noise: Annotated[str, typer.Option("--noise-sigma", help="Training noise std range lo:hi (per sample).")] = "0:0.02",
+    depth: Annotated[int, typer.Option("--depth", help="Backbone depth (paper: 17-20).")] = 8,
+    width: Annotated[int, typer.Option("--width", help="Backbone channels (paper: 64).")] = 32,
+    layer: Annotated[str, typer.Option("--layer", help="Descent layer: cone_ball (eq. 22) or halfspace (eq. 21).")] = "cone_ball",
+    zeta1: Annotated[float, typer.Option("--zeta1", help="eq. 22 ζ1 (on the normalised gradient).")] = 0.05,
+    zeta2: Annotated[float, typer.Option("--zeta2", help="eq. 22 ζ2.")] = 20.0,
+    zeta: Annotated[float, typer.Option("--zeta", help="eq. 21 ζ.")] = 1e-3,
+    patch: Annotated[int, typer.Option("--patch-size", help="Training patch side.")] = 48,
+    batch: Annotated[int, typer.Option("--batch-size", help="Mini-batch size per process.")] = 16,
+    steps: Annotated[int, typer.Option("--steps", help="Optimiser steps.")] = 2000,
+    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-3,
+    lag_every: Annotated[int, typer.Option("--lag-every", help="Refresh the lagged iterate distribution every N mini-batches.")] = 100,
+    max_lag_steps: Annotated[int, typer.Option("--max-lag-steps", help="Iterates from 0..K steps of the current method.")] = 10,
+    min_iter: Annotated[int, typer.Option("--min-iter", help="Default steps before the δ test, stored in the checkpoint.")] = 15,
+    val_every: Annotated[int, typer.Option("--val-every", help="Validate every N steps (an epoch).")] = 250,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue from this checkpoint.")] = None,
+    arch: Annotated[Optional[str], typer.Option("--arch", help="denoiser: gradncnn, dnicnn, dndicnn or dncnn.")] = None,
+    sigma: Annotated[Optional[str], typer.Option("--sigma", help="denoiser: noise std range lo:hi.")] = None,
+    puzzles: Annotated[Optional[str], typer.Option("--puzzles", help="sudoku: CSV of puzzles (default: generated).")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="sudoku: epochs.")] = None,
+    device: c.Device = "auto",
+    seed: c.Seed = 0,
+    quiet: c.Quiet = False,
+    force: c.Force = False,
+) -> None:
+    """Train a network for a task and write a checkpoint (safetensors) plus its model card."""
+    import torch
+
+    from ..training.data import parse_range
+
+    if task not in TASKS:
+        raise UsageError(f"--task must be one of {', '.join(TASKS)}, got {task!r}")
+    command = "edn " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    dev = c.resolve_device(device)
+    if task == "sudoku":
+        from .sudoku import train_command
+
+        kwargs = {"puzzles": puzzles, "out": out, "seed": seed, "device": device, "quiet": quiet, "force": force}
+        if epochs is not None:
+            kwargs["epochs"] = epochs
+        train_command(**kwargs)
+        return
+    if task == "denoiser":
+        from ..training.denoiser import DenoiserTrainConfig, train_denoiser
+
+        if arch is None:
+            raise UsageError("--task denoiser needs --arch gradncnn|dnicnn|dndicnn|dncnn")
+        cfg = DenoiserTrainConfig(
+            arch=arch, sigma=parse_range(sigma or "0.01:0.1", "--sigma"), images=images, val_images=val_images,
+            depth=depth, width=width, patch=patch, batch=batch, steps=steps, lr=lr, seed=seed,
+        )
+        path = train_denoiser(cfg, _out_path(out, arch), command=command, quiet=quiet, force=force, device=dev)
+        c.say(f"wrote {path} and {Path(path).with_suffix('.md')}", quiet)
+        return
+
+    from ..tasks import TaskSpec
+    from ..training.lagged import TrainConfig, train as run_train
+
+    spec = TaskSpec(
+        task=task, scale=scale, downsampler=downsampler, kernel_sigma=parse_range(kernel_sigma, "--kernel-sigma"),
+        kernel_size=kernel_size, angles=angles, noise_sigma=parse_range(noise, "--noise-sigma"),
+    )
+    if kind not in ("edn", "baseline"):
+        raise UsageError(f"--kind must be edn or baseline, got {kind!r}")
+    default_name = f"{'edn' if kind == 'edn' else 'baseline'}-{task}" + (f"-x{scale}" if task == "sr" else "")
+    cfg = TrainConfig(
+        spec=spec, kind=kind, images=images, val_images=val_images, depth=depth, width=width, layer=layer,
+        zeta1=zeta1, zeta2=zeta2, zeta=zeta, patch=patch, batch=batch, steps=steps, lr=lr, lag_every=lag_every,
+        max_lag_steps=max_lag_steps, min_iter=min_iter, val_every=val_every, seed=seed,
+    )
+    if steps < 1:
+        raise UsageError(f"--steps must be >= 1, got {steps}")
+    path = _out_path(out, default_name)
+    torch.manual_seed(seed)
+    written = run_train(cfg, path, command=command, device=dev, quiet=quiet, force=force, resume=resume,
+                        log_path=path.with_suffix(".train.jsonl"))
+    if written is not None:
+        c.say(f"wrote {written} and {written.with_suffix('.md')}", quiet)

@@ -1,0 +1,100 @@
+"""Task settings shared by training, evaluation and the learned methods: operator and initial guess.
+
+A :class:`TaskSpec` is stored in every direction-network checkpoint (``meta["operator"]``), so
+a checkpoint knows the forward model it was trained for, and using it for another is an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Optional, Sequence, Tuple
+
+import torch
+
+from .errors import CheckpointError, UsageError
+from .operators.base import LinearOperator
+
+TASKS = ("sr", "deblur", "ct")
+
+
+@dataclass
+class TaskSpec:
+    """Forward-model settings of a task.
+
+    sr: ``scale``, ``downsampler`` (average | bicubic). deblur: Gaussian ``kernel_sigma`` range
+    ``(lo, hi)`` (one σ drawn per training batch), ``kernel_size``, ``boundary``. ct: parallel
+    beam with ``angles`` equally spaced over [0, π) and ``detectors = ceil(size * sqrt(2))``.
+    """
+
+    task: str
+    scale: int = 4
+    downsampler: str = "average"
+    kernel_sigma: Tuple[float, float] = (1.6, 1.6)
+    kernel_size: int = 25
+    boundary: str = "reflect"
+    angles: int = 90
+    beam: str = "parallel"
+    noise_sigma: Tuple[float, float] = (0.0, 0.02)
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise UsageError(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        self.kernel_sigma = tuple(self.kernel_sigma)  # type: ignore[assignment]
+        self.noise_sigma = tuple(self.noise_sigma)  # type: ignore[assignment]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TaskSpec":
+        return cls(**d)
+
+    def operator(self, shape: Sequence[int], kernel_sigma: Optional[float] = None, device="cpu") -> LinearOperator:
+        """The forward operator for images of ``shape`` (``(H, W)``)."""
+        h, w = shape[-2:]
+        if self.task == "sr":
+            from .operators.downsample import make_sr_operator
+
+            return make_sr_operator((h, w), self.scale, self.downsampler)
+        if self.task == "deblur":
+            from .operators.blur import Blur, gaussian_kernel
+
+            sigma = kernel_sigma if kernel_sigma is not None else self.kernel_sigma[0]
+            return Blur((h, w), gaussian_kernel(sigma, self.kernel_size), self.boundary).to(device)
+        from .operators.tomography import CTGeometry, make_ct_operator
+
+        import math
+
+        import numpy as np
+
+        geom = CTGeometry(
+            size=h,
+            angles=np.linspace(0, np.pi, self.angles, endpoint=False),
+            detectors=int(math.ceil(h * math.sqrt(2))),
+            beam="parallel",
+        )
+        return make_ct_operator(geom, device=str(device))
+
+    def initial(self, op: LinearOperator, f: torch.Tensor) -> torch.Tensor:
+        """The initial guess: bicubic upsampling (sr), the data (deblur), FBP (ct)."""
+        if self.task == "sr":
+            from .operators.downsample import upsample
+
+            return upsample(f, self.scale, "bicubic")
+        if self.task == "deblur":
+            return f.clone()
+        fbp = getattr(op, "fbp", None)
+        if fbp is not None:
+            return fbp(f)
+        return op.adjoint(f) / op.sqnorm(device=f.device)
+
+    def check_compatible(self, other: "TaskSpec", name: str) -> None:
+        """A checkpoint trained for ``self`` used on a problem described by ``other``."""
+        if self.task != other.task:
+            raise CheckpointError(f"checkpoint {name} is for task {self.task!r}, not {other.task!r}")
+        if self.task == "sr" and (self.scale != other.scale or self.downsampler != other.downsampler):
+            raise CheckpointError(
+                f"checkpoint {name} was trained for x{self.scale} {self.downsampler} downsampling, "
+                f"not x{other.scale} {other.downsampler}; train one with edn train --task sr --scale {other.scale}"
+            )
