@@ -51,7 +51,7 @@ class TrainConfig:
     lagged_max_steps: int = 15  # Algorithm 1 steps for a regenerated iterate: uniform 0..15
     continue_prob: float = 0.5
     default_iterations: int = 100
-    time_limit_s: Optional[float] = None
+    time_limit_s: Optional[float] = None  # seconds of training (after data loading); the lr schedule follows it
     seed: int = 0
     device: str = "cpu"
 
@@ -184,7 +184,16 @@ def train(
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
     steps_per_epoch = math.ceil(n_tr / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.1)
+    t_train = time.perf_counter()
+
+    def lr_at(step: int) -> float:
+        """Warm-up then cosine decay over the run; with a time limit the run's length is its time."""
+        frac = step / total_steps
+        if cfg.time_limit_s is not None:
+            frac = max(frac, (time.perf_counter() - t_train) / cfg.time_limit_s)
+        frac = min(frac, 1.0)
+        warm = min(1.0, frac / 0.05)
+        return cfg.lr * warm * 0.5 * (1 + math.cos(math.pi * frac)) + 1e-3 * cfg.lr
 
     pool = None
     if not baseline:
@@ -211,8 +220,9 @@ def train(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step)
             opt.step()
-            sched.step()
             losses.append(float(loss.detach()))
             step += 1
             if not baseline and step % cfg.regen_every == 0:
@@ -225,7 +235,7 @@ def train(
                 pool[ridx] = lagged_iterates(net, gv_r, start, ks)  # type: ignore[index, arg-type]
                 regens += 1
                 net.train()
-            if cfg.time_limit_s is not None and time.perf_counter() - t_start > cfg.time_limit_s:
+            if cfg.time_limit_s is not None and time.perf_counter() - t_train > cfg.time_limit_s:
                 stopped_early = True
                 break
         log(f"epoch {epoch + 1}/{cfg.epochs}: loss {np.mean(losses):.4f} ({time.perf_counter() - t_start:.0f} s)")
