@@ -31,6 +31,15 @@ app.add_typer(reconstruct_app, name="reconstruct")
 app.add_typer(simulate.app, name="simulate")
 
 
+def _attach_sudoku(module) -> None:
+    app.add_typer(module.app, name="sudoku")
+    eval_cmd = getattr(module, "eval_command", None)
+    if eval_cmd is not None:
+        import importlib
+
+        importlib.import_module("edncli.cli.evaluate").app.command("sudoku")(eval_cmd)
+
+
 def _register_optional() -> None:
     """Command groups that live in their own modules (added as they land)."""
     import importlib
@@ -38,6 +47,9 @@ def _register_optional() -> None:
     for module, attach in (
         ("edncli.cli.ct", lambda m: (app.command("ct")(m.ct), reconstruct_app.command("ct")(m.ct), simulate.app.command("ct")(m.simulate_ct))),
         ("edncli.cli.train", lambda m: app.command("train")(m.train)),
+        ("edncli.cli.evaluate", lambda m: app.add_typer(m.app, name="eval")),
+        ("edncli.cli.weights", lambda m: app.add_typer(m.app, name="weights")),
+        ("edncli.cli.sudoku", _attach_sudoku),
     ):
         try:
             attach(importlib.import_module(module))

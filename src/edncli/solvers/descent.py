@@ -219,7 +219,9 @@ def descend(
         rose = active & (e > e_old)
         if bool(rose.any()):
             u = torch.where(_bcast(rose, u), prev_u, u).clone()
-            e = energy.value(u)
+            # Reverted samples are back at their previous point: keep its recorded energy (an
+            # exact re-evaluation may differ from the incrementally updated one by round-off).
+            e = torch.where(rose, e_old, energy.value(u))
             stalled = stalled | rose
         g = energy.grad(u)
         disc = data.discrepancy(u) if data is not None else None

@@ -1,0 +1,44 @@
+"""``edn weights list|show``: the checkpoints edn knows, read without executing code."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from typing_extensions import Annotated
+
+app = typer.Typer(help="List and inspect checkpoints (shipped in weights/ or in $EDN_WEIGHTS_DIR).", no_args_is_help=True)
+
+
+@app.command("list")
+def list_cmd(as_json: Annotated[bool, typer.Option("--json", help="One JSON object per checkpoint.")] = False) -> None:
+    """List checkpoints with task, size and sha256."""
+    from ..io.checkpoints import read_metadata, sha256_of
+    from ..io.weights import list_weights
+
+    rows = []
+    for path in list_weights():
+        try:
+            meta = read_metadata(path)
+            task = meta["task"]
+        except Exception as exc:  # a foreign file in the folder must not hide the others
+            task = f"unreadable ({exc})"
+        rows.append({"name": path.stem, "task": task, "bytes": path.stat().st_size, "sha256": sha256_of(path), "path": str(path)})
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        print(f"{r['name']:<22} {r['task']:<18} {r['bytes'] / 1e6:6.2f} MB  {r['sha256'][:16]}  {r['path']}")
+
+
+@app.command("show")
+def show_cmd(name: Annotated[str, typer.Argument(help="Checkpoint name or path.")]) -> None:
+    """Print a checkpoint's metadata (task, architecture, operator, training command, metrics)."""
+    from ..io.checkpoints import read_metadata, sha256_of
+    from ..io.weights import resolve_weights
+
+    path = resolve_weights(name)
+    meta = read_metadata(path)
+    meta["sha256"] = sha256_of(path)
+    meta["file"] = str(path)
+    print(json.dumps(meta, indent=2, sort_keys=True))

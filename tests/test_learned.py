@@ -1,0 +1,183 @@
+"""Direction networks: the guarantee holds for any weights; training, checkpoints, eval, DDP."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from edncli.errors import CheckpointError
+from edncli.io.checkpoints import load_checkpoint, read_metadata, save_checkpoint
+from edncli.networks.backbones import BackboneConfig
+from edncli.networks.direction import DirectionNet, DirectionNetConfig
+from edncli.solvers.methods import MethodOptions, Problem, solve
+from edncli.solvers.stopping import DeltaChoice
+from edncli.tasks import TaskSpec
+from edncli.training.lagged import TrainConfig, train
+
+from .test_cli import edn
+
+
+def _images(folder: Path, n=3, size=40):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    from scipy.ndimage import gaussian_filter
+
+    for i in range(n):
+        img = gaussian_filter(rng.random((size, size)), 1.5)
+        img = (img - img.min()) / (img.max() - img.min())
+        Image.fromarray(np.round(img * 255).astype(np.uint8)).save(folder / f"im{i}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_sr(tmp_path_factory):
+    """A tiny edn-sr-x4 checkpoint trained by the project's own training code."""
+    root = tmp_path_factory.mktemp("tiny")
+    imgs = _images(root / "imgs")
+    cfg = TrainConfig(spec=TaskSpec("sr", scale=4), images=str(imgs), val_images=str(imgs), depth=3, width=8, patch=24,
+                      batch=4, steps=6, lag_every=3, max_lag_steps=2, val_every=3, val_size=32, min_iter=4)
+    out = train(cfg, root / "tiny-sr.safetensors", command="pytest", device=torch.device("cpu"), quiet=True,
+                log_path=root / "tiny-sr.train.jsonl")
+    return out
+
+
+def _sr_problem(n=32, sigma=0.01):
+    from edncli.operators.downsample import AveragePool, upsample
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.interpolate(torch.rand(1, 1, 8, 8, generator=gen), size=(n, n), mode="bicubic")[:, 0].clamp(0, 1)
+    op = AveragePool((n, n), 4)
+    f = op(x) + sigma * torch.randn(1, n // 4, n // 4, generator=gen)
+    return x, op, f, upsample(f, 4)
+
+
+def test_checkpoint_is_complete_and_loads_without_code(tiny_sr):
+    meta = read_metadata(tiny_sr)
+    assert meta["task"] == "edn-sr" and meta["arch"]["kind"] == "direction"
+    assert meta["operator"]["scale"] == 4 and meta["command"] == "pytest"
+    assert "val_psnr" in meta["metrics"]["best"]
+    card = tiny_sr.with_suffix(".md").read_text()
+    assert "sha256" in card and "pytest" in card
+    assert tiny_sr.with_suffix(".train.jsonl").read_text().strip()
+    with pytest.raises(CheckpointError, match="task"):
+        load_checkpoint(tiny_sr, expect_task="denoiser")
+
+
+@pytest.mark.parametrize("layer", ["cone_ball", "halfspace"])
+def test_random_direction_network_keeps_the_guarantee(layer, tmp_path):
+    # Whatever the weights, Algorithm 1 with the projection layer must lower the energy every step
+    # and stop at δ: the network only chooses which descent direction to take.
+    torch.manual_seed(3)
+    net = DirectionNet(DirectionNetConfig(backbone=BackboneConfig(depth=3, width=8), layer=layer))
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    path = tmp_path / "rand.safetensors"
+    save_checkpoint(path, net.state_dict(), {"task": "edn-sr", "arch": net.cfg.as_dict(),
+                                              "operator": TaskSpec("sr", scale=4).as_dict(), "min_iter": 3})
+    x, op, f, u0 = _sr_problem()
+    delta = 1.1 * 0.01 * math.sqrt(f[0].numel())
+    res = solve(Problem(op, f, u0, DeltaChoice(delta, "given"), task="sr"), "edn", MethodOptions(weights=str(path), max_iter=300))
+    energies = [r.energy for r in res.trace]
+    assert all(b <= a for a, b in zip(energies, energies[1:]))
+    assert res.energy_monotone
+    assert res.iterations >= 3  # min_iter from the checkpoint
+    # A random network is a worst case: eq. 22 keeps d on the ball's rim at angle up to
+    # arccos(ζ1/ζ2) from the gradient (Prop. 2's slow rate with γ = ζ1/ζ2), eq. 21 bounds only
+    # the component along the gradient. Either way the energy falls and never rises.
+    assert energies[-1] < energies[0]
+    if layer == "cone_ball":
+        assert energies[-1] < 0.5 * energies[0]
+    assert res.samples[0].fallback_steps == 0
+
+
+def test_edn_method_with_trained_checkpoint(tiny_sr):
+    x, op, f, u0 = _sr_problem()
+    delta = 1.1 * 0.01 * math.sqrt(f[0].numel())
+    res = solve(Problem(op, f, u0, DeltaChoice(delta, "given"), reference=x, task="sr"), "edn", MethodOptions(weights=str(tiny_sr)))
+    assert res.delta_reached and res.energy_monotone
+    import hashlib
+
+    assert res.extra["checkpoint"]["sha256"] == hashlib.sha256(tiny_sr.read_bytes()).hexdigest()
+
+
+def test_wrong_scale_and_wrong_kind_are_clear_errors(tiny_sr):
+    from edncli.operators.downsample import AveragePool, upsample
+
+    f = torch.rand(1, 16, 16)
+    problem = Problem(AveragePool((32, 32), 2), f, upsample(f, 2), None, task="sr")
+    with pytest.raises(CheckpointError, match="x4"):
+        solve(problem, "edn", MethodOptions(weights=str(tiny_sr)))
+    with pytest.raises(CheckpointError, match="baseline"):
+        solve(problem, "baseline", MethodOptions(weights=str(tiny_sr)))
+
+
+def test_corrupt_and_foreign_checkpoints(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError):
+        read_metadata(bad)
+    from safetensors.torch import save_file
+
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(2)}, str(foreign))
+    with pytest.raises(CheckpointError, match="not an edn checkpoint"):
+        read_metadata(foreign)
+    pickle_file = tmp_path / "evil.pt"
+    torch.save({"a": 1}, pickle_file)
+    with pytest.raises(CheckpointError):
+        read_metadata(pickle_file)
+
+
+def test_train_cli_bad_input(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    Path("empty").mkdir()
+    code, _, err = edn(monkeypatch, capsys, "train", "--task", "sr", "--images", "empty", "--out", "m", "--steps", "1")
+    assert code == 4 and "no images" in err
+    _images(tmp_path / "small", n=1, size=16)
+    code, _, err = edn(monkeypatch, capsys, "train", "--task", "sr", "--images", "small", "--out", "m", "--steps", "1")
+    assert code == 2 and "patch" in err
+    assert not list(tmp_path.glob("m*.safetensors"))
+    code, _, err = edn(monkeypatch, capsys, "train", "--task", "nope")
+    assert code == 2
+
+
+def test_eval_and_weights_commands(tiny_sr, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _images(tmp_path / "clean", n=2, size=32)
+    code, out, err = edn(monkeypatch, capsys, "eval", "sr", "--images", "clean", "--methods", f"gd,edn:{tiny_sr}",
+                         "--json", "table.json")
+    assert code == 0, err
+    doc = json.loads(Path("table.json").read_text())
+    for name in ("gd", f"edn:{tiny_sr}"):
+        mean = doc["methods"][name]["mean"]
+        assert set(mean) >= {"psnr", "ssim", "residual_sq", "iterations", "time_s"}
+    assert doc["methods"][f"edn:{tiny_sr}"]["energy_monotone_all"] is True
+    assert len(doc["rows"]) == 4
+    monkeypatch.setenv("EDN_WEIGHTS_DIR", str(tiny_sr.parent))
+    code, out, _ = edn(monkeypatch, capsys, "weights", "show", tiny_sr.stem)
+    assert code == 0 and json.loads(out)["task"] == "edn-sr"
+    code, out, _ = edn(monkeypatch, capsys, "weights", "list")
+    assert code == 0 and tiny_sr.stem in out
+
+
+@pytest.mark.slow
+def test_data_parallel_training_with_torchrun(tmp_path):
+    imgs = _images(tmp_path / "imgs")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517", "-m", "edncli",
+           "train", "--task", "sr", "--images", str(imgs), "--out", str(tmp_path / "ddp"), "--depth", "3", "--width", "8",
+           "--patch-size", "24", "--batch-size", "2", "--steps", "4", "--val-every", "2", "--lag-every", "2",
+           "--max-lag-steps", "1", "--device", "cpu", "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    meta = read_metadata(tmp_path / "ddp.safetensors")
+    assert meta["world_size"] == 2 and meta["metrics"]["steps"] == 4
