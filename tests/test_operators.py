@@ -60,7 +60,7 @@ def test_average_pool_norm_is_exact():
 def test_power_iteration_matches_svd():
     op = Blur((12, 12), gaussian_kernel(1.2, 7), "zero")
     eye = torch.eye(144).view(144, 12, 12)
-    mat = op(eye).view(144, 144).T
+    mat = op(eye).reshape(144, 144).T
     assert op.opnorm(iterations=500) == pytest.approx(float(torch.linalg.matrix_norm(mat, 2)), rel=1e-3)
     assert op.sqnorm() == pytest.approx(op.opnorm() ** 2)
 

@@ -87,6 +87,7 @@ class Blur(LinearOperator):
         ch, cw = (kh - 1) // 2, (kw - 1) // 2
         self.pads = (kw - 1 - cw, cw, kh - 1 - ch, ch)
         self._otf: torch.Tensor | None = None
+        self._otf_pad: torch.Tensor | None = None
 
     def _weight(self, x: torch.Tensor) -> torch.Tensor:
         # conv2d correlates; flipping gives a true convolution.
@@ -102,17 +103,46 @@ class Blur(LinearOperator):
             self._otf = torch.fft.rfft2(psf).to(x.device)
         return self._otf
 
+    #: Kernels with at least this many taps are applied by FFT (same result, exact adjoint).
+    FFT_MIN_TAPS = 49
+
+    def _padded_otf(self, x: torch.Tensor) -> torch.Tensor:
+        """OTF of the kernel on the padded grid ``(H + kh - 1, W + kw - 1)`` for 'valid' FFT convolution."""
+        if getattr(self, "_otf_pad", None) is None or self._otf_pad.device != x.device:
+            h, w = self.in_shape
+            kh, kw = self.kernel.shape
+            psf = torch.zeros(h + kh - 1, w + kw - 1, dtype=torch.float32)
+            psf[:kh, :kw] = self.kernel
+            self._otf_pad = torch.fft.rfft2(psf).to(x.device)
+        return self._otf_pad
+
+    def _valid(self, xp: torch.Tensor) -> torch.Tensor:
+        """'valid' convolution of a padded image, ``(B, H+kh-1, W+kw-1) -> (B, H, W)``."""
+        kh, kw = self.kernel.shape
+        if self.kernel.numel() >= self.FFT_MIN_TAPS:
+            full = torch.fft.irfft2(torch.fft.rfft2(xp) * self._padded_otf(xp), s=xp.shape[-2:])
+            return full[..., kh - 1 :, kw - 1 :]
+        return F.conv2d(xp.unsqueeze(1), self._weight(xp)).squeeze(1)
+
+    def _valid_adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """Adjoint of :meth:`_valid`, ``(B, H, W) -> (B, H+kh-1, W+kw-1)``."""
+        kh, kw = self.kernel.shape
+        if self.kernel.numel() >= self.FFT_MIN_TAPS:
+            h, w = self.in_shape
+            emb = F.pad(y, (kw - 1, 0, kh - 1, 0))
+            return torch.fft.irfft2(torch.fft.rfft2(emb) * self._padded_otf(y).conj(), s=(h + kh - 1, w + kw - 1))
+        return F.conv_transpose2d(y.unsqueeze(1), self._weight(y)).squeeze(1)
+
     def forward(self, x):
         if self.boundary == "circular":
             return torch.fft.irfft2(torch.fft.rfft2(x) * self._otf_for(x), s=self.in_shape)
         mode = "reflect" if self.boundary == "reflect" else "constant"
-        xp = F.pad(x.unsqueeze(1), self.pads, mode=mode)
-        return F.conv2d(xp, self._weight(x)).squeeze(1)
+        return self._valid(F.pad(x.unsqueeze(1), self.pads, mode=mode).squeeze(1))
 
     def adjoint(self, y):
         if self.boundary == "circular":
             return torch.fft.irfft2(torch.fft.rfft2(y) * self._otf_for(y).conj(), s=self.in_shape)
-        full = F.conv_transpose2d(y.unsqueeze(1), self._weight(y)).squeeze(1)
+        full = self._valid_adjoint(y)
         if self.boundary == "zero":
             l, r, t, b = self.pads
             h, w = self.in_shape

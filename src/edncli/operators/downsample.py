@@ -48,7 +48,9 @@ class AveragePool(LinearOperator):
 
     def adjoint(self, y):
         s = self.scale
-        return y.repeat_interleave(s, dim=-2).repeat_interleave(s, dim=-1) / (s * s)
+        b, h, w = y.shape
+        up = (y / (s * s)).view(b, h, 1, w, 1).expand(b, h, s, w, s)
+        return up.reshape(b, h * s, w * s)
 
     def describe(self):
         return {**super().describe(), "scale": self.scale}
