@@ -168,10 +168,11 @@ def run_descent(
 
 @torch.no_grad()
 def run_baseline(givens: torch.Tensor, net: torch.nn.Module) -> RunOutput:
-    """One forward pass of the baseline network; ``u`` = softmax of its logits ``(B, 9, 9, 9)``."""
+    """One forward pass of the baseline network; ``u`` = softmax of its logits ``(B, 9, 9, 9)``,
+    with the given cells set to their digits (projection onto C5)."""
     start = time.perf_counter()
-    u = torch.softmax(net(givens), dim=-1)
     energy = SudokuEnergy(givens)
+    u = energy.projections[4](torch.softmax(net(givens), dim=-1))
     ok = solved_mask(u, givens)
     b = givens.shape[0]
     return RunOutput(
