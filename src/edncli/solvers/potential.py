@@ -1,0 +1,425 @@
+"""Reconstruction with learned denoisers (paper 000): potential descent, projected RED-SD and PnP-PGD.
+
+Methods registered here (all batched ``(B, H, W)``, per-sample stopping):
+
+- ``potential`` — Algorithm 1 of paper 000: gradient descent on ``F(x) = f(x) + λ g_θ(x)``,
+  ``f = 1/2 ||A x - y||^2``, with ``∇F = ∇f + λ (x - D_θ(x))`` (eq. 7), step ``µ_k = 1/L̂``
+  and backtracking: ``L̂`` starts at ``L0 = 1 + λ`` and is multiplied by ``β = √2`` until
+  ``F(x+) <= F(x) - µ/2 ||∇F(x)||^2`` (descent lemma, eq. 20); ``L̂`` is kept between
+  iterations (so ``1/µ_k <= max(L0, βL)``, Theorem 1). With ``box=True`` the constrained variant
+  (eqs. 22-24): ``x+ = P_[0,1](x - µ ∇F(x))`` and the test uses the gradient mapping
+  ``G_µ(x) = (x - x+)/µ``: ``F(x+) <= F(x) - µ/2 ||G_µ(x)||^2``. ``F`` never rises, and the
+  trace's ``energy`` is ``F`` (summed over the batch).
+- ``red`` — projected RED-SD (eq. 29): ``x+ = P_[0,1](x - µ (∇f(x) + λ (x - D(x))))``.
+- ``pnp`` — projected PnP-PGD (eq. 28): ``x+ = P_[0,1](D(x - µ ∇f(x)))``.
+  RED and PnP minimise no known energy; their trace's ``energy`` is the data term
+  ``1/2 ||A x - y||^2``, recorded honestly (its monotonicity is not promised).
+
+Every method stops per sample on the discrepancy principle: after at least ``min_iter`` steps at
+the first iterate with ``||A x - y|| <= δ``, or at ``max_iter`` (DESIGN §4 "When to stop").
+Defaults come from :data:`PRESETS` (Table 2 of paper 000) by ``problem.task`` ("deblur", "sr").
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+
+from ..energies import DataFidelity
+from ..errors import UsageError
+from ..metrics import psnr, ssim
+from .methods import Callback, MethodOptions, Problem, register_method
+from .trace import MONOTONE_RTOL, IterationRecord, SampleVerdict, SolveResult
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Settings of one method for one task (paper 000 Table 2, images in [0, 1]).
+
+    ``lam``: regularisation weight λ (``None`` for PnP); ``mu``: fixed step (RED/PnP; ``None``
+    for potential descent, which backtracks); ``L0 = L0_offset + λ``, ``beta``: backtracking;
+    ``max_iter``: the paper's iteration count; ``min_iter``: steps taken before the δ stop may act.
+    """
+
+    lam: Optional[float]
+    mu: Optional[float]
+    max_iter: int
+    min_iter: int
+    beta: float = math.sqrt(2.0)
+    L0_offset: float = 1.0
+
+    def as_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+#: ``PRESETS[task][method]``; tasks "deblur" (Gaussian blur, init: the blurred image) and "sr"
+#: (init: bilinear upsampling). Iteration counts are the paper's (Table 2); ``min_iter`` is ours.
+PRESETS: Dict[str, Dict[str, Preset]] = {
+    "deblur": {
+        "potential": Preset(lam=0.02, mu=None, max_iter=400, min_iter=100),
+        "red": Preset(lam=0.05, mu=1.99, max_iter=200, min_iter=100),
+        "pnp": Preset(lam=None, mu=1.99, max_iter=125, min_iter=60),
+    },
+    "sr": {
+        "potential": Preset(lam=0.04, mu=None, max_iter=400, min_iter=100),
+        "red": Preset(lam=0.05, mu=2.99, max_iter=125, min_iter=60),
+        "pnp": Preset(lam=None, mu=1.99, max_iter=75, min_iter=40),
+    },
+}
+#: Inits the presets assume (the CLI builds ``u0``): deblur from the blurred image, SR bilinear.
+PRESET_INITS = {"deblur": "blurred", "sr": "bilinear"}
+#: Shipped checkpoints used when ``options.weights`` is not given.
+DEFAULT_WEIGHTS = {"potential": "gradncnn", "red": "dncnn", "pnp": "dncnn"}
+#: Backtracking gives up (and the sample stops, "line_search_stalled") after this many increases of L̂.
+MAX_BACKTRACKS = 60
+
+_MODELS: Dict[Tuple[str, float, str], Tuple[torch.nn.Module, Dict[str, Any]]] = {}
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    return x.flatten(1)
+
+
+def _bcast(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return t.view(-1, *([1] * (like.dim() - 1)))
+
+
+def get_denoiser(name_or_path: str, device: torch.device | str = "cpu") -> Tuple[torch.nn.Module, Dict[str, Any]]:
+    """:func:`~edncli.networks.potentials.load_denoiser`, cached by path, modification time and device."""
+    from ..io.weights import resolve_weights
+    from ..networks.potentials import load_denoiser
+
+    path = resolve_weights(name_or_path)
+    key = (str(path.resolve()), path.stat().st_mtime, str(device))
+    if key not in _MODELS:
+        _MODELS[key] = load_denoiser(str(path), device)
+    return _MODELS[key]
+
+
+def resolve_settings(method: str, problem: Problem, options: MethodOptions) -> Tuple[Preset, str]:
+    """The preset for ``(problem.task, method)`` with the overrides of ``options``; ``(settings, preset name)``.
+
+    Overrides: ``options.extra`` keys ``"lam"``, ``"mu"``, ``"beta"``, ``"max_iter"``,
+    ``"preset"`` (a task name, to use another task's settings); ``options.min_iter`` when not
+    ``None``; ``options.max_iter`` when it differs from the :class:`MethodOptions` default.
+    An unknown task falls back to the deblur preset (and says so in the preset name).
+    """
+    extra = options.extra or {}
+    name = str(extra.get("preset") or problem.task)
+    if name not in PRESETS:
+        if "preset" in extra:
+            raise UsageError(f"--preset must be one of {', '.join(PRESETS)}, got {name!r}")
+        name = "deblur"
+    p = PRESETS[name][method]
+    changes: Dict[str, Any] = {}
+    for key in ("lam", "mu", "beta"):
+        if extra.get(key) is not None:
+            changes[key] = float(extra[key])  # type: ignore[arg-type]
+    if extra.get("max_iter") is not None:
+        changes["max_iter"] = int(extra["max_iter"])  # type: ignore[arg-type]
+    elif options.max_iter != MethodOptions().max_iter:
+        changes["max_iter"] = int(options.max_iter)
+    if options.min_iter is not None:
+        changes["min_iter"] = int(options.min_iter)
+    p = replace(p, **changes)
+    if method != "pnp" and not (p.lam is not None and p.lam > 0 and math.isfinite(p.lam)):
+        raise UsageError(f"--lam (λ) must be > 0 for method {method}, got {p.lam}")
+    if method != "potential" and not (p.mu is not None and p.mu > 0 and math.isfinite(p.mu)):
+        raise UsageError(f"--mu (step µ) must be > 0 for method {method}, got {p.mu}")
+    if not p.beta > 1:
+        raise UsageError(f"--beta (backtracking factor) must be > 1, got {p.beta}")
+    if p.max_iter < 0 or p.min_iter < 0:
+        raise UsageError(f"--max-iter and --min-iter must be >= 0, got {p.max_iter} and {p.min_iter}")
+    return p, name
+
+
+class _Tracker:
+    """Per-sample bookkeeping shared by the three methods: stopping, monotonicity, the trace."""
+
+    def __init__(self, problem: Problem, settings: Preset, callback: Callback, record_ssim: bool):
+        self.problem = problem
+        self.delta = None if problem.delta is None else float(problem.delta.delta)
+        self.min_iter, self.max_iter = settings.min_iter, settings.max_iter
+        self.callback = callback
+        self.record_ssim = record_ssim
+        b = problem.f.shape[0]
+        self.batch = b
+        self.active = torch.ones(b, dtype=torch.bool)
+        self.iters = torch.zeros(b, dtype=torch.long)
+        self.max_inc = torch.full((b,), -math.inf, dtype=torch.float64)
+        self.monotone = torch.ones(b, dtype=torch.bool)
+        self.reasons: List[str] = [""] * b
+        self.trace: List[IterationRecord] = []
+        self.start = time.perf_counter()
+
+    def record(self, k: int, u: torch.Tensor, energy: torch.Tensor, disc: torch.Tensor, gnorm: torch.Tensor, step: float, backtracks: int) -> None:
+        rec = IterationRecord(
+            iter=k,
+            energy=float(energy.double().sum()),
+            discrepancy=float(disc.double().pow(2).sum().sqrt()),
+            grad_norm=float(gnorm.double().pow(2).sum().sqrt()),
+            step=step,
+            backtracks=backtracks,
+            time_s=time.perf_counter() - self.start,
+            active=int(self.active.sum()),
+        )
+        ref = self.problem.reference
+        if ref is not None:
+            rec.psnr = psnr(u.clamp(0, 1), ref)
+            if self.record_ssim:
+                rec.ssim = ssim(u.clamp(0, 1), ref)
+        self.trace.append(rec)
+        if self.callback is not None:
+            self.callback(rec)
+
+    def moved(self, moved: torch.Tensor, e_old: torch.Tensor, e_new: torch.Tensor) -> None:
+        inc = (e_new - e_old).double().cpu()
+        moved = moved.cpu()
+        self.max_inc = torch.where(moved, torch.maximum(self.max_inc, inc), self.max_inc)
+        tol = MONOTONE_RTOL * e_old.double().abs().cpu() + 1e-12
+        self.monotone &= ~(moved & (inc > tol))
+
+    def stop(self, i: int, k: int, reason: str) -> None:
+        self.active[i] = False
+        self.iters[i] = k
+        self.reasons[i] = reason
+
+    def update(self, k: int, disc: torch.Tensor, gnorm: Optional[torch.Tensor] = None) -> None:
+        for i in range(self.batch):
+            if not self.active[i]:
+                continue
+            if k >= self.min_iter and self.delta is not None and float(disc[i]) <= self.delta:
+                self.stop(i, k, "delta")
+            elif gnorm is not None and float(gnorm[i]) == 0.0:
+                self.stop(i, k, "stationary")
+            elif k >= self.max_iter:
+                self.stop(i, k, "max_iter")
+
+    def result(self, u: torch.Tensor, energy: torch.Tensor, disc: torch.Tensor, method: str, extra: Dict[str, Any]) -> SolveResult:
+        samples = []
+        for i in range(self.batch):
+            di = float(disc[i])
+            inc = float(self.max_inc[i])
+            samples.append(
+                SampleVerdict(
+                    iterations=int(self.iters[i]),
+                    final_energy=float(energy[i]),
+                    final_discrepancy=di,
+                    delta=self.delta,
+                    delta_reached=None if self.delta is None else di <= self.delta,
+                    max_energy_increase=inc if math.isfinite(inc) else 0.0,
+                    energy_monotone=bool(self.monotone[i]),
+                    stop_reason=self.reasons[i],
+                )
+            )
+        return SolveResult(u=u, trace=self.trace, samples=samples, method=method, elapsed_s=time.perf_counter() - self.start, extra=extra)
+
+
+def potential_descent(
+    problem: Problem,
+    model: torch.nn.Module,
+    settings: Preset,
+    *,
+    box: bool = False,
+    callback: Callback = None,
+    record_ssim: bool = False,
+) -> SolveResult:
+    """Algorithm 1 of paper 000 (backtracking gradient descent on ``F = f + λ g_θ``); box variant eq. 22-24.
+
+    Parameters
+    ----------
+    problem: operator, data ``y`` ``(B, *out_shape)``, initial guess ``x0`` ``(B, H, W)``, δ, reference.
+    model: a potential denoiser (``potential_and_grad``), in eval mode.
+    settings: λ, ``β``, ``L0 = L0_offset + λ``, iteration limits.
+    box: project onto ``[0, 1]`` after each step and test with the gradient mapping (eq. 24).
+
+    Returns
+    -------
+    SolveResult whose trace ``energy`` is ``F`` summed over the batch; per-sample ``F`` never rises.
+    """
+    lam = float(settings.lam)  # type: ignore[arg-type]
+    data = DataFidelity(problem.op, problem.f)
+    u = problem.u0.detach().float().clone()
+    if box:
+        u = u.clamp(0, 1)
+    tr = _Tracker(problem, settings, callback, record_ssim)
+    dev = u.device
+
+    def energy_with_graph(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(F(x) (B,) float64, g_θ(x) with graph, x as the leaf)``."""
+        with torch.enable_grad():
+            xl = x.detach().requires_grad_(True)
+            g = model.potential(xl)
+        return data.value(x) + lam * g.detach(), g, xl
+
+    def gradient(x: torch.Tensor, g: torch.Tensor, xl: torch.Tensor) -> torch.Tensor:
+        (dg,) = torch.autograd.grad(g.sum(), xl)
+        return data.grad(x) + lam * dg
+
+    F, g_graph, xl = energy_with_graph(u)
+    G = gradient(u, g_graph, xl)
+    disc = data.discrepancy(u)
+    gnorm = _rows(G).norm(dim=1)
+    L = torch.full((tr.batch,), settings.L0_offset + lam, dtype=torch.float64)
+    tr.record(0, u, F, disc, gnorm, 0.0, 0)
+    tr.update(0, disc, gnorm)
+    k = 0
+    while bool(tr.active.any()):
+        k += 1
+        act = tr.active.clone()
+        trials = torch.zeros(tr.batch, dtype=torch.long)
+        while True:
+            mu = torch.where(act, 1.0 / L, torch.zeros_like(L)).to(dev)
+            x_new = u - _bcast(mu.float(), u) * G
+            if box:
+                x_new = x_new.clamp(0, 1)
+            # Gradient mapping G_µ = (x - x+)/µ (eq. 23); equals ∇F without the box.
+            gmap_sq = _rows(G).pow(2).sum(1, dtype=torch.float64) if not box else (
+                _rows(u - x_new).pow(2).sum(1, dtype=torch.float64) / mu.double().clamp_min(1e-300) ** 2
+            )
+            F_new, g_graph, xl = energy_with_graph(x_new)
+            ok = (F_new <= F - 0.5 * mu.double() * gmap_sq).cpu() | ~act
+            fail = ~ok
+            if not bool(fail.any()):
+                break
+            give_up = fail & (trials >= MAX_BACKTRACKS)
+            for i in torch.nonzero(give_up).flatten().tolist():
+                act[i] = False  # this sample stays where it is
+                tr.stop(i, k - 1, "line_search_stalled")
+            L = torch.where(fail & ~give_up, L * settings.beta, L)
+            trials = trials + (fail & ~give_up).long()
+        if not bool(act.any()):  # all remaining samples stalled at the previous iterate
+            k -= 1
+            break
+        mask = _bcast(act.to(dev), u)
+        u_prev, F_prev = u, F
+        u = torch.where(mask, x_new, u)
+        F = torch.where(act.to(F.device), F_new, F)
+        # Samples not moving had µ = 0, so x_new == u for them: the graph is at u for all.
+        G = gradient(u, g_graph, xl)
+        tr.moved(act, F_prev, F)
+        disc = data.discrepancy(u)
+        gnorm = _rows(G).norm(dim=1)
+        step = float((1.0 / L[act]).mean())
+        tr.record(k, u, F, disc, gnorm, step, int(trials.max()))
+        tr.update(k, disc, gnorm)
+    extra = {"final_L": [float(x) for x in L], "box": bool(box), "energy": "F = 1/2||Au-f||^2 + lam g(u)"}
+    return tr.result(u, F, disc, "potential", extra)
+
+
+def projected_red_pnp(
+    problem: Problem,
+    model: torch.nn.Module,
+    settings: Preset,
+    *,
+    kind: str,
+    callback: Callback = None,
+    record_ssim: bool = False,
+) -> SolveResult:
+    """Projected RED-SD (eq. 29, ``kind="red"``) or PnP-PGD (eq. 28, ``kind="pnp"``), fixed step µ.
+
+    Shapes as in :func:`potential_descent`. The trace's ``energy`` is the data term ``1/2||Ax - y||^2``
+    (neither iteration minimises a known energy; monotonicity is recorded, not promised).
+    """
+    data = DataFidelity(problem.op, problem.f)
+    u = problem.u0.detach().float().clone()
+    mu = float(settings.mu)  # type: ignore[arg-type]
+    lam = float(settings.lam) if settings.lam is not None else 0.0
+    tr = _Tracker(problem, settings, callback, record_ssim)
+    dev = u.device
+
+    def state(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return data.value(x), data.grad(x), data.discrepancy(x)
+
+    E, gf, disc = state(u)
+    gnorm = _rows(gf).norm(dim=1)
+    tr.record(0, u, E, disc, gnorm, 0.0, 0)
+    tr.update(0, disc)
+    k = 0
+    with torch.no_grad():
+        while bool(tr.active.any()):
+            k += 1
+            act = tr.active.clone()
+            if kind == "pnp":
+                x_new = model.denoise(u - mu * gf)
+            else:
+                x_new = u - mu * (gf + lam * (u - model.denoise(u)))
+            x_new = x_new.clamp(0, 1)
+            u = torch.where(_bcast(act.to(dev), u), x_new, u)
+            E_old = E
+            E, gf, disc = state(u)
+            tr.moved(act, E_old, E)
+            gnorm = _rows(gf).norm(dim=1)
+            tr.record(k, u, E, disc, gnorm, mu, 0)
+            tr.update(k, disc)
+    extra = {"energy": "data term 1/2||Au-f||^2 (RED/PnP minimise no known energy; monotonicity not promised)"}
+    return tr.result(u, E, disc, kind, extra)
+
+
+def _checkpoint_info(meta: Dict[str, Any]) -> Dict[str, Any]:
+    return {"name": meta.get("name"), "sha256": meta.get("sha256"), "arch": meta.get("arch"), "file": meta.get("file")}
+
+
+def _run(method: str, problem: Problem, options: MethodOptions, callback: Callback) -> SolveResult:
+    settings, preset_name = resolve_settings(method, problem, options)
+    weights = options.weights or DEFAULT_WEIGHTS[method]
+    model, meta = get_denoiser(weights, problem.f.device)
+    if method == "potential" and not getattr(model, "has_potential", False):
+        raise UsageError(
+            f"--weights {weights}: a {meta['arch'].get('name')} denoiser has no potential; method potential "
+            "needs a gradncnn, dnicnn or dndicnn checkpoint (or use --method red/pnp)"
+        )
+    box = bool((options.extra or {}).get("box", False))
+    if method == "potential":
+        result = potential_descent(problem, model, settings, box=box, callback=callback, record_ssim=options.record_ssim)
+    else:
+        result = projected_red_pnp(problem, model, settings, kind=method, callback=callback, record_ssim=options.record_ssim)
+    result.extra.update(
+        {
+            "checkpoint": _checkpoint_info(meta),
+            "lam": settings.lam,
+            "mu": settings.mu if method != "potential" else "backtracking",
+            "preset": preset_name,
+            "settings": settings.as_dict(),
+        }
+    )
+    if method == "potential":
+        result.extra.update({"L0": settings.L0_offset + float(settings.lam), "beta": settings.beta})  # type: ignore[arg-type]
+    return result
+
+
+@register_method("potential")
+def solve_potential(problem: Problem, options: MethodOptions, callback: Callback = None) -> SolveResult:
+    """Algorithm 1 of paper 000 with a gradient-driven denoiser (default weights ``gradncnn``)."""
+    return _run("potential", problem, options, callback)
+
+
+@register_method("red")
+def solve_red(problem: Problem, options: MethodOptions, callback: Callback = None) -> SolveResult:
+    """Projected RED-SD, eq. 29 of paper 000 (default weights ``dncnn``)."""
+    return _run("red", problem, options, callback)
+
+
+@register_method("pnp")
+def solve_pnp(problem: Problem, options: MethodOptions, callback: Callback = None) -> SolveResult:
+    """Projected PnP-PGD, eq. 28 of paper 000 (default weights ``dncnn``)."""
+    return _run("pnp", problem, options, callback)
+
+
+__all__ = [
+    "Preset",
+    "PRESETS",
+    "PRESET_INITS",
+    "DEFAULT_WEIGHTS",
+    "resolve_settings",
+    "get_denoiser",
+    "potential_descent",
+    "projected_red_pnp",
+    "solve_potential",
+    "solve_red",
+    "solve_pnp",
+]
