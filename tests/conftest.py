@@ -33,3 +33,9 @@ def shared_data():
 def dtype_tol(dtype: torch.dtype) -> float:
     """Relative tolerance for adjoint tests by dtype (ODL's testutils.dtype_tol idea)."""
     return {torch.float32: 1e-5, torch.float64: 1e-10}[dtype]
+
+
+# One intra-op thread per test process: pytest-xdist runs one worker per core, and oversubscribed
+# OpenMP threads make tiny tensor ops orders of magnitude slower on a loaded 2-core machine.
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")

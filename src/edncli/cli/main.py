@@ -33,7 +33,7 @@ app.add_typer(simulate.app, name="simulate")
 
 def _attach_sudoku(module) -> None:
     app.add_typer(module.app, name="sudoku")
-    eval_cmd = getattr(module, "eval_command", None)
+    eval_cmd = getattr(module, "evaluate", None)
     if eval_cmd is not None:
         import importlib
 

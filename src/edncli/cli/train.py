@@ -60,6 +60,9 @@ def train(
     sigma: Annotated[Optional[str], typer.Option("--sigma", help="denoiser: noise std range lo:hi.")] = None,
     puzzles: Annotated[Optional[str], typer.Option("--puzzles", help="sudoku: CSV of puzzles (default: generated).")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="sudoku: epochs.")] = None,
+    baseline: Annotated[bool, typer.Option("--baseline", help="sudoku: train the feed-forward baseline instead.")] = False,
+    time_limit: Annotated[Optional[float], typer.Option("--time-limit", help="sudoku: training time cap in seconds.")] = None,
+    n_puzzles: Annotated[Optional[int], typer.Option("--n-puzzles", help="sudoku: generated puzzles when no --puzzles.")] = None,
     device: c.Device = "auto",
     seed: c.Seed = 0,
     quiet: c.Quiet = False,
@@ -77,9 +80,16 @@ def train(
     if task == "sudoku":
         from .sudoku import train_command
 
-        kwargs = {"puzzles": puzzles, "out": out, "seed": seed, "device": device, "quiet": quiet, "force": force}
+        kwargs = {"puzzles": Path(puzzles) if puzzles else None, "seed": seed, "device": str(dev), "quiet": quiet,
+                  "force": force, "baseline": baseline, "command": command}
+        if out is not None:
+            kwargs["out"] = Path(out)
         if epochs is not None:
             kwargs["epochs"] = epochs
+        if time_limit is not None:
+            kwargs["time_limit_s"] = time_limit
+        if n_puzzles is not None:
+            kwargs["n_puzzles"] = n_puzzles
         train_command(**kwargs)
         return
     if task == "denoiser":

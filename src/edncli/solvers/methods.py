@@ -50,7 +50,7 @@ class MethodOptions:
     rho: float = 0.5
     alpha: Optional[float] = None
     huber_eps: float = 0.01
-    tv_inner_iter: int = 200
+    tv_inner_iter: int = 100
     tv_search_steps: int = 8
     weights: Optional[str] = None
     record_ssim: bool = False
