@@ -60,9 +60,9 @@ class Preset:
 #: (init: bilinear upsampling). Iteration counts are the paper's (Table 2); ``min_iter`` is ours.
 PRESETS: Dict[str, Dict[str, Preset]] = {
     "deblur": {
-        "potential": Preset(lam=0.02, mu=None, max_iter=400, min_iter=100),
+        "potential": Preset(lam=0.02, mu=None, max_iter=400, min_iter=150),
         "red": Preset(lam=0.05, mu=1.99, max_iter=200, min_iter=100),
-        "pnp": Preset(lam=None, mu=1.99, max_iter=125, min_iter=60),
+        "pnp": Preset(lam=None, mu=1.99, max_iter=125, min_iter=25),
     },
     "sr": {
         "potential": Preset(lam=0.04, mu=None, max_iter=400, min_iter=100),
@@ -327,7 +327,10 @@ def projected_red_pnp(
     """
     data = DataFidelity(problem.op, problem.f)
     u = problem.u0.detach().float().clone()
-    mu = float(settings.mu)  # type: ignore[arg-type]
+    # Table 2's µ assumes ||A|| <= 1 (e.g. a circular blur); a reflect-boundary blur has ||A|| slightly
+    # above 1, and µ = 1.99 would then exceed 2/||A||^2 and diverge: scale µ by 1/max(1, ||A||^2).
+    lip = problem.op.sqnorm(device=problem.f.device)
+    mu = float(settings.mu) / max(1.0, lip)  # type: ignore[arg-type]
     lam = float(settings.lam) if settings.lam is not None else 0.0
     tr = _Tracker(problem, settings, callback, record_ssim)
     dev = u.device
@@ -356,7 +359,10 @@ def projected_red_pnp(
             gnorm = _rows(gf).norm(dim=1)
             tr.record(k, u, E, disc, gnorm, mu, 0)
             tr.update(k, disc)
-    extra = {"energy": "data term 1/2||Au-f||^2 (RED/PnP minimise no known energy; monotonicity not promised)"}
+    extra = {
+        "energy": "data term 1/2||Au-f||^2 (RED/PnP minimise no known energy; monotonicity not promised)",
+        "mu_effective": mu,
+    }
     return tr.result(u, E, disc, kind, extra)
 
 
