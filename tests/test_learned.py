@@ -89,7 +89,8 @@ def test_random_direction_network_keeps_the_guarantee(layer, tmp_path):
     energies = [r.energy for r in res.trace]
     assert all(b <= a for a, b in zip(energies, energies[1:]))
     assert res.energy_monotone
-    assert res.iterations >= 3  # min_iter from the checkpoint
+    # min_iter from the checkpoint, unless float32 precision ended the run first (then said so)
+    assert res.iterations >= 3 or res.samples[0].stop_reason == "precision_limit"
     # A random network is a worst case: eq. 22 keeps d on the ball's rim at angle up to
     # arccos(ζ1/ζ2) from the gradient (Prop. 2's slow rate with γ = ζ1/ζ2), eq. 21 bounds only
     # the component along the gradient. Either way the energy falls and never rises.

@@ -17,7 +17,7 @@ from typing import Callable, List, Optional, Protocol
 
 import torch
 
-from ..energies import Energy, data_term_of
+from ..energies import Energy, data_term_of, dot
 from ..metrics import psnr, ssim
 from .trace import MONOTONE_RTOL, IterationRecord, SampleVerdict, SolveResult
 
@@ -164,13 +164,13 @@ def descend(
         k += 1
         d = direction(u, g, k - 1).float()
         neg_g = -g
-        slope = (_rows(d) * _rows(neg_g)).sum(1)  # <d, -grad E>, > 0 for a descent direction
+        slope = dot(d, neg_g).to(d.dtype)  # <d, -grad E>, > 0 for a descent direction
         # A direction that is not a descent direction (only possible for providers without a
         # descent-set layer) is replaced by -grad for that sample, and counted.
         bad = active & ~(slope > 0) & (gnorm > 0)
         if bool(bad.any()):
             d = torch.where(_bcast(bad, d), neg_g, d)
-            slope = torch.where(bad, (_rows(g) * _rows(g)).sum(1), slope)
+            slope = torch.where(bad, gnorm**2, slope)
             fallbacks += bad.cpu().long()
 
         if line.initial == "unit":
