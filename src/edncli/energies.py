@@ -17,12 +17,12 @@ LineFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-sample inner product ``<a_b, b_b>``, shape ``(B,)``, float64 result.
+    """Per-sample inner product ``<a_b, b_b>``, shape ``(B,)``, accumulated in float64.
 
-    One fused pass (a batched matrix product) instead of a product and a sum; float32
-    accumulation in BLAS is well inside the round-off guard of the solver.
+    float64 accumulation matters: near convergence the Armijo decrease is ~1e-9 of E, below
+    float32 summation noise, and the solver's round-off guard would stop the run early.
     """
-    return torch.einsum("bi,bi->b", a.flatten(1), b.flatten(1)).double()
+    return (a.flatten(1) * b.flatten(1)).sum(1, dtype=torch.float64)
 
 
 def _sum(x: torch.Tensor) -> torch.Tensor:
