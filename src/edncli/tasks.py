@@ -35,9 +35,12 @@ class TaskSpec:
     angles: int = 90
     beam: str = "parallel"
     noise_sigma: Tuple[float, float] = (0.0, 0.02)
+    init: str = "classic"  # "classic" (bicubic / data / FBP) or "zero"
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        if self.init not in ("classic", "zero"):
+            raise UsageError(f"--init must be classic or zero, got {self.init!r}")
         if self.task not in TASKS:
             raise UsageError(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
         self.kernel_sigma = tuple(self.kernel_sigma)  # type: ignore[assignment]
@@ -77,7 +80,14 @@ class TaskSpec:
         return make_ct_operator(geom, device=str(device))
 
     def initial(self, op: LinearOperator, f: torch.Tensor) -> torch.Tensor:
-        """The initial guess: bicubic upsampling (sr), the data (deblur), FBP (ct)."""
+        """The initial guess: zero, or (classic) bicubic upsampling (sr), the data (deblur), FBP (ct).
+
+        Energy dissipating networks start from zero by default: every later iterate must have
+        lower energy than the start, and a classical guess that already fits the data (bicubic
+        upsampling often meets δ) would leave the network no room to move towards the truth.
+        """
+        if self.init == "zero":
+            return torch.zeros((f.shape[0], *op.in_shape), device=f.device, dtype=f.dtype)
         if self.task == "sr":
             from .operators.downsample import upsample
 

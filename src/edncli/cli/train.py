@@ -41,8 +41,10 @@ def train(
     kernel_size: Annotated[int, typer.Option("--kernel-size", help="deblur: kernel side.")] = 25,
     angles: Annotated[int, typer.Option("--angles", help="ct: parallel-beam angles over 180° at training size.")] = 90,
     noise: Annotated[str, typer.Option("--noise-sigma", help="Training noise std range lo:hi (per sample).")] = "0:0.02",
+    init: Annotated[Optional[str], typer.Option("--init", help="Initial guess: zero (default for edn) or classic (bicubic/data/FBP; default for baseline).")] = None,
     depth: Annotated[int, typer.Option("--depth", help="Backbone depth (paper: 17-20).")] = 8,
     width: Annotated[int, typer.Option("--width", help="Backbone channels (paper: 64).")] = 32,
+    batchnorm: Annotated[bool, typer.Option("--batchnorm/--no-batchnorm", help="Batch norm in the backbone (paper: on; off trains more reliably with the lagged scheme's shifting inputs).")] = False,
     layer: Annotated[str, typer.Option("--layer", help="Descent layer: cone_ball (eq. 22) or halfspace (eq. 21).")] = "cone_ball",
     zeta1: Annotated[float, typer.Option("--zeta1", help="eq. 22 ζ1 (on the normalised gradient).")] = 0.05,
     zeta2: Annotated[float, typer.Option("--zeta2", help="eq. 22 ζ2.")] = 20.0,
@@ -111,12 +113,13 @@ def train(
     spec = TaskSpec(
         task=task, scale=scale, downsampler=downsampler, kernel_sigma=parse_range(kernel_sigma, "--kernel-sigma"),
         kernel_size=kernel_size, angles=angles, noise_sigma=parse_range(noise, "--noise-sigma"),
+        init=init or ("zero" if kind == "edn" else "classic"),
     )
     if kind not in ("edn", "baseline"):
         raise UsageError(f"--kind must be edn or baseline, got {kind!r}")
     default_name = f"{'edn' if kind == 'edn' else 'baseline'}-{task}" + (f"-x{scale}" if task == "sr" else "")
     cfg = TrainConfig(
-        spec=spec, kind=kind, images=images, val_images=val_images, depth=depth, width=width, layer=layer,
+        spec=spec, kind=kind, images=images, val_images=val_images, depth=depth, width=width, batchnorm=batchnorm, layer=layer,
         zeta1=zeta1, zeta2=zeta2, zeta=zeta, patch=patch, batch=batch, steps=steps, lr=lr, lag_every=lag_every,
         max_lag_steps=max_lag_steps, min_iter=min_iter, val_every=val_every, seed=seed,
     )

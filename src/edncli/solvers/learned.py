@@ -72,8 +72,11 @@ def solve_edn(problem: Problem, options: MethodOptions, callback: Callback = Non
     if name is None:
         raise CheckpointError(f"method edn has no shipped network for task {problem.task!r}; pass --weights")
     net, meta = load_learned("edn", name, device)
-    TaskSpec.from_dict(meta["operator"]).check_compatible(_problem_spec(problem), meta["name"])
+    spec = TaskSpec.from_dict(meta["operator"])
+    spec.check_compatible(_problem_spec(problem), meta["name"])
     op = problem.op
+    # The network was trained on paths from its own initial guess (the checkpoint's `init`).
+    u0 = spec.initial(op, problem.f) if spec.init == "zero" else problem.u0
     L = op.sqnorm(device=device)
     data = network_inputs(op, problem.f, L)
     energy = DataFidelity(op, problem.f)
@@ -88,7 +91,7 @@ def solve_edn(problem: Problem, options: MethodOptions, callback: Callback = Non
     delta = None if problem.delta is None else problem.delta.delta
     result = descend(
         energy,
-        problem.u0,
+        u0,
         direction,
         line=LineSearch(c=options.c, rho=options.rho, initial="unit"),
         stop=StopRule(delta=delta, min_iter=min_iter, max_iter=max(options.max_iter, min_iter), grad_tol=options.grad_tol),
@@ -99,6 +102,7 @@ def solve_edn(problem: Problem, options: MethodOptions, callback: Callback = Non
     )
     result.extra["checkpoint"] = _checkpoint_info(meta)
     result.extra["min_iter"] = min_iter
+    result.extra["init"] = "zero (from the checkpoint)" if spec.init == "zero" else "the command's --init"
     return result
 
 

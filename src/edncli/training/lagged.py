@@ -49,7 +49,7 @@ class TrainConfig:
     val_images: Optional[str] = None
     depth: int = 8
     width: int = 32
-    batchnorm: bool = True
+    batchnorm: bool = False
     layer: str = "cone_ball"
     zeta1: float = 0.05
     zeta2: float = 20.0
@@ -195,9 +195,10 @@ def evaluate(cfg: TrainConfig, net, x: torch.Tensor, device, seed: int = 0) -> d
             )
             u, monotone = res.u, res.energy_monotone
     net.train(was_training)
+    classic = TaskSpec(**{**spec.as_dict(), "init": "classic"}).initial(op, f)
     return {
         "val_psnr": psnr(u.clamp(0, 1), x),
-        "val_psnr_init": psnr(u0.clamp(0, 1), x),
+        "val_psnr_init": psnr(classic.clamp(0, 1), x),
         "val_energy_monotone": monotone,
         "val_noise_sigma": 0.01,
     }
