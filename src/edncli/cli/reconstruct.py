@@ -26,6 +26,10 @@ AlphaOpt = Annotated[
     Optional[float], typer.Option("--alpha", help="tv: regularisation weight α (default: by the discrepancy principle).")
 ]
 WeightsOpt = Annotated[Optional[str], typer.Option("--weights", help="Checkpoint name (in weights/) or path.")]
+LamOpt = Annotated[Optional[float], typer.Option("--lam", help="potential/red: regularisation weight λ (default: the paper's preset).")]
+MuOpt = Annotated[Optional[float], typer.Option("--mu", help="red/pnp: step size µ (default: the paper's preset).")]
+BoxOpt = Annotated[bool, typer.Option("--box", help="potential/red/pnp: keep iterates in [0, 1] (proximal variant).")]
+PresetOpt = Annotated[Optional[str], typer.Option("--preset", help="potential/red/pnp: settings of task sr or deblur (default: this task).")]
 InitOpt = Annotated[Optional[str], typer.Option("--init", help="Initial guess (see each command's help).")]
 
 
@@ -35,7 +39,7 @@ def _check_method(method: str) -> str:
     return method
 
 
-def _options(max_iter, min_iter, alpha, weights, reference):
+def _options(max_iter, min_iter, alpha, weights, reference, lam=None, mu=None, box=False, preset=None):
     from ..solvers.methods import MethodOptions
 
     if max_iter is not None and max_iter < 0:
@@ -48,6 +52,7 @@ def _options(max_iter, min_iter, alpha, weights, reference):
         alpha=alpha,
         weights=weights,
         record_ssim=reference is not None,
+        extra={"lam": lam, "mu": mu, "box": box, "preset": preset} if preset else {"lam": lam, "mu": mu, "box": box},
     )
 
 
@@ -168,6 +173,10 @@ def sr(
     min_iter: c.MinIter = None,
     alpha: AlphaOpt = None,
     weights: WeightsOpt = None,
+    lam: LamOpt = None,
+    mu: MuOpt = None,
+    box: BoxOpt = False,
+    preset: PresetOpt = None,
     reference: c.ReferenceOpt = None,
     report: c.Report = None,
     plot: c.Plot = None,
@@ -196,7 +205,7 @@ def sr(
         raise UsageError(f"--init for sr must be bicubic, bilinear, nearest or adjoint, got {init!r}")
     if noise_sigma is not None and delta == "auto":
         delta = None
-    options = _options(max_iter, min_iter, alpha, weights, reference)
+    options = _options(max_iter, min_iter, alpha, weights, reference, lam, mu, box, preset)
     inputs = c.expand_inputs(input)
     outputs = c.plan_outputs(inputs, output, output_dir, fmt)
     dev = c.resolve_device(device)
@@ -242,6 +251,10 @@ def deblur(
     min_iter: c.MinIter = None,
     alpha: AlphaOpt = None,
     weights: WeightsOpt = None,
+    lam: LamOpt = None,
+    mu: MuOpt = None,
+    box: BoxOpt = False,
+    preset: PresetOpt = None,
     reference: c.ReferenceOpt = None,
     report: c.Report = None,
     plot: c.Plot = None,
@@ -271,7 +284,7 @@ def deblur(
         raise UsageError(f"--init for deblur must be blurred or zero, got {init!r}")
     if noise_sigma is not None and delta == "auto":
         delta = None
-    options = _options(max_iter, min_iter, alpha, weights, reference)
+    options = _options(max_iter, min_iter, alpha, weights, reference, lam, mu, box, preset)
     inputs = c.expand_inputs(input)
     outputs = c.plan_outputs(inputs, output, output_dir, fmt)
     dev = c.resolve_device(device)
