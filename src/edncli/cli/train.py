@@ -31,7 +31,7 @@ def _out_path(out: Optional[str], default: str) -> Path:
 
 def train(
     task: Annotated[str, typer.Option("--task", help=f"One of: {', '.join(TASKS)}.")],
-    out: Annotated[Optional[str], typer.Option("--out", help="Checkpoint name or path (.safetensors added); a model card .md is written beside it.")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Checkpoint name or path (.safetensors added); a model card .md is written beside it.")] = None,
     images: Annotated[Optional[str], typer.Option("--images", help="Folder of training images.")] = None,
     val_images: Annotated[Optional[str], typer.Option("--val-images", help="Folder of validation images.")] = None,
     kind: Annotated[str, typer.Option("--kind", help="sr/ct/deblur: edn (direction network) or baseline.")] = "edn",
@@ -42,8 +42,9 @@ def train(
     angles: Annotated[int, typer.Option("--angles", help="ct: parallel-beam angles over 180° at training size.")] = 90,
     noise: Annotated[str, typer.Option("--noise-sigma", help="Training noise std range lo:hi (per sample).")] = "0:0.02",
     init: Annotated[Optional[str], typer.Option("--init", help="Initial guess: zero (default for edn) or classic (bicubic/data/FBP; default for baseline).")] = None,
-    depth: Annotated[int, typer.Option("--depth", help="Backbone depth (paper: 17-20).")] = 8,
-    width: Annotated[int, typer.Option("--width", help="Backbone channels (paper: 64).")] = 32,
+    depth: Annotated[Optional[int], typer.Option("--depth", help="Backbone depth (paper: 17-20; default 8, denoisers: per architecture).")] = None,
+    width: Annotated[Optional[int], typer.Option("--width", help="Backbone channels (paper: 64; default 32).")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="torch CPU threads (default: torch's choice).")] = None,
     batchnorm: Annotated[bool, typer.Option("--batchnorm/--no-batchnorm", help="Batch norm in the backbone (paper: on; off trains more reliably with the lagged scheme's shifting inputs).")] = False,
     layer: Annotated[str, typer.Option("--layer", help="Descent layer: cone_ball (eq. 22) or halfspace (eq. 21).")] = "cone_ball",
     zeta1: Annotated[float, typer.Option("--zeta1", help="eq. 22 ζ1 (on the normalised gradient).")] = 0.05,
@@ -79,6 +80,10 @@ def train(
         raise UsageError(f"--task must be one of {', '.join(TASKS)}, got {task!r}")
     command = "edn " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     dev = c.resolve_device(device)
+    if threads is not None:
+        if threads < 1:
+            raise UsageError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
     if task == "sudoku":
         from .sudoku import train_command
 
@@ -99,12 +104,14 @@ def train(
 
         if arch is None:
             raise UsageError("--task denoiser needs --arch gradncnn|dnicnn|dndicnn|dncnn")
+        if images is None:
+            raise UsageError("--task denoiser needs --images FOLDER")
         cfg = DenoiserTrainConfig(
             arch=arch, sigma=parse_range(sigma or "0.01:0.1", "--sigma"), images=images, val_images=val_images,
-            depth=depth, width=width, patch=patch, batch=batch, steps=steps, lr=lr, seed=seed,
+            depth=depth, width=width, patch_size=patch, batch_size=batch, steps=steps, lr=lr, seed=seed,
+            time_limit_s=time_limit, device=str(dev), threads=threads, force=force,
         )
-        path = train_denoiser(cfg, _out_path(out, arch), command=command, quiet=quiet, force=force, device=dev)
-        c.say(f"wrote {path} and {Path(path).with_suffix('.md')}", quiet)
+        train_denoiser(cfg, out or arch, command=command, quiet=quiet)
         return
 
     from ..tasks import TaskSpec
@@ -119,7 +126,7 @@ def train(
         raise UsageError(f"--kind must be edn or baseline, got {kind!r}")
     default_name = f"{'edn' if kind == 'edn' else 'baseline'}-{task}" + (f"-x{scale}" if task == "sr" else "")
     cfg = TrainConfig(
-        spec=spec, kind=kind, images=images, val_images=val_images, depth=depth, width=width, batchnorm=batchnorm, layer=layer,
+        spec=spec, kind=kind, images=images, val_images=val_images, depth=depth or 8, width=width or 32, batchnorm=batchnorm, layer=layer,
         zeta1=zeta1, zeta2=zeta2, zeta=zeta, patch=patch, batch=batch, steps=steps, lr=lr, lag_every=lag_every,
         max_lag_steps=max_lag_steps, min_iter=min_iter, val_every=val_every, seed=seed,
     )
