@@ -47,7 +47,8 @@ def simulated(args):
         for m in args.methods:
             opts = MethodOptions(max_iter=args.iterations, min_iter=args.iterations, alpha=args.alpha if m == "tv" else None)
             res = solve(Problem(op, f, u0, None, reference=xt, task="ct"), m, opts)
-            curves[m].append([r.psnr for r in res.trace])
+            c = [r.psnr for r in res.trace]
+            curves[m].append(c + [c[-1]] * (args.iterations + 1 - len(c)))  # a run that stopped early stays put
     mean = {m: np.mean(np.array([c[: args.iterations + 1] for c in v]), axis=0).tolist() for m, v in curves.items()}
     return mean, {"images": [p.name for p in files], "size": args.size, "angles": args.angles, "noise_sigma": args.noise_sigma,
                   "alpha_tv": args.alpha, "iterations": args.iterations}

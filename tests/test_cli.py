@@ -94,7 +94,7 @@ def test_folder_of_inputs(workdir, monkeypatch, capsys):
     os.mkdir("in")
     for i in range(2):
         edn(monkeypatch, capsys, "simulate", "sr", "--scale", "2", "clean.png", "-o", f"in/img{i}.tif", "--seed", i)
-    code, _, err = edn(monkeypatch, capsys, "sr", "--scale", "2", "in", "--output-dir", "out", "--report", "reports", "--noise-sigma", "0.01")
+    code, _, err = edn(monkeypatch, capsys, "sr", "--scale", "2", "in", "--output-dir", "out", "--report", "reports", "--noise-sigma", "0.01", "--method", "gd")
     assert code == 0, err
     assert sorted(os.listdir("out")) == ["img0.tif", "img1.tif"]
     assert sorted(os.listdir("reports")) == ["img0.json", "img1.json"]
@@ -211,3 +211,14 @@ def test_ct_without_angles_fails_rather_than_guesses(workdir, monkeypatch, capsy
                        "--beam", "fan")
     assert code == 2 and "source" in err
     assert not Path("x.tif").exists()
+
+
+def test_default_method_is_edn_with_the_shipped_checkpoint(workdir, monkeypatch, capsys):
+    edn(monkeypatch, capsys, "simulate", "sr", "--scale", "4", "clean.png", "-o", "lr.tif")
+    code, _, err = edn(monkeypatch, capsys, "sr", "--scale", "4", "lr.tif", "-o", "hr.tif", "--noise-sigma", "0.01", "--report", "r.json")
+    assert code == 0, err
+    report = json.loads(Path("r.json").read_text())
+    assert report["method"] == "edn" and report["checkpoint"]["name"] == "edn-sr-x4"
+    assert report["energy_monotone"] and report["delta_reached"]
+    code, _, err = edn(monkeypatch, capsys, "sr", "--scale", "2", "lr.tif", "-o", "hr2.tif")
+    assert code == 4 and "x4" in err and not Path("hr2.tif").exists()

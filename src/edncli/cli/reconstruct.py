@@ -164,7 +164,7 @@ def sr(
     output: c.Output = None,  # type: ignore[assignment]
     scale: Annotated[int, typer.Option("--scale", "-s", help="Integer upscaling factor >= 2.")] = 4,
     downsampler: Annotated[str, typer.Option("--downsampler", help="Forward model: average (pooling) or bicubic.")] = "average",
-    method: MethodOpt = "gd",
+    method: MethodOpt = "edn",
     init: InitOpt = None,
     delta: c.DeltaOpt = "auto",
     noise_sigma: c.NoiseSigma = None,
@@ -242,7 +242,7 @@ def deblur(
     kernel_size: Annotated[Optional[int], typer.Option("--kernel-size", help="Gaussian kernel side (odd).")] = None,
     kernel: Annotated[Optional[Path], typer.Option("--kernel", help="Kernel file (.npy, .txt, image); normalised to sum 1.")] = None,
     boundary: Annotated[str, typer.Option("--boundary", help="reflect, circular or zero.")] = "reflect",
-    method: MethodOpt = "gd",
+    method: MethodOpt = "edn",
     init: InitOpt = None,
     delta: c.DeltaOpt = "auto",
     noise_sigma: c.NoiseSigma = None,
