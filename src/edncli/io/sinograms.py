@@ -397,6 +397,9 @@ def write_sinogram(path: str | os.PathLike, data: np.ndarray, theta: np.ndarray)
             f.create_dataset("/exchange/data", data=stored)
             f.create_dataset("/exchange/theta", data=np.rad2deg(th))
             f.attrs["creator"] = "edncli"
+        from .checkpoints import _umask
+
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 is not what a user expects
         os.replace(tmp, p)
     except BaseException:
         if os.path.exists(tmp):
