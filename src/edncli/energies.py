@@ -51,8 +51,8 @@ class Energy:
     def value_and_grad(self, u: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         return self.value(u), self.grad(u)
 
-    def along(self, u: torch.Tensor, d: torch.Tensor) -> LineFn:
-        """``tau (B,) -> E(u + tau d) (B,)``; subclasses with a closed form override this."""
+    def along(self, u: torch.Tensor, d: torch.Tensor, e0: Optional[torch.Tensor] = None) -> LineFn:
+        """``tau (B,) -> E(u + tau d) (B,)``; ``e0 = E(u)`` when known. Closed forms override this."""
 
         def line(tau: torch.Tensor) -> torch.Tensor:
             return self.value(u + _bcast(tau, u) * d)
@@ -113,12 +113,13 @@ class DataFidelity(Energy):
     def grad(self, u):
         return self.op.adjoint(self.residual(u))
 
-    def along(self, u, d):
+    def along(self, u, d, e0=None):
         """Closed form ``1/2||r||^2 + tau <r, A d> + tau^2/2 ||A d||^2`` with ``r = A u - f``."""
         r = self.residual(u)
         ad = self.op.forward(d)
         self._line = (u, d, r, ad)
-        e0 = 0.5 * dot(r, r)
+        if e0 is None:
+            e0 = 0.5 * dot(r, r)
         rad = dot(r, ad)
         adad = dot(ad, ad)
 
@@ -225,7 +226,7 @@ class SumEnergy(Energy):
     def grad(self, u):
         return sum(w * e.grad(u) for w, e in self.terms)
 
-    def along(self, u, d):
+    def along(self, u, d, e0=None):
         lines = [(w, e.along(u, d)) for w, e in self.terms]
 
         def line(tau):

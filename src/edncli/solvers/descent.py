@@ -162,14 +162,15 @@ def descend(
     k = 0
     while bool(active.any()):
         k += 1
+        steepest = direction is negative_gradient
         d = direction(u, g, k - 1).float()
-        neg_g = -g
-        slope = dot(d, neg_g).to(d.dtype)  # <d, -grad E>, > 0 for a descent direction
+        # <d, -grad E>, > 0 for a descent direction (known without a pass for d = -grad E)
+        slope = gnorm**2 if steepest else -dot(d, g).to(d.dtype)
         # A direction that is not a descent direction (only possible for providers without a
         # descent-set layer) is replaced by -grad for that sample, and counted.
         bad = active & ~(slope > 0) & (gnorm > 0)
         if bool(bad.any()):
-            d = torch.where(_bcast(bad, d), neg_g, d)
+            d = torch.where(_bcast(bad, d), -g, d)
             slope = torch.where(bad, gnorm**2, slope)
             fallbacks += bad.cpu().long()
 
@@ -188,10 +189,11 @@ def descend(
             if line.initial == "lipschitz":
                 # For d = -grad E the Landweber step 1/L satisfies Armijo; for other directions
                 # scale so the first trial moves as far as a 1/L gradient step would.
-                dn = _rows(d).norm(dim=1).clamp_min(1e-30)
-                tau = torch.where(gnorm > 0, tau * gnorm / dn, tau)
+                if not steepest:
+                    dn = _rows(d).norm(dim=1).clamp_min(1e-30)
+                    tau = torch.where(gnorm > 0, tau * gnorm / dn, tau)
 
-        phi = energy.along(u, d)
+        phi = energy.along(u, d, e)
         tau = torch.where(active, tau, torch.zeros_like(tau))
         trials = torch.zeros(batch, dtype=torch.long, device=u.device)
         e_new = phi(tau)
@@ -208,7 +210,7 @@ def descend(
         tau = torch.where(stalled, torch.zeros_like(tau), tau)
 
         prev_u, prev_g = u, g
-        u = u + _bcast(tau, u) * d
+        u = torch.addcmul(u, _bcast(tau.to(u.dtype), u), d)
         e_old = e
         if hasattr(energy, "moved"):
             energy.moved(u, prev_u, d, tau)  # type: ignore[attr-defined]
@@ -224,7 +226,8 @@ def descend(
             e = torch.where(rose, e_old, energy.value(u))
             stalled = stalled | rose
         g = energy.grad(u)
-        disc = data.discrepancy(u) if data is not None else None
+        # For E = 1/2||Au - f||^2 alone the discrepancy is sqrt(2E): no extra pass.
+        disc = (2 * e).clamp_min(0).sqrt().float() if energy is data else (data.discrepancy(u) if data is not None else None)
         gnorm = _rows(g).norm(dim=1)
 
         inc = (e - e_old).double().cpu()
