@@ -96,7 +96,7 @@ def ct(
     slices: Slices = None,
     transpose: Transpose = False,
     backend: Backend = "auto",
-    method: MethodOpt = "edn",
+    method: MethodOpt = "gd",
     init: Annotated[Optional[str], typer.Option("--init", help="fbp (default) or zero.")] = None,
     delta: c.DeltaOpt = "auto",
     noise_sigma: c.NoiseSigma = None,

@@ -242,7 +242,7 @@ def deblur(
     kernel_size: Annotated[Optional[int], typer.Option("--kernel-size", help="Gaussian kernel side (odd).")] = None,
     kernel: Annotated[Optional[Path], typer.Option("--kernel", help="Kernel file (.npy, .txt, image); normalised to sum 1.")] = None,
     boundary: Annotated[str, typer.Option("--boundary", help="reflect, circular or zero.")] = "reflect",
-    method: MethodOpt = "edn",
+    method: MethodOpt = "tv",
     init: InitOpt = None,
     delta: c.DeltaOpt = "auto",
     noise_sigma: c.NoiseSigma = None,
