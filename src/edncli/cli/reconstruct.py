@@ -8,7 +8,6 @@ code: 0 δ reached, 3 the cap came first (result still written).
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Callable, List, Optional
 

@@ -10,7 +10,7 @@ no energy, no guarantee; its report states whether the result happens to meet δ
 from __future__ import annotations
 
 import time
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 

@@ -180,7 +180,6 @@ def solve_tv(problem: Problem, options: MethodOptions, callback: Callback = None
 
     # Morozov: disc(α) grows with α; per sample, find the largest α with disc(α) <= δ by
     # stepping in decades until bracketed, then bisecting in log α. Warm starts keep solves short.
-    data = DataFidelity(problem.op, problem.f)
     tv = HuberTV(options.huber_eps)
     u0 = problem.u0
     # Start where the two terms balance at a discrepancy of δ: α R(u) ~ δ^2 / 2, with u the

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from ..energies import DataFidelity
 from ..errors import UsageError
-from ..io.checkpoints import save_checkpoint, sha256_of, write_model_card
+from ..io.checkpoints import save_checkpoint, write_model_card
 from ..metrics import psnr
 from ..networks.backbones import BackboneConfig
 from ..networks.direction import BaselineNet, DirectionNet, DirectionNetConfig, baseline_arch, count_parameters, network_inputs
