@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -46,7 +44,3 @@ def ssim(u: torch.Tensor, ref: torch.Tensor, border: int = 0, data_range: float 
     sxy = F.conv2d(x * y, w) - mx * my
     s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
     return float(s.flatten(1).mean(1).mean())
-
-
-def psnr_db(mse: float, data_range: float = 1.0) -> float:
-    return 10 * math.log10(data_range**2 / max(mse, 1e-20))

@@ -6,7 +6,6 @@ Nothing here imports torch at module level, so ``edn --help`` answers at once.
 from __future__ import annotations
 
 import glob
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, List, Optional
@@ -175,7 +174,3 @@ def check_exists_for_write(paths: List[Optional[str]], force: bool) -> None:
     for p in paths:
         if p is not None:
             check_writable(p, force)
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").lower() in ("1", "true", "yes")

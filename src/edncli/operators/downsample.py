@@ -28,7 +28,20 @@ def _check_divisible(shape: Sequence[int], scale: int) -> None:
         )
 
 
-class AveragePool(LinearOperator):
+class _DownsampleBase(LinearOperator):
+    """Shared set-up: a validated integer ``scale`` and shapes ``(H, W) -> (H/s, W/s)``."""
+
+    def __init__(self, hr_shape: Sequence[int], scale: int):
+        self.scale = check_scale(scale)
+        _check_divisible(hr_shape, self.scale)
+        h, w = hr_shape[-2:]
+        super().__init__((h, w), (h // self.scale, w // self.scale))
+
+    def describe(self):
+        return {**super().describe(), "scale": self.scale}
+
+
+class AveragePool(_DownsampleBase):
     """``A u``: mean over non-overlapping ``s x s`` blocks (paper 001 §5.1).
 
     Shapes ``(B, H, W) -> (B, H/s, W/s)``. ``A A^T = I / s^2``, so ``||A|| = 1/s`` exactly.
@@ -37,10 +50,7 @@ class AveragePool(LinearOperator):
     name = "average_pool"
 
     def __init__(self, hr_shape: Sequence[int], scale: int):
-        self.scale = check_scale(scale)
-        _check_divisible(hr_shape, self.scale)
-        h, w = hr_shape[-2:]
-        super().__init__((h, w), (h // self.scale, w // self.scale))
+        super().__init__(hr_shape, scale)
         self._opnorm = 1.0 / self.scale
 
     def forward(self, x):
@@ -51,9 +61,6 @@ class AveragePool(LinearOperator):
         b, h, w = y.shape
         up = (y / (s * s)).view(b, h, 1, w, 1).expand(b, h, s, w, s)
         return up.reshape(b, h * s, w * s)
-
-    def describe(self):
-        return {**super().describe(), "scale": self.scale}
 
 
 def _cubic(x: torch.Tensor, a: float = -0.5) -> torch.Tensor:
@@ -80,7 +87,7 @@ def bicubic_taps(scale: int) -> Tuple[torch.Tensor, int]:
     return taps.float(), int(math.floor(centre - 2 * s) + 1)
 
 
-class BicubicDownsample(LinearOperator):
+class BicubicDownsample(_DownsampleBase):
     """Antialiased bicubic downsampling by an integer factor (MATLAB ``imresize`` convention).
 
     Separable strided correlation with :func:`bicubic_taps`; the image is extended by
@@ -91,15 +98,12 @@ class BicubicDownsample(LinearOperator):
     name = "bicubic"
 
     def __init__(self, hr_shape: Sequence[int], scale: int):
-        self.scale = check_scale(scale)
-        _check_divisible(hr_shape, self.scale)
-        h, w = hr_shape[-2:]
-        super().__init__((h, w), (h // self.scale, w // self.scale))
+        super().__init__(hr_shape, scale)
         taps, first = bicubic_taps(self.scale)
         self.taps = taps
         self.pad_before = -first
         self.pad_after = len(taps) - 1 + first - (self.scale - 1)
-        for n in (h, w):
+        for n in self.in_shape:
             if max(self.pad_before, self.pad_after) > n:
                 raise UsageError(f"image side {n} is too small for bicubic downsampling by {self.scale}")
 
@@ -147,9 +151,6 @@ class BicubicDownsample(LinearOperator):
     def adjoint(self, y):
         h, w = self.in_shape
         return self._filter_adjoint(self._filter_adjoint(y, -1, w), -2, h)
-
-    def describe(self):
-        return {**super().describe(), "scale": self.scale}
 
 
 def make_sr_operator(hr_shape: Sequence[int], scale: int, kind: str = "average") -> LinearOperator:
