@@ -45,7 +45,9 @@ def test_halfspace_is_identity_inside_and_idempotent(zg, zeta):
     inside = _dot(z, g) >= zeta * gn + 1e-3 * (1 + _norm(z) * gn)
     d = project_halfspace(z, g, zeta)
     assert torch.allclose(d[inside], z[inside])
-    assert torch.allclose(project_halfspace(d, g, zeta), d, atol=1e-3, rtol=1e-4)
+    # Idempotent where the layer is a projection: ||g|| above the eps that guards the division.
+    proj = gn > 1e-5
+    assert torch.allclose(project_halfspace(d, g, zeta)[proj], d[proj], atol=1e-3, rtol=1e-4)
 
 
 @settings(max_examples=200, deadline=None)
