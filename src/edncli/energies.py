@@ -25,6 +25,17 @@ def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a.flatten(1) * b.flatten(1)).sum(1, dtype=torch.float64)
 
 
+def fast_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-sample inner product ``<a_b, b_b>``, shape ``(B,)``, accumulated by BLAS in the inputs' dtype.
+
+    4-8x cheaper than :func:`dot` on the CPU (one fused pass, no float64 temporaries); relative
+    error ~1e-7. For the line's coefficients and gradient norms, whose errors the Armijo test
+    tolerates (its decrease condition has slack ``1 - c``); energies themselves use :func:`dot`.
+    """
+    n = a.shape[0]
+    return torch.bmm(a.reshape(n, 1, -1), b.reshape(n, -1, 1)).view(n)
+
+
 def _sum(x: torch.Tensor) -> torch.Tensor:
     """Per-sample sum over all non-batch dimensions, shape ``(B,)``, accumulated in float64."""
     return x.flatten(1).sum(1, dtype=torch.float64)
@@ -107,8 +118,10 @@ class DataFidelity(Energy):
         return self.residual(u).flatten(1).norm(dim=1)
 
     def value(self, u):
-        r = self.residual(u)
-        return 0.5 * dot(r, r)
+        # vector_norm with a float64 accumulator: one pass, relative error ~1e-14 (the
+        # solver's round-off guard compares consecutive energies, so this precision matters)
+        n = torch.linalg.vector_norm(self.residual(u).flatten(1), dim=1, dtype=torch.float64)
+        return 0.5 * n * n
 
     def grad(self, u):
         return self.op.adjoint(self.residual(u))
@@ -120,12 +133,13 @@ class DataFidelity(Energy):
         self._line = (u, d, r, ad)
         if e0 is None:
             e0 = 0.5 * dot(r, r)
-        rad = dot(r, ad)
-        adad = dot(ad, ad)
+        rad = fast_dot(r, ad)
+        adad = fast_dot(ad, ad)
 
         def line(tau: torch.Tensor) -> torch.Tensor:
             return e0 + tau * rad + 0.5 * tau * tau * adad
 
+        line.quadratic = (rad, adad)  # type: ignore[attr-defined]  # phi(t) = e0 + a1 t + a2 t^2 / 2
         return line
 
     def moved(self, u_new: torch.Tensor, u: torch.Tensor, d: torch.Tensor, tau: torch.Tensor) -> None:
@@ -136,7 +150,7 @@ class DataFidelity(Energy):
         if self._updates % self.REFRESH_EVERY == 0:
             return
         _, _, r, ad = self._line
-        self._cache_r = r + _bcast(tau, r) * ad
+        self._cache_r = torch.addcmul(r, _bcast(tau.to(r.dtype), r), ad)
         self._cache_u = u_new
         self._line = None
 
@@ -232,6 +246,12 @@ class SumEnergy(Energy):
         def line(tau):
             return sum(w * fn(tau) for w, fn in lines)
 
+        quads = [getattr(fn, "quadratic", None) for _, fn in lines]
+        if all(q is not None for q in quads):  # a sum of quadratics is quadratic
+            line.quadratic = (  # type: ignore[attr-defined]
+                sum(w * q[0] for (w, _), q in zip(lines, quads)),
+                sum(w * q[1] for (w, _), q in zip(lines, quads)),
+            )
         return line
 
     def moved(self, u_new, u, d, tau) -> None:

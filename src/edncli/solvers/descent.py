@@ -6,6 +6,13 @@ Each sample stops on its own (DESIGN §4 "When to stop"): after at least ``min_i
 the first iterate with ``||A u - f|| <= delta``, or when ``||grad E|| <= grad_tol``, or at
 ``max_iter``. A stopped sample is frozen. The energy is non-increasing for every sample at
 every step; the result records the largest increase seen so the promise is checked, not assumed.
+
+Cost per iteration: the direction, one ``A d`` (closed-form line restriction of the quadratic
+data term), one ``A^T r`` (gradient), and a handful of passes over the image (the update, the
+residual update, three inner products). The per-sample scalars of an iteration cross to the
+host in two small transfers — the line's coefficients before the step, the new energy and
+gradient norm after it — and the backtracking, the stopping tests and the trace run on those
+host numbers, so the solver adds no further kernel launches or device synchronisations.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from typing import Callable, List, Optional, Protocol
 
 import torch
 
-from ..energies import Energy, data_term_of, dot
+from ..energies import Energy, data_term_of, fast_dot
 from ..metrics import psnr, ssim
 from .trace import MONOTONE_RTOL, IterationRecord, SampleVerdict, SolveResult
 
@@ -29,7 +36,11 @@ class DirectionProvider(Protocol):
 
 
 def negative_gradient(u: torch.Tensor, grad: torch.Tensor, k: int) -> torch.Tensor:
-    """The steepest-descent direction ``d = -grad E(u)`` (methods ``gd`` and ``tv``)."""
+    """The steepest-descent direction ``d = -grad E(u)`` (methods ``gd`` and ``tv``).
+
+    :func:`descend` recognises this provider and steps along ``grad`` with a negative step
+    instead, so ``-grad`` is never materialised.
+    """
     return -grad
 
 
@@ -77,8 +88,34 @@ def _bcast(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return t.view(-1, *([1] * (like.dim() - 1)))
 
 
-def _rows(x: torch.Tensor) -> torch.Tensor:
-    return x.flatten(1)
+def _host(*values: Optional[torch.Tensor]) -> List[Optional[List[float]]]:
+    """Per-sample ``(B,)`` tensors to Python floats in one device-to-host transfer (None kept)."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return [None] * len(values)
+    if present[0].device.type == "cpu":  # no transfer to batch: reading each is cheapest
+        return [None if v is None else v.tolist() for v in values]
+    rows = torch.stack([v.detach().to(torch.float64) for v in present]).cpu().tolist()
+    it = iter(rows)
+    return [None if v is None else next(it) for v in values]
+
+
+def _armijo(e: float, slope: float, a1: float, a2: float, tau: float, sign: float, c: float, rho: float, cap: int):
+    """Backtrack on the closed form ``phi(t) = e + a1 t + a2 t^2 / 2`` with ``t = sign * tau``.
+
+    Returns ``(tau, trials, ok)``: the first ``tau rho^j`` with
+    ``phi(sign tau) <= e - c tau slope`` (Armijo), the number of reductions ``j``, and whether
+    the test passed within ``cap`` reductions.
+    """
+    trials = 0
+    while True:
+        t = sign * tau
+        if e + a1 * t + 0.5 * a2 * t * t <= e - c * tau * slope:
+            return tau, trials, True
+        if trials >= cap:
+            return tau, trials, False
+        tau *= rho
+        trials += 1
 
 
 def descend(
@@ -101,22 +138,30 @@ def descend(
     start = time.perf_counter()
     u = u0.detach().clone().float()
     batch = u.shape[0]
+    device = u.device
     data = data_term_of(energy)
+    data_only = data is not None and energy is data
     delta = stop.delta
     lipschitz = energy.lipschitz if line.initial in ("lipschitz", "bb") else None
     if line.initial in ("lipschitz", "bb") and not lipschitz:
         raise ValueError(f"initial step {line.initial!r} needs an energy with a known Lipschitz constant")
+    steepest = direction is negative_gradient
+
+    def discrepancy_of(x: torch.Tensor) -> Optional[torch.Tensor]:
+        # For E = 1/2||Au - f||^2 alone the discrepancy is sqrt(2E): no extra pass.
+        return None if data is None or data_only else data.discrepancy(x)
 
     e = energy.value(u)
     g = energy.grad(u)
-    disc = data.discrepancy(u) if data is not None else None
-    gnorm = _rows(g).norm(dim=1)
+    e_h, gn2_h, disc_h = _host(e, fast_dot(g, g), discrepancy_of(u))
+    if data_only:
+        disc_h = [math.sqrt(max(2 * v, 0.0)) for v in e_h]
 
-    active = torch.ones(batch, dtype=torch.bool, device=u.device)
-    iters = torch.zeros(batch, dtype=torch.long)
-    max_inc = torch.full((batch,), -math.inf, dtype=torch.float64)
-    monotone = torch.ones(batch, dtype=torch.bool)
-    fallbacks = torch.zeros(batch, dtype=torch.long)
+    active = [True] * batch
+    iters = [0] * batch
+    max_inc = [-math.inf] * batch
+    monotone = [True] * batch
+    fallbacks = [0] * batch
     reasons: List[str] = [""] * batch
     prev_u: Optional[torch.Tensor] = None
     prev_g: Optional[torch.Tensor] = None
@@ -125,13 +170,13 @@ def descend(
     def record(k: int, step: float, backtracks: int) -> None:
         rec = IterationRecord(
             iter=k,
-            energy=float(e.double().sum()),
-            discrepancy=None if disc is None else float(disc.double().pow(2).sum().sqrt()),
-            grad_norm=float(gnorm.double().pow(2).sum().sqrt()),
+            energy=math.fsum(e_h),
+            discrepancy=None if disc_h is None else math.sqrt(math.fsum(v * v for v in disc_h)),
+            grad_norm=math.sqrt(math.fsum(gn2_h)),
             step=step,
             backtracks=backtracks,
             time_s=time.perf_counter() - start,
-            active=int(active.sum()),
+            active=sum(active),
         )
         if reference is not None:
             rec.psnr = psnr(u.clamp(0, 1), reference)
@@ -145,10 +190,10 @@ def descend(
         for i in range(batch):
             if not active[i]:
                 continue
-            reached = delta is not None and disc is not None and float(disc[i]) <= delta
+            reached = delta is not None and disc_h is not None and disc_h[i] <= delta
             if k >= stop.min_iter and reached:
                 reasons[i] = "delta"
-            elif float(gnorm[i]) <= stop.grad_tol:
+            elif math.sqrt(max(gn2_h[i], 0.0)) <= stop.grad_tol:
                 reasons[i] = "grad_tol"
             elif k >= stop.max_iter:
                 reasons[i] = "max_iter"
@@ -160,103 +205,145 @@ def descend(
     record(0, 0.0, 0)
     update_active(0)
     k = 0
-    while bool(active.any()):
+    while any(active):
         k += 1
-        steepest = direction is negative_gradient
-        d = direction(u, g, k - 1).float()
-        # <d, -grad E>, > 0 for a descent direction (known without a pass for d = -grad E)
-        slope = gnorm**2 if steepest else -dot(d, g).to(d.dtype)
+        # The step is taken along ``d`` with ``t = sign * tau``: for d = -grad E the provider's
+        # output is known, so the solver steps along grad E itself with sign -1.
+        if steepest:
+            d, sign = g, -1.0
+        else:
+            d, sign = direction(u, g, k - 1).float(), 1.0
+        phi = energy.along(u, d, e)
+        quad = getattr(phi, "quadratic", None)
+        bb_pull = (None, None)
+        if line.initial == "bb" and prev_u is not None:
+            s, y = u - prev_u, g - prev_g
+            bb_pull = (fast_dot(s, y), fast_dot(s, s))
+        dg_h, a1_h, a2_h, dd_h, sy_h, ss_h = _host(
+            None if steepest else fast_dot(d, g),
+            None if quad is None else quad[0],
+            None if quad is None else quad[1],
+            fast_dot(d, d) if (line.initial == "lipschitz" and not steepest) else None,
+            *bb_pull,
+        )
+        # slope = <sign d, -grad E> > 0 for a descent direction.
+        slope = list(gn2_h) if steepest else [-v for v in dg_h]  # type: ignore[union-attr]
         # A direction that is not a descent direction (only possible for providers without a
         # descent-set layer) is replaced by -grad for that sample, and counted.
-        bad = active & ~(slope > 0) & (gnorm > 0)
-        if bool(bad.any()):
-            d = torch.where(_bcast(bad, d), -g, d)
-            slope = torch.where(bad, gnorm**2, slope)
-            fallbacks += bad.cpu().long()
+        bad = [active[i] and not slope[i] > 0 and gn2_h[i] > 0 for i in range(batch)]
+        if any(bad):
+            mask = torch.tensor(bad, device=device)
+            d = torch.where(_bcast(mask, d), -g, d)
+            phi = energy.along(u, d, e)
+            quad = getattr(phi, "quadratic", None)
+            a1_h, a2_h, dd_n = _host(
+                None if quad is None else quad[0], None if quad is None else quad[1],
+                fast_dot(d, d) if dd_h is not None else None,
+            )
+            dd_h = dd_n if dd_h is not None else None
+            slope = [gn2_h[i] if bad[i] else slope[i] for i in range(batch)]
+            for i in range(batch):
+                fallbacks[i] += int(bad[i])
 
-        if line.initial == "unit":
-            tau = torch.ones(batch, device=u.device)
+        tau0 = [1.0] * batch
+        if line.initial != "unit":
+            tau0 = [1.0 / lipschitz] * batch  # type: ignore[operator]
+            if sy_h is not None:
+                for i in range(batch):
+                    if sy_h[i] > 0:
+                        bb = ss_h[i] / max(sy_h[i], 1e-30)  # type: ignore[index]
+                        tau0[i] = min(max(bb, 1.0 / lipschitz), 1e4 / lipschitz)  # type: ignore[operator]
+            if line.initial == "lipschitz" and not steepest:
+                # Scale so the first trial moves as far as a 1/L gradient step would.
+                for i in range(batch):
+                    if gn2_h[i] > 0:
+                        tau0[i] *= math.sqrt(gn2_h[i]) / max(math.sqrt(max(dd_h[i], 0.0)), 1e-30)  # type: ignore[index]
+
+        tau = [0.0] * batch
+        trials = [0] * batch
+        ok = [True] * batch
+        if quad is not None:
+            for i in range(batch):
+                if active[i]:
+                    tau[i], trials[i], ok[i] = _armijo(
+                        e_h[i], slope[i], a1_h[i], a2_h[i], tau0[i], sign, line.c, line.rho, line.max_backtracks  # type: ignore[index]
+                    )
         else:
-            tau0 = torch.full((batch,), 1.0 / lipschitz, device=u.device)  # type: ignore[operator]
-            if line.initial == "bb" and prev_u is not None:
-                s = _rows(u - prev_u)
-                y = _rows(g - prev_g)
-                sy = (s * y).sum(1)
-                bb = (s * s).sum(1) / sy.clamp_min(1e-30)
-                bb = torch.where(sy > 0, bb, tau0)
-                tau0 = bb.clamp(1.0 / lipschitz, 1e4 / lipschitz)  # type: ignore[operator]
-            tau = tau0
-            if line.initial == "lipschitz":
-                # For d = -grad E the Landweber step 1/L satisfies Armijo; for other directions
-                # scale so the first trial moves as far as a 1/L gradient step would.
-                if not steepest:
-                    dn = _rows(d).norm(dim=1).clamp_min(1e-30)
-                    tau = torch.where(gnorm > 0, tau * gnorm / dn, tau)
-
-        phi = energy.along(u, d, e)
-        tau = torch.where(active, tau, torch.zeros_like(tau))
-        trials = torch.zeros(batch, dtype=torch.long, device=u.device)
-        e_new = phi(tau)
-        ok = (e_new <= e - line.c * tau * slope) | ~active
-        while not bool(ok.all()):
-            fail = ~ok
-            if bool((trials[fail] >= line.max_backtracks).all()):
-                break
-            tau = torch.where(fail, tau * line.rho, tau)
-            trials = trials + fail.long()
-            e_new = phi(tau)
-            ok = (e_new <= e - line.c * tau * slope) | ~active
-        stalled = ~ok
-        tau = torch.where(stalled, torch.zeros_like(tau), tau)
+            tau = [tau0[i] if active[i] else 0.0 for i in range(batch)]
+            ok = [False if active[i] else True for i in range(batch)]
+            while True:
+                t_dev = torch.tensor([sign * v for v in tau], device=device, dtype=torch.float32)
+                (vals,) = _host(phi(t_dev))
+                for i in range(batch):
+                    if active[i] and not ok[i]:
+                        ok[i] = vals[i] <= e_h[i] - line.c * tau[i] * slope[i]  # type: ignore[index]
+                pending = [i for i in range(batch) if not ok[i] and trials[i] < line.max_backtracks]
+                if not pending:
+                    break
+                for i in pending:
+                    tau[i] *= line.rho
+                    trials[i] += 1
+        stalled = [active[i] and not ok[i] for i in range(batch)]
+        tau = [0.0 if (stalled[i] or not active[i]) else tau[i] for i in range(batch)]
 
         prev_u, prev_g = u, g
-        u = torch.addcmul(u, _bcast(tau.to(u.dtype), u), d)
-        e_old = e
+        t_dev = torch.tensor([sign * v for v in tau], device=device, dtype=u.dtype)
+        u = torch.addcmul(u, _bcast(t_dev, u), d)
         if hasattr(energy, "moved"):
-            energy.moved(u, prev_u, d, tau)  # type: ignore[attr-defined]
-        e = energy.value(u)
-        # Round-off guard: the Armijo test used the line's closed form; if the energy evaluated
-        # directly at the new point is higher (possible only at the limit of float32 precision),
-        # the step is undone and that sample stops: the recorded energy never rises.
-        rose = active & (e > e_old)
-        if bool(rose.any()):
-            u = torch.where(_bcast(rose, u), prev_u, u).clone()
-            # Reverted samples are back at their previous point: keep its recorded energy (an
-            # exact re-evaluation may differ from the incrementally updated one by round-off).
-            e = torch.where(rose, e_old, energy.value(u))
-            stalled = stalled | rose
+            energy.moved(u, prev_u, d, t_dev)  # type: ignore[attr-defined]
+        e_new = energy.value(u)
         g = energy.grad(u)
-        # For E = 1/2||Au - f||^2 alone the discrepancy is sqrt(2E): no extra pass.
-        disc = (2 * e).clamp_min(0).sqrt().float() if energy is data else (data.discrepancy(u) if data is not None else None)
-        gnorm = _rows(g).norm(dim=1)
+        e_old_h, gn2_old_h = e_h, gn2_h
+        e_h, gn2_h, disc_new = _host(e_new, fast_dot(g, g), discrepancy_of(u))
+        # Round-off guard: the Armijo test used the line's closed form; if the energy evaluated
+        # at the new point is higher (possible only at the limit of float32 precision), the step
+        # is undone and that sample stops: the recorded energy never rises.
+        rose = [active[i] and e_h[i] > e_old_h[i] for i in range(batch)]  # type: ignore[index]
+        if any(rose):
+            mask = torch.tensor(rose, device=device)
+            u = torch.where(_bcast(mask, u), prev_u, u)
+            g = torch.where(_bcast(mask, g), prev_g, g)
+            e_new = torch.where(mask, e, e_new)
+            old_disc = disc_h
+            e_h = [e_old_h[i] if rose[i] else e_h[i] for i in range(batch)]  # type: ignore[index]
+            gn2_h = [gn2_old_h[i] if rose[i] else gn2_h[i] for i in range(batch)]  # type: ignore[index]
+            if disc_new is not None and old_disc is not None:
+                disc_new = [old_disc[i] if rose[i] else disc_new[i] for i in range(batch)]
+            stalled = [stalled[i] or rose[i] for i in range(batch)]
+        e = e_new
+        disc_h = [math.sqrt(max(2 * v, 0.0)) for v in e_h] if data_only else disc_new  # type: ignore[union-attr]
 
-        inc = (e - e_old).double().cpu()
-        moved = active.cpu()
-        max_inc = torch.where(moved, torch.maximum(max_inc, inc), max_inc)
-        tol = MONOTONE_RTOL * e_old.double().abs().cpu() + 1e-12
-        monotone &= ~(moved & (inc > tol))
-        for i in torch.nonzero(stalled & active).flatten().tolist():
-            active[i] = False
-            iters[i] = k
-            reasons[i] = "precision_limit" if bool(rose[i]) else "line_search_stalled"
-        moved_tau = tau[active | moved.to(tau.device)]
-        record(k, float(moved_tau.mean()) if moved_tau.numel() else 0.0, int(trials.max()))
+        moved = list(active)
+        for i in range(batch):
+            if not moved[i]:
+                continue
+            inc = e_h[i] - e_old_h[i]  # type: ignore[index]
+            max_inc[i] = max(max_inc[i], inc)
+            if inc > MONOTONE_RTOL * abs(e_old_h[i]) + 1e-12:  # type: ignore[index]
+                monotone[i] = False
+        for i in range(batch):
+            if stalled[i] and active[i]:
+                active[i] = False
+                iters[i] = k
+                reasons[i] = "precision_limit" if rose[i] else "line_search_stalled"
+        steps = [tau[i] for i in range(batch) if moved[i] and not stalled[i]] or [0.0]
+        record(k, sum(steps) / len(steps), max(trials))
         update_active(k)
 
     samples = []
     for i in range(batch):
-        di = None if disc is None else float(disc[i])
+        di = None if disc_h is None else disc_h[i]
         samples.append(
             SampleVerdict(
-                iterations=int(iters[i]),
-                final_energy=float(e[i]),
+                iterations=iters[i],
+                final_energy=e_h[i],
                 final_discrepancy=di,
                 delta=delta,
                 delta_reached=None if (delta is None or di is None) else di <= delta,
-                max_energy_increase=float(max_inc[i]) if math.isfinite(float(max_inc[i])) else 0.0,
-                energy_monotone=bool(monotone[i]),
+                max_energy_increase=max_inc[i] if math.isfinite(max_inc[i]) else 0.0,
+                energy_monotone=monotone[i],
                 stop_reason=reasons[i],
-                fallback_steps=int(fallbacks[i]),
+                fallback_steps=fallbacks[i],
             )
         )
     return SolveResult(u=u, trace=trace, samples=samples, method=method, elapsed_s=time.perf_counter() - start)
