@@ -126,14 +126,19 @@ class DataFidelity(Energy):
     def grad(self, u):
         return self.op.adjoint(self.residual(u))
 
-    def along(self, u, d, e0=None):
-        """Closed form ``1/2||r||^2 + tau <r, A d> + tau^2/2 ||A d||^2`` with ``r = A u - f``."""
+    def along(self, u, d, e0=None, rad=None):
+        """Closed form ``1/2||r||^2 + tau <r, A d> + tau^2/2 ||A d||^2`` with ``r = A u - f``.
+
+        ``rad = <r, A d>`` may be passed when known: for ``d = grad E(u) = A^T r`` it is
+        ``||grad E(u)||^2``, which the solver already has (saves a pass over the data).
+        """
         r = self.residual(u)
         ad = self.op.forward(d)
         self._line = (u, d, r, ad)
         if e0 is None:
             e0 = 0.5 * dot(r, r)
-        rad = fast_dot(r, ad)
+        if rad is None:
+            rad = fast_dot(r, ad)
         adad = fast_dot(ad, ad)
 
         def line(tau: torch.Tensor) -> torch.Tensor:
@@ -142,15 +147,21 @@ class DataFidelity(Energy):
         line.quadratic = (rad, adad)  # type: ignore[attr-defined]  # phi(t) = e0 + a1 t + a2 t^2 / 2
         return line
 
-    def moved(self, u_new: torch.Tensor, u: torch.Tensor, d: torch.Tensor, tau: torch.Tensor) -> None:
-        """Tell the energy ``u_new = u + tau d``: its residual is ``r + tau A d``, no new ``A u``."""
+    def moved(self, u_new: torch.Tensor, u: torch.Tensor, d: torch.Tensor, tau: "torch.Tensor | float") -> None:
+        """Tell the energy ``u_new = u + tau d``: its residual is ``r + tau A d``, no new ``A u``.
+
+        ``tau``: per-sample steps ``(B,)``, or one float for a batch of one.
+        """
         if self._line is None or self._line[0] is not u or self._line[1] is not d:
             return
         self._updates += 1
         if self._updates % self.REFRESH_EVERY == 0:
             return
         _, _, r, ad = self._line
-        self._cache_r = torch.addcmul(r, _bcast(tau.to(r.dtype), r), ad)
+        if isinstance(tau, float):
+            self._cache_r = torch.add(r, ad, alpha=tau)
+        else:
+            self._cache_r = torch.addcmul(r, _bcast(tau.to(r.dtype), r), ad)
         self._cache_u = u_new
         self._line = None
 

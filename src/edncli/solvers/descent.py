@@ -146,6 +146,7 @@ def descend(
     if line.initial in ("lipschitz", "bb") and not lipschitz:
         raise ValueError(f"initial step {line.initial!r} needs an energy with a known Lipschitz constant")
     steepest = direction is negative_gradient
+    has_moved = hasattr(energy, "moved")
 
     def discrepancy_of(x: torch.Tensor) -> Optional[torch.Tensor]:
         # For E = 1/2||Au - f||^2 alone the discrepancy is sqrt(2E): no extra pass.
@@ -153,7 +154,8 @@ def descend(
 
     e = energy.value(u)
     g = energy.grad(u)
-    e_h, gn2_h, disc_h = _host(e, fast_dot(g, g), discrepancy_of(u))
+    gg = fast_dot(g, g)
+    e_h, gn2_h, disc_h = _host(e, gg, discrepancy_of(u))
     if data_only:
         disc_h = [math.sqrt(max(2 * v, 0.0)) for v in e_h]
 
@@ -213,7 +215,8 @@ def descend(
             d, sign = g, -1.0
         else:
             d, sign = direction(u, g, k - 1).float(), 1.0
-        phi = energy.along(u, d, e)
+        # For d = grad E = A^T r, <r, A d> = ||grad E||^2: known, no pass needed.
+        phi = energy.along(u, d, e, rad=gg) if (steepest and data_only) else energy.along(u, d, e)
         quad = getattr(phi, "quadratic", None)
         bb_pull = (None, None)
         if line.initial == "bb" and prev_u is not None:
@@ -287,14 +290,19 @@ def descend(
         tau = [0.0 if (stalled[i] or not active[i]) else tau[i] for i in range(batch)]
 
         prev_u, prev_g = u, g
-        t_dev = torch.tensor([sign * v for v in tau], device=device, dtype=u.dtype)
-        u = torch.addcmul(u, _bcast(t_dev, u), d)
-        if hasattr(energy, "moved"):
-            energy.moved(u, prev_u, d, t_dev)  # type: ignore[attr-defined]
+        if batch == 1:
+            t_step: "torch.Tensor | float" = sign * tau[0]
+            u = torch.add(u, d, alpha=t_step)
+        else:
+            t_step = torch.tensor([sign * v for v in tau], device=device, dtype=u.dtype)
+            u = torch.addcmul(u, _bcast(t_step, u), d)
+        if has_moved:
+            energy.moved(u, prev_u, d, t_step)  # type: ignore[attr-defined]
         e_new = energy.value(u)
         g = energy.grad(u)
+        gg = fast_dot(g, g)
         e_old_h, gn2_old_h = e_h, gn2_h
-        e_h, gn2_h, disc_new = _host(e_new, fast_dot(g, g), discrepancy_of(u))
+        e_h, gn2_h, disc_new = _host(e_new, gg, discrepancy_of(u))
         # Round-off guard: the Armijo test used the line's closed form; if the energy evaluated
         # at the new point is higher (possible only at the limit of float32 precision), the step
         # is undone and that sample stops: the recorded energy never rises.
@@ -303,6 +311,7 @@ def descend(
             mask = torch.tensor(rose, device=device)
             u = torch.where(_bcast(mask, u), prev_u, u)
             g = torch.where(_bcast(mask, g), prev_g, g)
+            gg = fast_dot(g, g)
             e_new = torch.where(mask, e, e_new)
             old_disc = disc_h
             e_h = [e_old_h[i] if rose[i] else e_h[i] for i in range(batch)]  # type: ignore[index]
