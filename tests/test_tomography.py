@@ -69,7 +69,11 @@ def test_cuda_adjoint(beam, shifted):
     if not tomo.cuda_available():
         pytest.skip("astra has no CUDA here (astra.use_cuda() is False)")
     op = make_ct_operator(_geometry(beam, shifted), backend="cuda")
-    assert adjoint_mismatch(op) < 1e-5
+    # astra's CUDA back projection is voxel-driven with 9-bit texture interpolation, not the exact
+    # transpose of its ray-driven forward projection: ~1e-4 centred, ~3e-3 with a shifted axis
+    # (simulated from the kernel source). The solver's guarantee does not rest on it: the energy
+    # is evaluated with A itself, so a poor adjoint can only stall the line search, never raise E.
+    assert adjoint_mismatch(op) < 1e-2
     ref = make_ct_operator(_geometry(beam, shifted), backend="astra-cpu")
     x = _disk_phantom(N)
     # different kernels (cuda vs linear/line_fanflat): only rough agreement
