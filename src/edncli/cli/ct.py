@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -122,6 +123,7 @@ def ct(
     Slices of a 3D scan (--slices) are reconstructed together as a batch and written as a stack.
     DXchange HDF5 files give angles in degrees in /exchange/theta; without angles in the file,
     --angles or --angle-file is required (edn never guesses them).
+    Under torchrun the slices are shared out among the ranks; rank 0 writes the one volume and report.
     """
     import numpy as np
     import torch
@@ -129,56 +131,115 @@ def ct(
     from ..io.sinograms import read_sinogram
     from ..operators.tomography import make_ct_operator
     from ..solvers.methods import Problem
+    from ..solvers.sharding import Launch, PeerFailed, ShardGroup, rank_device
 
-    _check_method(method)
-    if output is None:
-        raise UsageError("missing -o/--output: where should the slice(s) go?")
-    init = init or "fbp"
-    if init not in ("fbp", "zero"):
-        raise UsageError(f"--init for ct must be fbp or zero, got {init!r}")
-    if angles is not None and angle_file is not None:
-        raise UsageError("give --angles or --angle-file, not both")
-    if angles is not None and angles < 1:
-        raise UsageError(f"--angles must be >= 1, got {angles}")
-    if noise_sigma is not None and delta == "auto":
-        delta = None
-    options = _options(max_iter, min_iter, alpha, weights, reference)
-    if not Path(sinogram).exists():
-        from ..errors import InputError
+    launch = Launch.from_env()
+    try:
+        with launch.unanimous():  # every rank checks the same arguments: rank 0 alone reports
+            _check_method(method)
+            if output is None:
+                raise UsageError("missing -o/--output: where should the slice(s) go?")
+            if output == "-" and launch.distributed:
+                raise UsageError("-o - (stdout) is not available under torchrun: rank 0 gathers the slices into one file; give -o FILE")
+            init = init or "fbp"
+            if init not in ("fbp", "zero"):
+                raise UsageError(f"--init for ct must be fbp or zero, got {init!r}")
+            if angles is not None and angle_file is not None:
+                raise UsageError("give --angles or --angle-file, not both")
+            if angles is not None and angles < 1:
+                raise UsageError(f"--angles must be >= 1, got {angles}")
+            if noise_sigma is not None and delta == "auto":
+                delta = None
+            options = _options(max_iter, min_iter, alpha, weights, reference)
+            dev = rank_device(c.resolve_device(device), launch)
+        with ShardGroup(launch, dev) as group:
+            # Decisions over all slices (centre, δ) are made on the whole scan by every rank, so
+            # that a sharded run equals a single-process one; then each rank takes its chunk.
+            with group.stage():
+                if not Path(sinogram).exists():
+                    from ..errors import InputError
 
-        raise InputError(f"--sinogram {sinogram}: no such file")
-    dev = c.resolve_device(device)
-    torch.manual_seed(seed)
-    theta = None
-    if angles is not None:
-        arc = math.pi if beam == "parallel" else 2 * math.pi
-        theta = np.linspace(0, arc, angles, endpoint=False)
-    sino = read_sinogram(sinogram, dataset=dataset, theta=theta, slices=parse_slices(slices),
-                         angle_file=angle_file, angle_unit=angle_unit, transpose=transpose)
-    geom, center_value, center_rule = _geometry(sino, size, beam, detector_spacing, source_origin, origin_detector, center, quiet)
-    if sino.n_slices > 1 and output != "-" and Path(output).suffix.lower() == ".png":
-        raise UsageError(f"{sino.n_slices} slices make a stack; write it as .tif, .npy or .h5, not .png")
+                    raise InputError(f"--sinogram {sinogram}: no such file")
+                torch.manual_seed(seed)
+                theta = None
+                if angles is not None:
+                    arc = math.pi if beam == "parallel" else 2 * math.pi
+                    theta = np.linspace(0, arc, angles, endpoint=False)
+                sino = read_sinogram(sinogram, dataset=dataset, theta=theta, slices=parse_slices(slices),
+                                     angle_file=angle_file, angle_unit=angle_unit, transpose=transpose)
+                geom, center_value, center_rule = _geometry(sino, size, beam, detector_spacing, source_origin, origin_detector,
+                                                            center, quiet)
+                if sino.n_slices > 1 and output != "-" and Path(output).suffix.lower() == ".png":
+                    raise UsageError(f"{sino.n_slices} slices make a stack; write it as .tif, .npy or .h5, not .png")
+                lo, hi = group.shard(sino.n_slices)
+                f_all = torch.from_numpy(sino.data)
+                delta_choice = _delta(delta, noise_sigma, tau, f_all)
+                if launch.distributed and launch.is_main:
+                    c.check_exists_for_write([output, report, plot], force)
 
-    def build(path, device):
-        op = make_ct_operator(geom, backend=backend, device=device)
-        f = torch.from_numpy(sino.data).to(device)
-        u0 = op.fbp(f) if init == "fbp" else torch.zeros((f.shape[0], geom.size, geom.size), device=device)
-        problem = Problem(op=op, f=f, u0=u0, delta=_delta(delta, noise_sigma, tau, f), task="ct")
-        if reference is not None:
-            from .reconstruct import _reference
+            def build(path, device):
+                op = make_ct_operator(geom, backend=backend, device=device)
+                f = f_all[lo:hi].to(device)
+                u0 = op.fbp(f) if init == "fbp" else torch.zeros((f.shape[0], geom.size, geom.size), device=device)
+                problem = Problem(op=op, f=f, u0=u0, delta=delta_choice, task="ct")
+                if reference is not None:
+                    from .reconstruct import _reference
 
-            problem.reference = _reference(reference, u0.shape, device)
-        ctx = {
-            "inputs": {"path": sinogram, **sino.describe(), "init": init},
-            "report_extra": {"geometry": geom.describe(), "center": center_value, "center_rule": center_rule,
-                             "backend": getattr(op, "backend", backend)},
-        }
-        return problem, 2 if f.shape[0] == 1 else 3, ctx
+                    problem.reference = _reference(reference, (sino.n_slices, geom.size, geom.size), device)[lo:hi]
+                ctx = {
+                    "inputs": {"path": sinogram, **sino.describe(), "init": init},
+                    "report_extra": {"geometry": geom.describe(), "center": center_value, "center_rule": center_rule,
+                                     "backend": getattr(op, "backend", backend)},
+                }
+                return problem, 2 if sino.n_slices == 1 else 3, ctx
 
-    run_problems(
-        inputs=[sinogram], outputs=[output], build=build, method=method, options=options, device=dev, report=report,
-        plot=plot, force=force, quiet=quiet, fmt=fmt, bit_depth=bit_depth, as_json=as_json,
-    )
+            run = dict(
+                inputs=[sinogram], outputs=[output], method=method, options=options, device=dev, report=report, plot=plot,
+                force=force, quiet=quiet, fmt=fmt, bit_depth=bit_depth, as_json=as_json,
+            )
+            if not launch.distributed:
+                run_problems(build=build, **run)
+                return
+            with group.stage():
+                built = build(sinogram, dev)
+            if not launch.is_main:
+                group.solve(built[0], method, options)
+                code = group.broadcast_exit_code(None)
+                if code:
+                    raise PeerFailed(code)
+                return
+            _run_main_rank(group, built, run)
+    except PeerFailed as failed:
+        # Give rank 0 time to print its message and exit first: torchrun stops the other ranks
+        # as soon as one exits non-zero, and reports the first to fail.
+        time.sleep(2.0)
+        raise typer.Exit(failed.exit_code) from None
+
+
+def _run_main_rank(group, built, run: dict) -> None:
+    """Rank 0 under torchrun: solve (gathering the chunks), write, then tell the ranks the exit code."""
+    from ..errors import EdnError
+
+    solved = []
+
+    def solver(*args):
+        result = group.solve(*args)
+        solved.append(True)
+        return result
+
+    code = 1
+    try:
+        run_problems(build=lambda path, device: built, solver=solver, **run)
+        code = 0
+    except typer.Exit as done:
+        code = done.exit_code
+        raise
+    except EdnError as err:
+        code = err.exit_code
+        raise
+    finally:
+        if solved:  # the other ranks wait for the code only once the chunks were gathered
+            group.broadcast_exit_code(code)
 
 
 def simulate_ct(

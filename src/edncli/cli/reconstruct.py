@@ -71,11 +71,18 @@ def run_problems(
     bit_depth: int,
     as_json: bool,
     write_result: Optional[Callable[[str, object, object], None]] = None,
+    solver: Optional[Callable] = None,
 ) -> None:
-    """Solve each input and write outputs; raises ``typer.Exit(3)`` if any run missed δ."""
+    """Solve each input and write outputs; raises ``typer.Exit(3)`` if any run missed δ.
+
+    ``solver(problem, method, options, callback)`` replaces :func:`~edncli.solvers.methods.solve`
+    (``edn ct`` under torchrun passes :meth:`~edncli.solvers.sharding.ShardGroup.solve`).
+    """
     from ..io.images import write_image
     from ..io.reports import build_report, plot_report, write_report
     from ..solvers.methods import solve
+
+    solve = solver or solve
 
     plan = []
     for path, out in zip(inputs, outputs):
