@@ -50,6 +50,35 @@ Format = Annotated[Optional[str], typer.Option("--format", help="Output format: 
 BitDepth = Annotated[int, typer.Option("--bit-depth", help="Bits per sample for PNG output (8 or 16).")]
 Dataset = Annotated[Optional[str], typer.Option("--dataset", help="HDF5 dataset path of the input.")]
 Json = Annotated[bool, typer.Option("--json", help="Print the run summary as one JSON object on stdout.")]
+# Network evaluation (edn, baseline, red, pnp; gd and tv have no network and ignore them).
+Tile = Annotated[
+    Optional[int],
+    typer.Option(
+        "--tile",
+        help="Networks only: evaluate on overlapping N x N tiles (bounded memory, e.g. 512 for 4K images); "
+        "energy, descent-set layer and line search stay whole-image, so the energy still falls. "
+        "Must be >= the network's receptive field. Ignored by gd/tv; refused by potential.",
+    ),
+]
+TileOverlap = Annotated[
+    Optional[int],
+    typer.Option(
+        "--tile-overlap",
+        help="Pixels shared by neighbouring tiles (< --tile; default 32, or tile/2 for tiles under 64); "
+        ">= receptive field - 1 gives the whole-image result.",
+    ),
+]
+Precision = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        help="Networks only: fp32, bf16 or fp16 (autocast; fp16 needs a GPU). The energy, the descent-set "
+        "layer and the line search stay float32. Ignored by gd/tv; refused by potential.",
+    ),
+]
+ChannelsLast = Annotated[
+    bool, typer.Option("--channels-last", help="Networks only: NHWC memory format for the conv nets (often faster).")
+]
 
 
 # ---------------------------------------------------------------------------- device

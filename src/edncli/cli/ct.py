@@ -117,6 +117,10 @@ def ct(
     quiet: c.Quiet = False,
     force: c.Force = False,
     as_json: c.Json = False,
+    tile: c.Tile = None,
+    tile_overlap: c.TileOverlap = None,
+    precision: c.Precision = "fp32",
+    channels_last: c.ChannelsLast = False,
 ) -> None:
     """CT: find u with ||A u - f|| <= δ, A the Radon transform (astra; parallel or fan beam).
 
@@ -150,7 +154,10 @@ def ct(
                 raise UsageError(f"--angles must be >= 1, got {angles}")
             if noise_sigma is not None and delta == "auto":
                 delta = None
-            options = _options(max_iter, min_iter, alpha, weights, reference)
+            options = _options(
+                max_iter, min_iter, alpha, weights, reference,
+                tile=tile, tile_overlap=tile_overlap, precision=precision, channels_last=channels_last,
+            )
             dev = rank_device(c.resolve_device(device), launch)
         with ShardGroup(launch, dev) as group:
             # Decisions over all slices (centre, δ) are made on the whole scan by every rank, so

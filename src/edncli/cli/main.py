@@ -94,4 +94,20 @@ def run() -> None:
     except MemoryError:
         print("edn: error: out of memory; try a smaller input or fewer slices at a time", file=sys.stderr)
         sys.exit(4)
+    except RuntimeError as exc:  # typer's Exit/Abort (RuntimeError subclasses) are caught above
+        if not is_gpu_oom(exc):
+            raise
+        detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        print(f"edn: error: out of GPU memory ({detail}); try --tile 512 (or smaller), fewer slices, or --device cpu", file=sys.stderr)
+        sys.exit(4)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def is_gpu_oom(exc: BaseException) -> bool:
+    """Whether ``exc`` is a CUDA out-of-memory error (checked without importing torch)."""
+    torch = sys.modules.get("torch")
+    oom_type = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None) if torch is not None else None
+    if oom_type is not None and isinstance(exc, oom_type):
+        return True
+    text = str(exc)
+    return "CUDA out of memory" in text or "CUDNN_STATUS_ALLOC_FAILED" in text or "CUBLAS_STATUS_ALLOC_FAILED" in text

@@ -38,7 +38,12 @@ def _check_method(method: str) -> str:
     return method
 
 
-def _options(max_iter, min_iter, alpha, weights, reference, lam=None, mu=None, box=False, preset=None):
+def _options(
+    max_iter, min_iter, alpha, weights, reference, lam=None, mu=None, box=False, preset=None,
+    tile=None, tile_overlap=None, precision="fp32", channels_last=False,
+):
+    """:class:`~edncli.solvers.methods.MethodOptions` from the command's options (bad values: UsageError)."""
+    from ..networks.inference import InferenceConfig
     from ..solvers.methods import MethodOptions
 
     if max_iter is not None and max_iter < 0:
@@ -52,6 +57,7 @@ def _options(max_iter, min_iter, alpha, weights, reference, lam=None, mu=None, b
         weights=weights,
         record_ssim=reference is not None,
         extra={"lam": lam, "mu": mu, "box": box, "preset": preset} if preset else {"lam": lam, "mu": mu, "box": box},
+        inference=InferenceConfig(tile=tile, tile_overlap=tile_overlap, precision=precision, channels_last=channels_last),
     )
 
 
@@ -195,6 +201,10 @@ def sr(
     quiet: c.Quiet = False,
     force: c.Force = False,
     as_json: c.Json = False,
+    tile: c.Tile = None,
+    tile_overlap: c.TileOverlap = None,
+    precision: c.Precision = "fp32",
+    channels_last: c.ChannelsLast = False,
 ) -> None:
     """Super-resolve: find u with ||A u - f|| <= δ, A = downsampling by --scale.
 
@@ -211,7 +221,9 @@ def sr(
         raise UsageError(f"--init for sr must be bicubic, bilinear, nearest or adjoint, got {init!r}")
     if noise_sigma is not None and delta == "auto":
         delta = None
-    options = _options(max_iter, min_iter, alpha, weights, reference, lam, mu, box, preset)
+    options = _options(
+        max_iter, min_iter, alpha, weights, reference, lam, mu, box, preset, tile, tile_overlap, precision, channels_last
+    )
     inputs = c.expand_inputs(input)
     outputs = c.plan_outputs(inputs, output, output_dir, fmt)
     dev = c.resolve_device(device)
@@ -273,6 +285,10 @@ def deblur(
     quiet: c.Quiet = False,
     force: c.Force = False,
     as_json: c.Json = False,
+    tile: c.Tile = None,
+    tile_overlap: c.TileOverlap = None,
+    precision: c.Precision = "fp32",
+    channels_last: c.ChannelsLast = False,
 ) -> None:
     """Deblur: find u with ||k * u - f|| <= δ for a Gaussian (--kernel-sigma) or file (--kernel) blur.
 
@@ -290,7 +306,9 @@ def deblur(
         raise UsageError(f"--init for deblur must be blurred or zero, got {init!r}")
     if noise_sigma is not None and delta == "auto":
         delta = None
-    options = _options(max_iter, min_iter, alpha, weights, reference, lam, mu, box, preset)
+    options = _options(
+        max_iter, min_iter, alpha, weights, reference, lam, mu, box, preset, tile, tile_overlap, precision, channels_last
+    )
     inputs = c.expand_inputs(input)
     outputs = c.plan_outputs(inputs, output, output_dir, fmt)
     dev = c.resolve_device(device)

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..directions import ConeBallMap, HalfSpaceProjection
 from .backbones import BackboneConfig, DnCNN
+from .inference import InferenceConfig, run_network
 
 
 @dataclass
@@ -48,11 +49,18 @@ class DirectionNetConfig:
 
 
 class DirectionNet(nn.Module):
-    """``d = Layer(z, g)``, ``z = DnCNN([u, g, A^T f / L])``, ``g = -grad E(u) / L``; shapes ``(B, H, W)``."""
+    """``d = Layer(z, g)``, ``z = DnCNN([u, g, A^T f / L])``, ``g = -grad E(u) / L``; shapes ``(B, H, W)``.
 
-    def __init__(self, cfg: DirectionNetConfig):
+    ``inference`` (an :class:`~edncli.networks.inference.InferenceConfig`, not saved in the
+    checkpoint) sets how the backbone is evaluated: whole or tiled, fp32/bf16/fp16. The layer
+    always acts on the whole stitched ``z`` in float32, so ``d`` is in the descent set whatever
+    the tiling or precision.
+    """
+
+    def __init__(self, cfg: DirectionNetConfig, inference: Optional[InferenceConfig] = None):
         super().__init__()
         self.cfg = cfg
+        self.inference = inference
         self.backbone = DnCNN(cfg.backbone)
         if cfg.layer == "cone_ball":
             self.layer: nn.Module = ConeBallMap(cfg.zeta1, cfg.zeta2)
@@ -62,25 +70,35 @@ class DirectionNet(nn.Module):
             raise ValueError(f"unknown descent layer {cfg.layer!r}")
 
     def raw(self, u: torch.Tensor, g: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
-        """The backbone's output ``z`` before the descent-set layer, ``(B, H, W)``."""
-        return self.backbone(torch.stack([u, g, data], dim=1))[:, 0]
+        """The backbone's output ``z`` before the descent-set layer, ``(B, H, W)`` float32 (tiled per ``inference``)."""
+        x = torch.stack([u, g, data], dim=1)
+        return run_network(self.backbone, x, self.inference, self.cfg.backbone.receptive_field)[:, 0]
 
     def forward(self, u: torch.Tensor, g: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
-        """Direction ``d`` for the normalised negative gradient ``g``; ``(B, H, W)`` each."""
+        """Direction ``d`` for the normalised negative gradient ``g``; ``(B, H, W)`` each.
+
+        The eq. 21/22 layer is applied to the whole image, in float32, after any tiling.
+        """
         z = self.raw(u, g, data)
-        return self.layer(z, g)
+        return self.layer(z.float(), g.float())
 
 
 class BaselineNet(nn.Module):
-    """Feed-forward reconstruction ``x = u0 + DnCNN([u0, A^T f / L])`` (no guarantee)."""
+    """Feed-forward reconstruction ``x = u0 + DnCNN([u0, A^T f / L])`` (no guarantee).
 
-    def __init__(self, cfg: BackboneConfig):
+    ``inference`` as for :class:`DirectionNet` (tiling/precision of the backbone only).
+    """
+
+    def __init__(self, cfg: BackboneConfig, inference: Optional[InferenceConfig] = None):
         super().__init__()
         self.cfg = cfg
+        self.inference = inference
         self.backbone = DnCNN(cfg)
 
     def forward(self, u0: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
-        return u0 + self.backbone(torch.stack([u0, data], dim=1))[:, 0]
+        """``(B, H, W)`` each -> ``(B, H, W)``."""
+        x = torch.stack([u0, data], dim=1)
+        return u0 + run_network(self.backbone, x, self.inference, self.cfg.receptive_field)[:, 0]
 
 
 def build_network(arch: dict) -> nn.Module:

@@ -64,9 +64,26 @@ def _checkpoint_info(meta: dict) -> dict:
     return {"name": meta["name"], "sha256": meta["sha256"], "file": meta.get("file")}
 
 
+def _apply_inference(net: torch.nn.Module, options: MethodOptions, device, meta: dict) -> None:
+    """Give ``net`` the tiling/precision of ``options.inference`` after checking it fits the network and device."""
+    cfg = options.inference
+    if cfg is None:
+        return
+    backbone = net.cfg.backbone if hasattr(net.cfg, "backbone") else net.cfg
+    cfg.check_for(backbone.receptive_field, f"network {meta['name']}").check_device(device)
+    if cfg.channels_last:
+        net.to(memory_format=torch.channels_last)
+    net.inference = cfg
+
+
 @register_method("edn")
 def solve_edn(problem: Problem, options: MethodOptions, callback: Callback = None) -> SolveResult:
-    """Algorithm 1 of paper 001 with the direction network of the checkpoint ``options.weights``."""
+    """Algorithm 1 of paper 001 with the direction network of the checkpoint ``options.weights``.
+
+    ``options.inference`` tiles the network or lowers its precision; the descent-set layer, the
+    energy and the line search still act on the whole image in float32, so every ``d`` is a
+    descent direction and the energy falls whatever the tile size.
+    """
     device = problem.f.device
     name = options.weights or DEFAULT_WEIGHTS.get(("edn", problem.task))
     if name is None:
@@ -74,6 +91,7 @@ def solve_edn(problem: Problem, options: MethodOptions, callback: Callback = Non
     net, meta = load_learned("edn", name, device)
     spec = TaskSpec.from_dict(meta["operator"])
     spec.check_compatible(_problem_spec(problem), meta["name"])
+    _apply_inference(net, options, device, meta)
     op = problem.op
     # The network was trained on paths from its own initial guess (the checkpoint's `init`).
     u0 = spec.initial(op, problem.f) if spec.init == "zero" else problem.u0
@@ -101,6 +119,8 @@ def solve_edn(problem: Problem, options: MethodOptions, callback: Callback = Non
         record_ssim=options.record_ssim,
     )
     result.extra["checkpoint"] = _checkpoint_info(meta)
+    if options.inference is not None:
+        result.extra["inference"] = options.inference.describe()
     result.extra["min_iter"] = min_iter
     result.extra["init"] = "zero (from the checkpoint)" if spec.init == "zero" else "the command's --init"
     return result
@@ -116,6 +136,7 @@ def solve_baseline(problem: Problem, options: MethodOptions, callback: Callback 
         raise CheckpointError(f"method baseline has no shipped network for task {problem.task!r}; pass --weights")
     net, meta = load_learned("baseline", name, device)
     TaskSpec.from_dict(meta["operator"]).check_compatible(_problem_spec(problem), meta["name"])
+    _apply_inference(net, options, device, meta)
     op = problem.op
     data = network_inputs(op, problem.f)
     energy = DataFidelity(op, problem.f)
@@ -161,5 +182,7 @@ def solve_baseline(problem: Problem, options: MethodOptions, callback: Callback 
     ]
     result = SolveResult(u=u, trace=records, samples=samples, method="baseline", elapsed_s=time.perf_counter() - start)
     result.extra["checkpoint"] = _checkpoint_info(meta)
+    if options.inference is not None:
+        result.extra["inference"] = options.inference.describe()
     result.extra["guarantee"] = "none: a feed-forward network; delta_reached only reports what happened"
     return result

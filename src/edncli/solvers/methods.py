@@ -55,6 +55,9 @@ class MethodOptions:
     weights: Optional[str] = None
     record_ssim: bool = False
     extra: Dict[str, object] = field(default_factory=dict)
+    #: How networks are evaluated: an ``edncli.networks.inference.InferenceConfig`` (tiles,
+    #: precision); ``None`` = whole image, float32. Methods without a network ignore it.
+    inference: Optional[object] = None
 
 
 Callback = Optional[Callable[[IterationRecord], None]]

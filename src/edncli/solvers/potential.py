@@ -15,6 +15,12 @@ Methods registered here (all batched ``(B, H, W)``, per-sample stopping):
   RED and PnP minimise no known energy; their trace's ``energy`` is the data term
   ``1/2 ||A x - y||^2``, recorded honestly (its monotonicity is not promised).
 
+Network evaluation (``options.inference``, ``--tile``/``--precision``): ``red`` and ``pnp`` with a
+plain DnCNN denoiser evaluate it tiled and/or under autocast (output float32). ``potential`` refuses
+both: tiling changes ``g_θ`` and so the energy ``F`` itself, and the backtracking test on ``F``
+(which must never rise) is kept in float32; a potential denoiser used by ``red``/``pnp`` is refused
+likewise (its ``D = x - ∇g`` is an autograd gradient of the whole-image potential).
+
 Every method stops per sample on the discrepancy principle: after at least ``min_iter`` steps at
 the first iterate with ``||A x - y|| <= δ``, or at ``max_iter`` (DESIGN §4 "When to stop").
 Defaults come from :data:`PRESETS` (Table 2 of paper 000) by ``problem.task`` ("deblur", "sr").
@@ -366,6 +372,47 @@ def projected_red_pnp(
     return tr.result(u, E, disc, kind, extra)
 
 
+class _EvaluatedDenoiser:
+    """A plain DnCNN denoiser ``D(x) = x - N(x)`` with ``N`` evaluated per an ``InferenceConfig``."""
+
+    has_potential = False
+
+    def __init__(self, model: torch.nn.Module, config: Any):
+        self.model, self.config = model, config
+
+    def denoise(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W) -> (B, H, W)`` float32; tiles and precision per the config."""
+        from ..networks.inference import run_network
+
+        net = self.model.net
+        return x - run_network(net, x.unsqueeze(1), self.config, net.cfg.receptive_field)[:, 0]
+
+
+def _with_inference(method: str, model: torch.nn.Module, meta: Dict[str, Any], config: Any, device) -> Any:
+    """``model`` itself, or a wrapper evaluating it per ``config``; refuses what would change ``F``."""
+    if config is None or config.is_default:
+        return model
+    asked = " ".join(
+        flag for flag, on in (
+            (f"--tile {config.tile}", config.tile is not None),
+            (f"--precision {config.precision}", config.precision != "fp32"),
+            ("--channels-last", config.channels_last),
+        ) if on
+    )
+    if method == "potential":
+        raise UsageError(
+            f"{asked}: not available for method potential (tiling or low precision would change the energy "
+            "F = f + λ g_θ whose descent is checked); leave them out, or use --method red/pnp/edn"
+        )
+    if getattr(model, "has_potential", False) or not hasattr(model, "net"):
+        raise UsageError(
+            f"{asked}: denoiser {meta.get('name')} is a gradient of a potential and is evaluated whole in float32; "
+            "leave them out or use --weights dncnn"
+        )
+    config.check_for(model.net.cfg.receptive_field, f"denoiser {meta.get('name')}").check_device(device)
+    return _EvaluatedDenoiser(model, config)
+
+
 def _checkpoint_info(meta: Dict[str, Any]) -> Dict[str, Any]:
     return {"name": meta.get("name"), "sha256": meta.get("sha256"), "arch": meta.get("arch"), "file": meta.get("file")}
 
@@ -379,6 +426,7 @@ def _run(method: str, problem: Problem, options: MethodOptions, callback: Callba
             f"--weights {weights}: a {meta['arch'].get('name')} denoiser has no potential; method potential "
             "needs a gradncnn, dnicnn or dndicnn checkpoint (or use --method red/pnp)"
         )
+    model = _with_inference(method, model, meta, options.inference, problem.f.device)
     box = bool((options.extra or {}).get("box", False))
     if method == "potential":
         result = potential_descent(problem, model, settings, box=box, callback=callback, record_ssim=options.record_ssim)
@@ -393,6 +441,8 @@ def _run(method: str, problem: Problem, options: MethodOptions, callback: Callba
             "settings": settings.as_dict(),
         }
     )
+    if options.inference is not None and method != "potential":
+        result.extra["inference"] = options.inference.describe()
     if method == "potential":
         result.extra.update({"L0": settings.L0_offset + float(settings.lam), "beta": settings.beta})  # type: ignore[arg-type]
     return result

@@ -1,0 +1,225 @@
+"""How a convolutional network is evaluated: whole or on overlapping tiles, in fp32, bf16 or fp16.
+
+Only the *network* is affected. The energy, the descent-set layer (paper 001 eq. 21/22) and the
+line search always act on the whole image in float32, so a direction network's output is a
+descent direction for any tile size and precision, and the energy still falls at every step.
+
+Tiling
+------
+The image ``(B, C, H, W)`` is cut into tiles of side ``tile`` (fewer pixels along an axis that is
+shorter than a tile), spread evenly so that neighbouring tiles share at least ``overlap`` rows or
+columns. Each tile is evaluated alone (its borders zero-padded by the convolutions), the outputs
+are multiplied by a window and summed, and the sum is divided by the summed windows, so the
+weights of the tiles covering a pixel add up to 1 everywhere.
+
+A network of receptive field ``2r + 1`` (``r`` = receptive radius, the depth of a DnCNN of 3x3
+convs) computes a tile's pixels exactly except within ``r`` of a tile edge that is inside the
+image. The window is zero on that band (``m = min(r, overlap // 2)`` pixels wide), then rises as
+``sin^2`` over the rest of the shared band. Hence:
+
+- ``overlap >= 2r`` (= receptive field - 1): the tiled output equals the whole-image output up to
+  float rounding (measured in ``tests/test_inference.py``: max abs difference ~1e-6 in fp32);
+- ``r <= overlap < 2r``: the seams use pixels at least ``overlap // 2`` from a tile edge; the
+  error is that of the zero padding seen through ``r - overlap // 2`` layers (small for trained
+  networks, whose effective receptive field is much narrower than the nominal one).
+
+Memory holds the input, the output and one tile's activations, so it is bounded by the tile size,
+not the image size (for ``B`` images at once: ``B`` tiles' activations).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable, List, Optional, Tuple
+
+import torch
+
+from ..errors import UsageError
+
+#: Precision names and their autocast dtypes (``None``: no autocast, plain float32).
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """How networks are evaluated (``--tile``, ``--tile-overlap``, ``--precision``, ``--channels-last``).
+
+    Parameters
+    ----------
+    tile: side of a square tile in pixels; ``None`` evaluates the whole image at once.
+    tile_overlap: rows/columns shared by neighbouring tiles (>= 0, < ``tile``); ``None``: 32, or
+        ``tile // 2`` for tiles under 64 (:attr:`overlap`). Exact results need
+        ``overlap >= receptive field - 1`` (module docstring).
+    precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``: the dtype of ``torch.autocast`` around the
+        network; outputs are returned as float32. ``fp16`` needs a GPU.
+    channels_last: feed the network NHWC (``torch.channels_last``) tensors.
+
+    Values that cannot work raise :class:`~edncli.errors.UsageError` here; the checks that need the
+    network or the device are :meth:`check_for` and :meth:`check_device`.
+    """
+
+    tile: Optional[int] = None
+    tile_overlap: Optional[int] = None
+    precision: str = "fp32"
+    channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.tile_overlap is not None and self.tile_overlap < 0:
+            raise UsageError(f"--tile-overlap must be >= 0, got {self.tile_overlap}")
+        if self.tile is not None:
+            if self.tile < 1:
+                raise UsageError(f"--tile must be a positive number of pixels, got {self.tile}; e.g. --tile 512")
+            if self.tile_overlap is not None and self.tile_overlap >= self.tile:
+                raise UsageError(
+                    f"--tile-overlap {self.tile_overlap} must be smaller than --tile {self.tile}; "
+                    f"e.g. --tile-overlap {max(self.tile // 4, 0)}"
+                )
+
+    @property
+    def overlap(self) -> int:
+        """The overlap in use: ``tile_overlap``, or by default ``min(32, tile // 2)``."""
+        if self.tile_overlap is not None:
+            return self.tile_overlap
+        return 32 if self.tile is None else min(32, self.tile // 2)
+
+    @property
+    def dtype(self) -> Optional[torch.dtype]:
+        """The autocast dtype, ``None`` for fp32."""
+        return PRECISIONS[self.precision]
+
+    @property
+    def is_default(self) -> bool:
+        """Whole image, float32, NCHW: the network is called exactly as without this config."""
+        return self.tile is None and self.precision == "fp32" and not self.channels_last
+
+    def check_for(self, receptive_field: int, what: str = "the network") -> "InferenceConfig":
+        """Refuse a tile smaller than the receptive field ``2r + 1`` of ``what``; returns ``self``."""
+        if self.tile is not None and self.tile < receptive_field:
+            raise UsageError(
+                f"--tile {self.tile} is smaller than the receptive field of {what} ({receptive_field} px); "
+                f"use --tile >= {receptive_field} (e.g. 512) or leave --tile out"
+            )
+        return self
+
+    def check_device(self, device) -> "InferenceConfig":
+        """Refuse fp16 on CPU (use bf16 there); returns ``self``."""
+        if self.precision == "fp16" and torch.device(device).type == "cpu":
+            raise UsageError("--precision fp16 needs a GPU (CPU has no fast float16 convolutions); use --precision bf16 on CPU")
+        return self
+
+    def describe(self) -> dict:
+        """For reports: the settings and what stays float32 on the whole image."""
+        return {**asdict(self), "tile_overlap": self.overlap if self.tile else None, "whole_image_fp32": "energy, descent-set layer, line search"}
+
+
+def receptive_radius(receptive_field: int) -> int:
+    """``r`` with ``receptive_field = 2 r + 1``."""
+    return max(int(receptive_field) // 2, 0)
+
+
+def tile_starts(size: int, tile: int, overlap: int) -> List[int]:
+    """Start indices of tiles of side ``min(tile, size)`` covering ``[0, size)`` with overlaps ``>= overlap``.
+
+    The tiles are spread evenly: ``n = ceil((size - overlap) / (tile - overlap))`` of them, the
+    first at 0 and the last ending at ``size``.
+    """
+    if size <= tile:
+        return [0]
+    n = math.ceil((size - overlap) / (tile - overlap))
+    return [round(i * (size - tile) / (n - 1)) for i in range(n)]
+
+
+def _ramp(d: torch.Tensor, margin: int, length: int) -> torch.Tensor:
+    """Window as a function of the distance ``d`` (pixels) to an inner tile edge.
+
+    0 for ``d < margin`` (pixels the zero padding reaches), ``sin^2`` up to 1 over ``length``
+    pixels, 1 beyond. ``ramp(t) + ramp(margin*2 + length - 1 - t) = 1`` across a shared band of
+    width ``2 margin + length``, so two tiles blend to a partition of unity on their own.
+    """
+    x = ((d - margin).double() + 0.5) / length
+    w = torch.sin(0.5 * math.pi * x.clamp(0.0, 1.0)) ** 2
+    return torch.where(d < margin, torch.zeros_like(w), w)
+
+
+def axis_windows(size: int, tile: int, overlap: int, radius: int) -> List[Tuple[int, int, torch.Tensor]]:
+    """Per tile along one axis: ``(start, stop, window (stop - start,) float64)``.
+
+    Windows are 1 near the image borders, 0 within ``m = min(radius, overlap // 2)`` of an edge
+    shared with another tile, and rise smoothly over the next ``max(overlap - 2m, 1)`` pixels.
+    Every pixel has a positive summed weight (checked in the tests over many sizes).
+    """
+    starts = tile_starts(size, tile, overlap)
+    side = min(tile, size)
+    margin = min(radius, overlap // 2)
+    length = max(overlap - 2 * margin, 1)
+    out = []
+    idx = torch.arange(side)
+    for i, s in enumerate(starts):
+        w = torch.ones(side, dtype=torch.float64)
+        if i > 0:  # an inner edge on the low side
+            w = w * _ramp(idx, margin, length)
+        if i < len(starts) - 1:  # an inner edge on the high side
+            w = w * _ramp(side - 1 - idx, margin, length)
+        out.append((s, s + side, w))
+    return out
+
+
+def run_network(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    config: Optional[InferenceConfig] = None,
+    receptive_field: int = 1,
+) -> torch.Tensor:
+    """Evaluate a fully convolutional ``fn: (B, C, H, W) -> (B, C', H, W)`` whole or tiled.
+
+    Parameters
+    ----------
+    fn: the network (shape preserving in ``H, W``; e.g. a :class:`~edncli.networks.backbones.DnCNN`).
+    x: input ``(B, C, H, W)``, float32.
+    config: tiling, precision and memory format; ``None`` (or the default config) calls ``fn(x)``.
+    receptive_field: ``2 r + 1`` of ``fn``; sets the band at tile edges the blending ignores.
+
+    Returns
+    -------
+    ``(B, C', H, W)`` float32 (contiguous NCHW). With ``tile_overlap >= receptive_field - 1`` and
+    fp32 it equals ``fn(x)`` up to float rounding; under autocast it carries the rounding of
+    ``config.precision``. Gradients flow through it as through ``fn`` (autocast included).
+    """
+    if config is None or config.is_default:
+        return fn(x)
+    dtype = config.dtype
+
+    def call(t: torch.Tensor) -> torch.Tensor:
+        if config.channels_last:
+            t = t.contiguous(memory_format=torch.channels_last)
+        if dtype is None:
+            y = fn(t)
+        else:
+            with torch.autocast(device_type=t.device.type, dtype=dtype):
+                y = fn(t)
+        return y.float().contiguous()
+
+    H, W = x.shape[-2:]
+    if config.tile is None or (H <= config.tile and W <= config.tile):
+        return call(x)
+    r = receptive_radius(receptive_field)
+    rows = axis_windows(H, config.tile, config.overlap, r)
+    cols = axis_windows(W, config.tile, config.overlap, r)
+    out: Optional[torch.Tensor] = None
+    weight = torch.zeros(H, W, dtype=torch.float32, device=x.device)
+    for y0, y1, wy in rows:
+        for x0, x1, wx in cols:
+            w = (wy[:, None] * wx[None, :]).to(device=x.device, dtype=torch.float32)
+            y = call(x[..., y0:y1, x0:x1])
+            if out is None:
+                out = torch.zeros(*y.shape[:-2], H, W, dtype=torch.float32, device=x.device)
+            out[..., y0:y1, x0:x1] += w * y
+            weight[y0:y1, x0:x1] += w
+    assert out is not None
+    return out / weight
+
+
+__all__ = ["PRECISIONS", "InferenceConfig", "run_network", "tile_starts", "axis_windows", "receptive_radius"]

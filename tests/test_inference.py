@@ -1,0 +1,248 @@
+"""Tiled and mixed-precision network evaluation: exactness of the stitching, the descent-set
+guarantee under any tiling and precision, and the CLI options and errors as a user meets them."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edncli.errors import UsageError
+from edncli.networks.backbones import BackboneConfig, DnCNN
+from edncli.networks.direction import BaselineNet, DirectionNet, DirectionNetConfig
+from edncli.networks.inference import InferenceConfig, axis_windows, run_network
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _backbone(depth=5, width=8, cin=3, seed=0) -> DnCNN:
+    """A random DnCNN whose last layer is not zero (the default init zeroes it)."""
+    torch.manual_seed(seed)
+    net = DnCNN(BackboneConfig(in_channels=cin, out_channels=1, depth=depth, width=width, batchnorm=False)).eval()
+    torch.nn.init.normal_(net.body[-1].weight, std=0.2)
+    return net
+
+
+def _direction_net(depth=3, width=4, seed=0) -> DirectionNet:
+    torch.manual_seed(seed)
+    net = DirectionNet(DirectionNetConfig(backbone=BackboneConfig(depth=depth, width=width, batchnorm=False), layer="cone_ball"))
+    torch.nn.init.normal_(net.backbone.body[-1].weight, std=0.5)
+    return net.eval()
+
+
+def _in_cone_ball(d, g, zeta1, zeta2, rtol=1e-4):
+    gg = g.flatten(1).pow(2).sum(1).double()
+    dg = (d * g).flatten(1).sum(1).double()
+    dn = d.flatten(1).norm(dim=1).double()
+    assert bool((dg >= zeta1 * gg * (1 - rtol)).all()), (dg, zeta1 * gg)
+    assert bool((dn <= zeta2 * gg.sqrt() * (1 + rtol)).all()), (dn, zeta2 * gg.sqrt())
+
+
+# ------------------------------------------------------------------------------ windows
+def test_windows_are_positive_everywhere():
+    for size in [*range(1, 50), 64, 65, 97, 100, 113, 130, 131, 200]:
+        for tile in (5, 17, 32):
+            for overlap in sorted({0, 1, tile // 2, tile - 1}):
+                for radius in (2, 8):
+                    total = torch.zeros(size, dtype=torch.float64)
+                    for start, stop, w in axis_windows(size, tile, overlap, radius):
+                        assert 0 <= start < stop <= size
+                        total[start:stop] += w
+                    assert bool((total > 0).all()), (size, tile, overlap, radius)
+
+
+# ------------------------------------------------------------------------------ exactness
+@pytest.mark.parametrize(
+    "shape, tile",
+    [((77, 53), 32), ((64, 64), 32), ((100, 41), 24), ((20, 13), 32), ((33, 200), 40), ((11, 11), 11)],
+)
+def test_tiled_equals_whole_when_overlap_covers_receptive_field(shape, tile):
+    net = _backbone(depth=5)  # receptive field 11, radius 5
+    x = torch.randn(2, 3, *shape)
+    overlap = net.cfg.receptive_field - 1
+    with torch.no_grad():
+        whole = net(x)
+        tiled = run_network(net, x, InferenceConfig(tile=tile, tile_overlap=overlap), net.cfg.receptive_field)
+    assert tiled.shape == whole.shape and tiled.dtype == torch.float32
+    assert float((tiled - whole).abs().max()) <= 1e-5 * float(whole.abs().max())
+
+
+def test_smaller_overlap_is_close_not_exact():
+    """overlap = receptive radius: the seams carry some zero-padding error (measured, bounded loosely)."""
+    net = _backbone(depth=5)
+    x = torch.randn(1, 3, 90, 70)
+    with torch.no_grad():
+        whole = net(x)
+        tiled = run_network(net, x, InferenceConfig(tile=32, tile_overlap=5), net.cfg.receptive_field)
+    rel = float((tiled - whole).abs().max() / whole.abs().max())
+    assert 0 < rel < 0.5
+
+
+def test_gradients_flow_through_tiles():
+    net = _backbone(depth=3, width=4)
+    x = torch.randn(1, 3, 40, 40, requires_grad=True)
+    y = run_network(net, x, InferenceConfig(tile=16, tile_overlap=6), net.cfg.receptive_field)
+    (gx,) = torch.autograd.grad(y.pow(2).sum(), x)
+    x2 = x.detach().requires_grad_(True)
+    (gw,) = torch.autograd.grad(net(x2).pow(2).sum(), x2)
+    assert torch.allclose(gx, gw, atol=1e-5, rtol=1e-4)
+
+
+def test_baseline_net_uses_tiles():
+    torch.manual_seed(0)
+    net = BaselineNet(BackboneConfig(in_channels=2, out_channels=1, depth=4, width=4, batchnorm=False)).eval()
+    torch.nn.init.normal_(net.backbone.body[-1].weight, std=0.3)
+    u0, data = torch.rand(1, 50, 45), torch.rand(1, 50, 45)
+    with torch.no_grad():
+        whole = net(u0, data)
+        net.inference = InferenceConfig(tile=20, tile_overlap=8)
+        tiled = net(u0, data)
+    assert torch.allclose(whole, tiled, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ the guarantee
+@settings(max_examples=12, deadline=None)
+@given(
+    h=st.integers(6, 40),
+    w=st.integers(6, 40),
+    tile=st.integers(7, 40),
+    overlap_frac=st.floats(0.0, 0.95),
+    seed=st.integers(0, 2**16),
+    precision=st.sampled_from(["fp32", "bf16"]),
+)
+def test_tiled_direction_is_in_the_descent_set(h, w, tile, overlap_frac, seed, precision):
+    net = _direction_net()  # depth 3: receptive field 7
+    net.inference = InferenceConfig(tile=tile, tile_overlap=int(overlap_frac * tile), precision=precision)
+    gen = torch.Generator().manual_seed(seed)
+    u, g, data = (torch.randn(2, h, w, generator=gen) for _ in range(3))
+    g[1] *= 1e-3  # a small gradient too
+    with torch.no_grad():
+        d = net(u, g, data)
+    assert d.dtype == torch.float32 and d.shape == u.shape
+    _in_cone_ball(d, g, net.cfg.zeta1, net.cfg.zeta2)
+
+
+def test_bf16_on_cpu_stays_in_set_and_close_to_fp32():
+    net = _direction_net(depth=5, width=8, seed=3)
+    gen = torch.Generator().manual_seed(0)
+    u, g, data = (torch.rand(2, 48, 48, generator=gen) for _ in range(3))
+    g = g - 0.5
+    with torch.no_grad():
+        z32, d32 = net.raw(u, g, data), net(u, g, data)
+        net.inference = InferenceConfig(precision="bf16")
+        z16, d16 = net.raw(u, g, data), net(u, g, data)
+    assert z16.dtype == torch.float32
+    _in_cone_ball(d16, g, net.cfg.zeta1, net.cfg.zeta2)
+    assert float((z16 - z32).norm() / z32.norm()) < 0.03  # bf16 keeps ~3 significant digits
+    assert float((d16 - d32).norm() / d32.norm()) < 0.03
+
+
+# ------------------------------------------------------------------------------ settings
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"tile": 64, "tile_overlap": 64}, ["--tile-overlap 64", "--tile 64"]),
+        ({"tile": 64, "tile_overlap": -1}, ["--tile-overlap", "-1"]),
+        ({"tile": 0}, ["--tile", "0"]),
+        ({"precision": "fp8"}, ["--precision", "fp8", "bf16"]),
+    ],
+)
+def test_bad_settings_name_option_value_and_fix(kwargs, words):
+    with pytest.raises(UsageError) as err:
+        InferenceConfig(**kwargs)
+    msg = str(err.value)
+    assert "\n" not in msg and all(w in msg for w in words)
+
+
+def test_checks_that_need_network_or_device():
+    with pytest.raises(UsageError, match="--tile 8 is smaller than the receptive field"):
+        InferenceConfig(tile=8).check_for(17)
+    InferenceConfig(tile=17).check_for(17)
+    with pytest.raises(UsageError, match="bf16"):
+        InferenceConfig(precision="fp16").check_device("cpu")
+    assert InferenceConfig(tile=20).overlap == 10 and InferenceConfig(tile=512).overlap == 32
+    assert InferenceConfig().is_default and not InferenceConfig(channels_last=True).is_default
+
+
+def test_potential_refuses_tiles_and_red_tiles_its_dncnn():
+    from edncli.solvers.potential import _with_inference, get_denoiser
+
+    grad_model, grad_meta = get_denoiser("gradncnn")
+    with pytest.raises(UsageError, match="--tile 64: not available for method potential"):
+        _with_inference("potential", grad_model, grad_meta, InferenceConfig(tile=64), "cpu")
+    with pytest.raises(UsageError, match="--precision bf16"):
+        _with_inference("red", grad_model, grad_meta, InferenceConfig(precision="bf16"), "cpu")
+    assert _with_inference("potential", grad_model, grad_meta, InferenceConfig(), "cpu") is grad_model
+    model, meta = get_denoiser("dncnn")
+    rf = model.net.cfg.receptive_field
+    tiled = _with_inference("pnp", model, meta, InferenceConfig(tile=40, tile_overlap=rf - 1), "cpu")
+    x = torch.rand(1, 70, 52)
+    with torch.no_grad():
+        assert torch.allclose(tiled.denoise(x), model.denoise(x), atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ the CLI
+def _edn(monkeypatch, capsys, *args):
+    from edncli.cli.main import run
+
+    monkeypatch.setattr(sys, "argv", ["edn", *map(str, args)])
+    with pytest.raises(SystemExit) as exc:
+        run()
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err
+
+
+def test_sr_with_tiles_keeps_energy_monotone(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _edn(monkeypatch, capsys, "sr", "--scale", "4", EXAMPLES / "camera_lr_x4.tif", "-o", "out.png",
+                        "--tile", "64", "--tile-overlap", "16", "--report", "r.json", "-q")
+    assert code == 0, err
+    report = json.loads(Path("r.json").read_text())
+    assert report["energy_monotone"] is True and report["delta_reached"] is True
+    assert report["inference"]["tile"] == 64 and report["inference"]["tile_overlap"] == 16
+    assert Path("out.png").exists()
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--tile", "4"], ["--tile 4", "receptive field"]),
+        (["--tile-overlap", "64", "--tile", "64"], ["--tile-overlap 64", "--tile 64"]),
+        (["--precision", "fp16", "--device", "cpu"], ["fp16", "bf16"]),
+        (["--precision", "half"], ["--precision", "half"]),
+        (["--tile", "64", "--method", "potential"], ["--tile 64", "potential"]),
+    ],
+)
+def test_bad_options_exit_2_with_one_line(tmp_path, monkeypatch, capsys, args, words):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _edn(monkeypatch, capsys, "sr", "--scale", "4", EXAMPLES / "camera_lr_x4.tif", "-o", "out.png", *args)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("edn: error:") and all(w in lines[0] for w in words), err
+    assert not Path("out.png").exists()
+
+
+def test_gpu_out_of_memory_is_one_line_exit_4(tmp_path, monkeypatch, capsys):
+    import edncli.solvers.methods as methods
+
+    def boom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 12.00 GiB (GPU 0; 79 GiB total)")
+
+    monkeypatch.setattr(methods, "solve", boom)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _edn(monkeypatch, capsys, "sr", "--scale", "4", EXAMPLES / "camera_lr_x4.tif", "-o", "out.png", "--method", "gd")
+    assert code == 4
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("edn: error: out of GPU memory") and "try --tile 512" in lines[0]
+
+
+def test_other_runtime_errors_still_raise(monkeypatch):
+    from edncli.cli.main import is_gpu_oom
+
+    assert not is_gpu_oom(RuntimeError("shape mismatch"))
+    assert is_gpu_oom(RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"))
