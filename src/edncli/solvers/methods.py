@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional
 
 import torch
 
@@ -21,6 +21,9 @@ from ..operators.base import LinearOperator
 from .descent import LineSearch, StopRule, descend
 from .stopping import DeltaChoice
 from .trace import IterationRecord, SolveResult
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..networks.inference import InferenceConfig
 
 
 @dataclass
@@ -57,7 +60,7 @@ class MethodOptions:
     extra: Dict[str, object] = field(default_factory=dict)
     #: How networks are evaluated: an ``edncli.networks.inference.InferenceConfig`` (tiles,
     #: precision); ``None`` = whole image, float32. Methods without a network ignore it.
-    inference: Optional[object] = None
+    inference: Optional["InferenceConfig"] = None
 
 
 Callback = Optional[Callable[[IterationRecord], None]]
