@@ -182,3 +182,24 @@ def test_data_parallel_training_with_torchrun(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     meta = read_metadata(tmp_path / "ddp.safetensors")
     assert meta["world_size"] == 2 and meta["metrics"]["steps"] == 4
+
+
+def test_edn_hands_over_to_landweber_after_its_learned_steps(tiny_sr):
+    # After `learned_steps` network steps a sample that has not met δ continues with -grad/L at
+    # a unit trial step: with learned_steps=0 that is exactly Landweber (gd) from the same start.
+    x, op, f, u0 = _sr_problem(sigma=0.02)
+    problem = Problem(op, f, u0, DeltaChoice(0.5 * 0.02 * 8, "given"), task="sr")
+    land = solve(problem, "edn", MethodOptions(weights=str(tiny_sr), min_iter=0, learned_steps=0, max_iter=200))
+    ref = solve(problem, "gd", MethodOptions(max_iter=200))
+    assert land.extra["learned_steps"] == 0
+    assert land.iterations == ref.iterations > 0
+    assert torch.allclose(land.u, ref.u, atol=1e-6)
+
+
+def test_edn_learned_steps_then_delta_is_reached(tiny_sr):
+    x, op, f, u0 = _sr_problem(sigma=0.02)
+    delta = DeltaChoice(0.5 * 0.02 * 8, "given")  # below the noise: needs steps beyond the learned ones
+    res = solve(Problem(op, f, u0, delta, task="sr"), "edn", MethodOptions(weights=str(tiny_sr), min_iter=2, learned_steps=2, max_iter=300))
+    assert res.extra["learned_steps"] == 2
+    assert res.energy_monotone
+    assert res.delta_reached and res.iterations > 2

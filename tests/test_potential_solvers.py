@@ -75,11 +75,11 @@ def test_potential_energy_never_rises_and_delta_stop(task, arch, tiny_weights):
     assert all(b <= a for a, b in zip(energies, energies[1:]))
     for s in r.samples:
         assert s.iterations >= 3
-        if task == "deblur":  # SR keeps L0 = 1 + λ although ||A||^2 = 1/16: slower, may need more steps
+        if task == "deblur":  # SR: L0 = 0.25 + λ although ||A||^2 = 1/16: slower, may need more steps
             assert s.stop_reason == "delta" and s.delta_reached
         else:
             assert s.stop_reason in ("delta", "max_iter") and s.delta_reached == (s.stop_reason == "delta")
-    assert r.extra["L0"] == pytest.approx(1 + r.extra["lam"])
+    assert r.extra["L0"] == pytest.approx(pot.PRESETS[task]["potential"].L0_offset + r.extra["lam"])
     assert r.extra["lam"] == pot.PRESETS[task]["potential"].lam
 
 
@@ -147,13 +147,32 @@ def test_direction_checkpoint_refused_as_denoiser(tmp_path):
         solve(_problem("deblur"), "potential", MethodOptions(weights=str(path)))
 
 
-def test_presets_follow_table_2():
-    d, s = pot.PRESETS["deblur"], pot.PRESETS["sr"]
+def test_paper_presets_follow_table_2():
+    d, s = pot.PRESETS["paper-deblur"], pot.PRESETS["paper-sr"]
+    assert d is pot.PAPER_PRESETS["deblur"] and s is pot.PAPER_PRESETS["sr"]
     assert (d["potential"].lam, d["red"].lam, d["red"].mu, d["pnp"].mu) == (0.02, 0.05, 1.99, 1.99)
     assert (s["potential"].lam, s["red"].lam, s["red"].mu, s["pnp"].mu) == (0.04, 0.05, 2.99, 1.99)
     assert (d["potential"].max_iter, d["red"].max_iter, d["pnp"].max_iter) == (400, 200, 125)
     assert (s["potential"].max_iter, s["red"].max_iter, s["pnp"].max_iter) == (400, 125, 75)
     assert d["potential"].beta == pytest.approx(2**0.5)
+    assert d["potential"].L0_offset == s["potential"].L0_offset == 1.0
+
+
+def test_tuned_presets_stay_within_the_paper_iteration_counts():
+    for task in ("deblur", "sr"):
+        for method, p in pot.PRESETS[task].items():
+            paper = pot.PAPER_PRESETS[task][method]
+            assert p.min_iter <= p.max_iter <= paper.max_iter
+            assert p.beta == paper.beta
+
+
+@pytest.mark.parametrize("preset", ["paper-deblur", "paper-sr"])
+def test_paper_preset_is_selectable(preset, tiny_weights):
+    pb = _problem("deblur", batch=1)
+    r = solve(pb, "potential", MethodOptions(weights=tiny_weights["gradncnn"], extra={"preset": preset, "max_iter": 3}))
+    assert r.extra["preset"] == preset
+    assert r.extra["lam"] == pot.PRESETS[preset]["potential"].lam
+    assert r.extra["L0"] == pytest.approx(1 + r.extra["lam"])
 
 
 def test_no_delta_runs_to_max_iter(tiny_weights):

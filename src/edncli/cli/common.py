@@ -43,6 +43,14 @@ MaxIter = Annotated[Optional[int], typer.Option("--max-iter", help="Iteration ca
 MinIter = Annotated[
     Optional[int], typer.Option("--min-iter", help="Learned methods: steps taken before the δ test.")
 ]
+LearnedSteps = Annotated[
+    Optional[int],
+    typer.Option(
+        "--learned-steps",
+        help="edn: network steps at most (default: --min-iter); if δ is not met by then, Landweber "
+        "steps (-∇E/‖A‖², Armijo-safeguarded) continue until it is. Networks are trained for short paths.",
+    ),
+]
 ReferenceOpt = Annotated[
     Optional[str], typer.Option("--reference", help="Ground truth image: adds PSNR/SSIM per iteration to the report.")
 ]

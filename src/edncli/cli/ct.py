@@ -104,6 +104,7 @@ def ct(
     tau: c.Tau = 1.0,
     max_iter: c.MaxIter = None,
     min_iter: c.MinIter = None,
+    learned_steps: c.LearnedSteps = None,
     alpha: AlphaOpt = None,
     weights: WeightsOpt = None,
     reference: c.ReferenceOpt = None,
@@ -157,6 +158,7 @@ def ct(
             options = _options(
                 max_iter, min_iter, alpha, weights, reference,
                 tile=tile, tile_overlap=tile_overlap, precision=precision, channels_last=channels_last,
+                learned_steps=learned_steps,
             )
             dev = rank_device(c.resolve_device(device), launch)
         with ShardGroup(launch, dev) as group:

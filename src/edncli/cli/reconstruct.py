@@ -28,7 +28,7 @@ WeightsOpt = Annotated[Optional[str], typer.Option("--weights", help="Checkpoint
 LamOpt = Annotated[Optional[float], typer.Option("--lam", help="potential/red: regularisation weight λ (default: the paper's preset).")]
 MuOpt = Annotated[Optional[float], typer.Option("--mu", help="red/pnp: step size µ (default: the paper's preset).")]
 BoxOpt = Annotated[bool, typer.Option("--box", help="potential/red/pnp: keep iterates in [0, 1] (proximal variant).")]
-PresetOpt = Annotated[Optional[str], typer.Option("--preset", help="potential/red/pnp: settings of task sr or deblur (default: this task).")]
+PresetOpt = Annotated[Optional[str], typer.Option("--preset", help="potential/red/pnp: settings of task sr or deblur (validation-tuned), or paper-sr / paper-deblur (paper 000 Table 2) (default: this task).")]
 InitOpt = Annotated[Optional[str], typer.Option("--init", help="Initial guess (see each command's help).")]
 
 
@@ -40,7 +40,7 @@ def _check_method(method: str) -> str:
 
 def _options(
     max_iter, min_iter, alpha, weights, reference, lam=None, mu=None, box=False, preset=None,
-    tile=None, tile_overlap=None, precision="fp32", channels_last=False,
+    tile=None, tile_overlap=None, precision="fp32", channels_last=False, learned_steps=None,
 ):
     """:class:`~edncli.solvers.methods.MethodOptions` from the command's options (bad values: UsageError)."""
     from ..networks.inference import InferenceConfig
@@ -50,7 +50,10 @@ def _options(
         raise UsageError(f"--max-iter must be >= 0, got {max_iter}")
     if min_iter is not None and min_iter < 0:
         raise UsageError(f"--min-iter must be >= 0, got {min_iter}")
+    if learned_steps is not None and learned_steps < 0:
+        raise UsageError(f"--learned-steps must be >= 0, got {learned_steps}")
     return MethodOptions(
+        learned_steps=learned_steps,
         max_iter=DEFAULT_MAX_ITER if max_iter is None else max_iter,
         min_iter=min_iter,
         alpha=alpha,
@@ -183,6 +186,7 @@ def sr(
     tau: c.Tau = 1.0,
     max_iter: c.MaxIter = None,
     min_iter: c.MinIter = None,
+    learned_steps: c.LearnedSteps = None,
     alpha: AlphaOpt = None,
     weights: WeightsOpt = None,
     lam: LamOpt = None,
@@ -222,7 +226,8 @@ def sr(
     if noise_sigma is not None and delta == "auto":
         delta = None
     options = _options(
-        max_iter, min_iter, alpha, weights, reference, lam, mu, box, preset, tile, tile_overlap, precision, channels_last
+        max_iter, min_iter, alpha, weights, reference, lam, mu, box, preset, tile, tile_overlap, precision, channels_last,
+        learned_steps,
     )
     inputs = c.expand_inputs(input)
     outputs = c.plan_outputs(inputs, output, output_dir, fmt)
@@ -267,6 +272,7 @@ def deblur(
     tau: c.Tau = 1.0,
     max_iter: c.MaxIter = None,
     min_iter: c.MinIter = None,
+    learned_steps: c.LearnedSteps = None,
     alpha: AlphaOpt = None,
     weights: WeightsOpt = None,
     lam: LamOpt = None,
@@ -307,7 +313,8 @@ def deblur(
     if noise_sigma is not None and delta == "auto":
         delta = None
     options = _options(
-        max_iter, min_iter, alpha, weights, reference, lam, mu, box, preset, tile, tile_overlap, precision, channels_last
+        max_iter, min_iter, alpha, weights, reference, lam, mu, box, preset, tile, tile_overlap, precision, channels_last,
+        learned_steps,
     )
     inputs = c.expand_inputs(input)
     outputs = c.plan_outputs(inputs, output, output_dir, fmt)

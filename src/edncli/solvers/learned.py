@@ -101,11 +101,18 @@ def solve_edn(problem: Problem, options: MethodOptions, callback: Callback = Non
     if options.alpha is not None:  # the classical safeguard E + α R (paper 001 §4.3)
         energy = energy + options.alpha * HuberTV(options.huber_eps)
 
+    min_iter = options.min_iter if options.min_iter is not None else int(meta.get("min_iter", 15))
+    # Networks are trained on short paths (the lagged scheme's 0-10 steps); far beyond them their
+    # directions are out of distribution. After `learned_steps` network steps, a sample that has
+    # not met δ continues with Landweber steps d = -grad E / L (a unit step is the step 1/||A||^2),
+    # which reach δ (early stopping); both are checked by the same line search.
+    learned = options.learned_steps if options.learned_steps is not None else min_iter
+
     @torch.no_grad()
     def direction(u, grad, k):
-        return net(u, -grad / L, data)
-
-    min_iter = options.min_iter if options.min_iter is not None else int(meta.get("min_iter", 15))
+        if k < learned:
+            return net(u, -grad / L, data)
+        return -grad / L
     delta = None if problem.delta is None else problem.delta.delta
     result = descend(
         energy,
@@ -122,6 +129,8 @@ def solve_edn(problem: Problem, options: MethodOptions, callback: Callback = Non
     if options.inference is not None:
         result.extra["inference"] = options.inference.describe()
     result.extra["min_iter"] = min_iter
+    result.extra["learned_steps"] = learned
+    result.extra["after_learned_steps"] = "landweber (-grad E / ||A||^2, Armijo)"
     result.extra["init"] = "zero (from the checkpoint)" if spec.init == "zero" else "the command's --init"
     return result
 

@@ -48,6 +48,8 @@ class MethodOptions:
 
     max_iter: int = 300
     min_iter: Optional[int] = None
+    #: edn: network steps at most (None: ``min_iter``); then Landweber steps until δ.
+    learned_steps: Optional[int] = None
     grad_tol: float = 0.0
     c: float = 1e-4
     rho: float = 0.5
