@@ -10,6 +10,9 @@ Usage::
 
     python benchmarks/bench_denoisers.py --task deblur --images ../shared/data/set12 \\
         --crop 128 --out benchmarks/results_denoisers.json
+    # a fixed half of a folder (--every 2 --start 0|1), another preset (--preset paper-deblur),
+    # and one table from several --out files:
+    python benchmarks/bench_denoisers.py --merge even.json odd.json
 """
 
 from __future__ import annotations
@@ -55,6 +58,9 @@ def main() -> None:
     ap.add_argument("--methods", default=METHODS)
     ap.add_argument("--crop", type=int, default=0, help="central crop side (0: full image)")
     ap.add_argument("--limit", type=int, default=0, help="first N images only (0: all)")
+    ap.add_argument("--every", type=int, default=1, help="every N-th image only (a fixed subset; applied before --limit)")
+    ap.add_argument("--start", type=int, default=0, help="index of the first image taken by --every")
+    ap.add_argument("--preset", default=None, help="preset name for every method (default: the task's; e.g. paper-deblur)")
     ap.add_argument("--noise-sigma", type=float, default=0.01)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
@@ -64,11 +70,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     import edncli.solvers.potential  # noqa: F401  (registers potential, red, pnp)
 
-    files = list_images(args.images)
+    files = list_images(args.images)[args.start :: max(1, args.every)]
     if args.limit:
         files = files[: args.limit]
     images = []
-    for p in files:
+    step = max(1, args.every)
+    for gi, p in zip(range(args.start, args.start + step * len(files), step), files):  # gi: index in the folder (noise seed)
         arr, _ = read_image(p)
         x = torch.from_numpy(to_luminance(arr)).float()[None]
         if args.crop:
@@ -78,15 +85,15 @@ def main() -> None:
         if args.task == "sr":
             h, w = x.shape[1] // 4 * 4, x.shape[2] // 4 * 4
             x = x[:, :h, :w].contiguous()
-        images.append((p.name, x))
+        images.append((p.name, x, gi))
 
     rows, per_image = [], []
     for spec in args.methods.split(","):
         name, _, weights = spec.partition(":")
         ps, ss, its, mono, reached, t0 = [], [], [], [], [], time.perf_counter()
-        for k, (fname, x) in enumerate(images):
-            pb = make_problem(x, args.task, args.noise_sigma, args.seed + k)
-            r = solve(pb, name, MethodOptions(weights=weights or None))
+        for fname, x, gi in images:
+            pb = make_problem(x, args.task, args.noise_sigma, args.seed + gi)
+            r = solve(pb, name, MethodOptions(weights=weights or None, extra={"preset": args.preset} if args.preset else {}))
             u = r.u.clamp(0, 1)
             ps.append(psnr(u, x))
             ss.append(ssim(u, x))
@@ -99,7 +106,7 @@ def main() -> None:
             print(json.dumps(per_image[-1]), flush=True)
         rows.append({"method": spec, "psnr": statistics.mean(ps), "ssim": statistics.mean(ss), "iterations": statistics.mean(its),
                      "time_s": time.perf_counter() - t0, "all_monotone": all(mono), "delta_reached": sum(reached), "n": len(images)})
-        init_psnr = statistics.mean(psnr(make_problem(x, args.task, args.noise_sigma, args.seed + k).u0.clamp(0, 1), x) for k, (_, x) in enumerate(images))
+        init_psnr = statistics.mean(psnr(make_problem(x, args.task, args.noise_sigma, args.seed + gi).u0.clamp(0, 1), x) for _, x, gi in images)
     print(f"\n{args.task} on {args.images} ({len(images)} images{', crop ' + str(args.crop) if args.crop else ''}); init PSNR {init_psnr:.2f} dB")
     print("| method | PSNR (dB) | SSIM | iterations | time (s) | energy monotone on every image | δ reached |")
     print("|---|---|---|---|---|---|---|")
@@ -109,5 +116,36 @@ def main() -> None:
         Path(args.out).write_text(json.dumps({"args": vars(args), "summary": rows, "init_psnr": init_psnr, "images": per_image}, indent=1))
 
 
+def merge(paths) -> None:
+    """One table from several ``--out`` files (e.g. the two halves of a folder run with ``--every 2``)."""
+    docs = [json.loads(Path(p).read_text()) for p in paths]
+    imgs = [r for d in docs for r in d["images"]]
+    n_all = sum(len({r["image"] for r in d["images"]}) for d in docs)
+    init = sum(d["init_psnr"] * len({r["image"] for r in d["images"]}) for d in docs) / n_all
+    print(f"{n_all} images from {', '.join(map(str, paths))}; init PSNR {init:.2f} dB")
+    print("| method | PSNR (dB) | SSIM | iterations (mean) | solver time (s, all images) | energy monotone on every image | max energy increase | δ reached |")
+    print("|---|---|---|---|---|---|---|---|")
+    by = {}
+    for r in imgs:
+        by.setdefault(r["method"], {})[r["image"]] = r
+    for m, rs in by.items():
+        v = list(rs.values())
+        print(f"| {m} | {statistics.mean(r['psnr'] for r in v):.2f} | {statistics.mean(r['ssim'] for r in v):.4f} | "
+              f"{statistics.mean(r['iterations'] for r in v):.0f} | {sum(r['time_s'] for r in v):.0f} | "
+              f"{all(r['energy_monotone'] for r in v)} | {max(r['max_energy_increase'] for r in v):.2e} | "
+              f"{sum(bool(r['delta_reached']) for r in v)}/{len(v)} |")
+    methods = list(by)
+    pot = [m for m in methods if m.startswith("potential")]
+    for p in pot:
+        for o in (m for m in methods if not m.startswith("potential")):
+            d = [by[p][i]["psnr"] - by[o][i]["psnr"] for i in by[p] if i in by[o]]
+            print(f"{p} - {o}: mean {statistics.mean(d):+.2f} dB, {p} higher on {sum(x > 0 for x in d)}/{len(d)} images")
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if len(sys.argv) > 2 and sys.argv[1] == "--merge":
+        merge(sys.argv[2:])
+    else:
+        main()
