@@ -203,3 +203,29 @@ def test_edn_learned_steps_then_delta_is_reached(tiny_sr):
     assert res.extra["learned_steps"] == 2
     assert res.energy_monotone
     assert res.delta_reached and res.iterations > 2
+
+
+def test_warm_start_from_a_baseline_gives_its_correction_as_the_first_raw_output(tmp_path):
+    # edn train --init-from: the direction network's backbone starts as the baseline's, with the
+    # gradient plane at zero, so its raw output z equals the baseline's correction x - u0.
+    from edncli.networks.direction import network_inputs
+    from edncli.solvers.learned import load_learned
+    from edncli.training.lagged import warm_start
+
+    imgs = _images(tmp_path / "imgs")
+    common = dict(spec=TaskSpec("sr", scale=4, init="classic"), images=str(imgs), val_images=str(imgs), depth=3, width=8,
+                  patch=24, batch=4, steps=3, val_every=3, val_size=32)
+    base = train(TrainConfig(kind="baseline", **common), tmp_path / "b.safetensors", command="pytest",
+                 device=torch.device("cpu"), quiet=True)
+    cfg = TrainConfig(kind="edn", min_iter=1, **common)
+    net = DirectionNet(DirectionNetConfig(backbone=BackboneConfig(3, 1, 3, 8, False)))
+    warm_start(net, cfg, str(base))
+    bnet, _ = load_learned("baseline", str(base), "cpu")
+    x, op, f, u0 = _sr_problem()
+    data = network_inputs(op, f)
+    g = torch.randn_like(u0)  # any gradient: its plane starts with zero weights
+    with torch.no_grad():
+        assert torch.allclose(net.raw(u0, g, data), bnet(u0, data) - u0, atol=1e-6)
+    with pytest.raises(Exception, match="depth"):
+        warm_start(DirectionNet(DirectionNetConfig(backbone=BackboneConfig(3, 1, 4, 8, False))),
+                   TrainConfig(kind="edn", **{**common, "depth": 4}), str(base))

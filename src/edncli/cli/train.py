@@ -59,6 +59,7 @@ def train(
     min_iter: Annotated[int, typer.Option("--min-iter", help="Default steps before the δ test, stored in the checkpoint.")] = 15,
     val_every: Annotated[int, typer.Option("--val-every", help="Validate every N steps (an epoch).")] = 250,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue from this checkpoint.")] = None,
+    init_from: Annotated[Optional[str], typer.Option("--init-from", help="sr/ct/deblur: start from the backbone of this baseline or edn checkpoint (same task, depth, width), as the paper starts from a pretrained DnCNN.")] = None,
     arch: Annotated[Optional[str], typer.Option("--arch", help="denoiser: gradncnn, dnicnn, dndicnn or dncnn.")] = None,
     sigma: Annotated[Optional[str], typer.Option("--sigma", help="denoiser: noise std range lo:hi.")] = None,
     puzzles: Annotated[Optional[str], typer.Option("--puzzles", help="sudoku: CSV of puzzles (default: generated).")] = None,
@@ -128,7 +129,7 @@ def train(
     cfg = TrainConfig(
         spec=spec, kind=kind, images=images, val_images=val_images, depth=depth or 8, width=width or 32, batchnorm=batchnorm, layer=layer,
         zeta1=zeta1, zeta2=zeta2, zeta=zeta, patch=patch, batch=batch, steps=steps, lr=lr, lag_every=lag_every,
-        max_lag_steps=max_lag_steps, min_iter=min_iter, val_every=val_every, seed=seed,
+        max_lag_steps=max_lag_steps, min_iter=min_iter, val_every=val_every, seed=seed, init_from=init_from,
     )
     if steps < 1:
         raise UsageError(f"--steps must be >= 1, got {steps}")

@@ -66,6 +66,9 @@ class TrainConfig:
     val_size: int = 96
     seed: int = 0
     phantom_fraction: float = 0.5
+    #: Warm start: a baseline or direction checkpoint of the same task whose backbone weights
+    #: initialise this network (paper 001 starts from a pretrained DnCNN; see :func:`warm_start`).
+    init_from: Optional[str] = None
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -235,6 +238,8 @@ def train(cfg: TrainConfig, out: Path, *, command: str, device: torch.device, qu
         net = BaselineNet(bb)
         arch = baseline_arch(bb)
     state = TrainState()
+    if cfg.init_from is not None and resume is None:
+        warm_start(net, cfg, cfg.init_from)
     if resume is not None:
         from ..io.checkpoints import load_checkpoint
 
@@ -343,6 +348,49 @@ def train(cfg: TrainConfig, out: Path, *, command: str, device: torch.device, qu
     return out
 
 
+#: Input planes of each network kind, in order (see ``networks/direction.py``).
+_INPUT_PLANES = {"edn": ("u", "g", "data"), "baseline": ("u", "data")}
+
+
+def warm_start(net: torch.nn.Module, cfg: TrainConfig, name_or_path: str) -> None:
+    """Initialise ``net``'s backbone from the checkpoint ``name_or_path`` (same task, depth, width).
+
+    A baseline network ``u0 + DnCNN([u0, A^T f / L])`` and a direction network
+    ``DnCNN([u, -grad E / L, A^T f / L])`` share the backbone except for the first layer's input
+    planes: those are copied by meaning (``u``, ``data``) and a plane the source lacks (the
+    gradient) starts at zero, so the direction network's first raw output is the baseline's
+    correction. The descent-set layer is untouched: the guarantee holds from the first step.
+    """
+    from ..io.checkpoints import load_checkpoint
+    from ..io.weights import resolve_weights
+
+    path = resolve_weights(name_or_path)
+    tensors, meta = load_checkpoint(path, expect_task=(f"edn-{cfg.spec.task}", f"baseline-{cfg.spec.task}"))
+    src_kind = meta["task"].split("-", 1)[0]
+    arch = meta.get("arch", {})
+    src_bb = arch.get("backbone", arch)
+    if (src_bb.get("depth"), src_bb.get("width")) != (cfg.depth, cfg.width):
+        raise UsageError(
+            f"--init-from {path.name}: backbone depth {src_bb.get('depth')}, width {src_bb.get('width')} does not "
+            f"match --depth {cfg.depth} --width {cfg.width}"
+        )
+    own = net.state_dict()
+    first = "backbone.body.0.weight"
+    for key, value in tensors.items():
+        if key not in own:
+            continue
+        if key == first and value.shape != own[key].shape:
+            w = torch.zeros_like(own[key])
+            src_planes, dst_planes = _INPUT_PLANES[src_kind], _INPUT_PLANES[cfg.kind]
+            for i, plane in enumerate(src_planes):
+                if plane in dst_planes:
+                    w[:, dst_planes.index(plane)] = value[:, i]
+            own[key] = w
+        elif value.shape == own[key].shape:
+            own[key] = value.clone()
+    net.load_state_dict(own)
+
+
 def _raise_on_sigterm() -> None:
     """Let SIGTERM end training like Ctrl-C (so background jobs can be stopped cleanly)."""
     import signal
@@ -368,6 +416,8 @@ def _card_body(cfg: TrainConfig, world: int) -> str:
         f"- Training noise std drawn uniformly in {list(s.noise_sigma)} per sample; patches {cfg.patch}², batch {cfg.batch}, "
         f"{cfg.steps} steps, Adam lr {cfg.lr} with cosine decay, {world} process(es).",
     ]
+    if cfg.init_from:
+        lines.append(f"- Warm start: backbone initialised from `{cfg.init_from}` (input planes matched by meaning).")
     if cfg.kind == "edn":
         lines.append(
             f"- Lagged scheme: gradient-descent iterates for the first {cfg.lag_every} mini-batches, then iterates of "
