@@ -265,7 +265,7 @@ def deblur(
     kernel_size: Annotated[Optional[int], typer.Option("--kernel-size", help="Gaussian kernel side (odd).")] = None,
     kernel: Annotated[Optional[Path], typer.Option("--kernel", help="Kernel file (.npy, .txt, image); normalised to sum 1.")] = None,
     boundary: Annotated[str, typer.Option("--boundary", help="reflect, circular or zero.")] = "reflect",
-    method: MethodOpt = "tv",
+    method: MethodOpt = "edn",
     init: InitOpt = None,
     delta: c.DeltaOpt = "auto",
     noise_sigma: c.NoiseSigma = None,
