@@ -50,20 +50,14 @@ import torch
 
 from edncli.evaluation import EvalConfig, prepare_image, run_eval, simulate
 from edncli.io.images import IMAGE_SUFFIXES, read_image
+from edncli.solvers.learned import DEFAULT_WEIGHTS
 from edncli.solvers.methods import MethodOptions, Problem, solve
 from edncli.tasks import TaskSpec
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "set12"
 METHODS = "gd,tv,red,pnp,potential,edn,baseline"
 #: Shipped checkpoint per (method, task) for the learned methods that need one per task.
-TASK_WEIGHTS = {
-    ("edn", "sr"): "edn-sr-x4",
-    ("edn", "deblur"): "edn-deblur",
-    ("edn", "ct"): "edn-ct",
-    ("baseline", "sr"): "baseline-sr-x4",
-    ("baseline", "deblur"): "baseline-deblur",
-    ("baseline", "ct"): "baseline-ct",
-}
+TASK_WEIGHTS = DEFAULT_WEIGHTS
 
 
 def task_config(task: str, args, methods: List[str]) -> EvalConfig:
