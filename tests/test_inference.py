@@ -4,7 +4,6 @@ guarantee under any tiling and precision, and the CLI options and errors as a us
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -187,14 +186,7 @@ def test_potential_refuses_tiles_and_red_tiles_its_dncnn():
 
 
 # ------------------------------------------------------------------------------ the CLI
-def _edn(monkeypatch, capsys, *args):
-    from edncli.cli.main import run
-
-    monkeypatch.setattr(sys, "argv", ["edn", *map(str, args)])
-    with pytest.raises(SystemExit) as exc:
-        run()
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
+from .test_cli import edn as _edn  # noqa: E402  (the suite's in-process CLI runner)
 
 
 def test_sr_with_tiles_keeps_energy_monotone(tmp_path, monkeypatch, capsys):
