@@ -42,19 +42,18 @@ class _TimedOperator:
     def __getattr__(self, name):
         return getattr(self._op, name)
 
-    def forward(self, x):
+    def _timed(self, fn, x):
         t0 = _clock()
-        y = self._op.forward(x)
+        y = fn(x)
         self.seconds += _clock() - t0
         self.calls += 1
         return y
 
+    def forward(self, x):
+        return self._timed(self._op.forward, x)
+
     def adjoint(self, y):
-        t0 = _clock()
-        x = self._op.adjoint(y)
-        self.seconds += _clock() - t0
-        self.calls += 1
-        return x
+        return self._timed(self._op.adjoint, y)
 
 
 def _solver_time(op, u0, f, n):
