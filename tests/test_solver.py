@@ -145,3 +145,32 @@ def test_noise_estimate_and_delta_rules():
     for bad in ("-1", "0", "nan", "abc"):
         with pytest.raises(UsageError):
             choose_delta(bad, None, 1.0, 100)
+
+
+def _exact_energy(op, f, u):
+    """``1/2||A u - f||^2`` from a fresh ``A u``, accumulated in float64."""
+    return 0.5 * float(((op(u) - f).double() ** 2).sum())
+
+
+@pytest.mark.parametrize("method", ["gd", "edn-like"])
+def test_trace_energy_is_the_exact_energy_of_each_iterate(method):
+    # The solver takes E(u_new) from the line's closed form between exact refreshes; check that
+    # against a fresh evaluation of every iterate (iterate k = the result of a run capped at k).
+    x, op, f = _deblur_problem()
+    energy_of = lambda: DataFidelity(op, f)  # noqa: E731
+    gen = torch.Generator().manual_seed(3)
+    noise = [torch.randn(f.shape, generator=gen) for _ in range(60)]
+    layer = ConeBallMap(0.5, 50.0)
+
+    def direction(u, g, k):
+        return layer(-g + 0.3 * noise[k], -g)
+
+    kw = {} if method == "gd" else {"direction": direction}
+    line = LineSearch(initial="lipschitz") if method == "gd" else LineSearch()
+    full = descend(energy_of(), torch.zeros_like(f), stop=StopRule(max_iter=55), line=line, **kw)
+    exact = []
+    for k in (0, 1, 2, 24, 25, 26, 49, 50, 51, 55):
+        uk = descend(energy_of(), torch.zeros_like(f), stop=StopRule(max_iter=k), line=line, **kw).u
+        exact.append(_exact_energy(op, f, uk))
+        assert full.trace[k].energy == pytest.approx(exact[-1], rel=1e-5)
+    assert all(b <= a * (1 + 1e-6) for a, b in zip(exact, exact[1:]))

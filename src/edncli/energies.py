@@ -33,6 +33,8 @@ def fast_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     tolerates (its decrease condition has slack ``1 - c``); energies themselves use :func:`dot`.
     """
     n = a.shape[0]
+    if n == 1 and a.is_contiguous() and b.is_contiguous():  # one BLAS dot: half the dispatch cost
+        return torch.dot(a.view(-1), b.view(-1)).view(1)
     return torch.bmm(_rows(a).unsqueeze(1), _rows(b).unsqueeze(2)).view(n)
 
 
@@ -141,35 +143,43 @@ class DataFidelity(Energy):
         r = self.residual(u)
         ad = self.op.forward(d)
         self._line = (u, d, r, ad)
-        if e0 is None:
-            e0 = 0.5 * dot(r, r)
         if rad is None:
             rad = fast_dot(r, ad)
         adad = fast_dot(ad, ad)
+        # E(u) is needed only if the line is evaluated on the device (callers with the closed
+        # form's coefficients use them on the host): computed lazily, from ``r`` as it is now.
+        base = [e0]
 
         def line(tau: torch.Tensor) -> torch.Tensor:
-            return e0 + tau * rad + 0.5 * tau * tau * adad
+            if base[0] is None:
+                base[0] = 0.5 * dot(r, r)
+            return base[0] + tau * rad + 0.5 * tau * tau * adad
 
         line.quadratic = (rad, adad)  # type: ignore[attr-defined]  # phi(t) = e0 + a1 t + a2 t^2 / 2
         return line
 
-    def moved(self, u_new: torch.Tensor, u: torch.Tensor, d: torch.Tensor, tau: "torch.Tensor | float") -> None:
-        """Tell the energy ``u_new = u + tau d``: its residual is ``r + tau A d``, no new ``A u``.
+    def moved(self, u_new: torch.Tensor, u: torch.Tensor, d: torch.Tensor, tau: "torch.Tensor | float") -> bool:
+        """Tell the energy ``u_new = u + tau d``: its residual becomes ``r + tau A d``, no new ``A u``.
 
-        ``tau``: per-sample steps ``(B,)``, or one float for a batch of one.
+        ``tau``: per-sample steps ``(B,)``, or one float for a batch of one (a new tensor, not
+        in place: an operator such as the identity may hand ``r`` back as the gradient). Returns
+        True when the residual was updated this way, so ``E(u_new)`` is the line's closed form at ``tau``; False when the
+        next use recomputes ``A u_new - f`` exactly (every ``REFRESH_EVERY`` steps, or when
+        ``d`` was not the last line's direction).
         """
         if self._line is None or self._line[0] is not u or self._line[1] is not d:
-            return
-        self._updates += 1
-        if self._updates % self.REFRESH_EVERY == 0:
-            return
+            return False
         _, _, r, ad = self._line
+        self._line = None
+        self._updates += 1
+        if self._updates % self.REFRESH_EVERY == 0 or self._cache_u is not u:
+            return False
         if isinstance(tau, float):
             self._cache_r = torch.add(r, ad, alpha=tau)
         else:
             self._cache_r = torch.addcmul(r, _bcast(tau.to(r.dtype), r), ad)
         self._cache_u = u_new
-        self._line = None
+        return True
 
     def describe(self):
         return {"name": self.name, "operator": self.op.describe()}
@@ -271,10 +281,12 @@ class SumEnergy(Energy):
             )
         return line
 
-    def moved(self, u_new, u, d, tau) -> None:
+    def moved(self, u_new, u, d, tau) -> bool:
+        """Forward the step to the terms that track it; False: the sum has no closed-form value."""
         for _, e in self.terms:
             if hasattr(e, "moved"):
                 e.moved(u_new, u, d, tau)
+        return False
 
     def data_term(self) -> Optional[DataFidelity]:
         for _, e in self.terms:
