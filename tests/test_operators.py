@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from edncli.errors import UsageError
-from edncli.operators.base import Identity, adjoint_mismatch, power_iteration
-from edncli.operators.blur import BOUNDARIES, Blur, check_kernel, gaussian_kernel
+from edncli.operators.base import Identity, adjoint_by_autograd, adjoint_mismatch, power_iteration
+from edncli.operators.blur import BOUNDARIES, Blur, check_kernel, gaussian_kernel, reflect_pad_adjoint
 from edncli.operators.downsample import AveragePool, BicubicDownsample, make_sr_operator
 
 from .conftest import dtype_tol
@@ -96,3 +99,18 @@ def test_indivisible_size_is_a_clear_error():
 def test_bad_kernels(kernel):
     with pytest.raises(UsageError):
         check_kernel(kernel)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    h=st.integers(2, 12), w=st.integers(2, 12),
+    pads=st.tuples(st.integers(0, 11), st.integers(0, 11), st.integers(0, 11), st.integers(0, 11)),
+)
+def test_reflect_pad_adjoint_matches_autograd(h, w, pads):
+    left, right, top, bottom = pads
+    assume(max(left, right) < w and max(top, bottom) < h)  # reflect padding needs pad < size
+    x = torch.randn(2, h, w, dtype=torch.float64)
+    p = torch.randn(2, h + top + bottom, w + left + right, dtype=torch.float64)
+    pad = lambda v: F.pad(v.unsqueeze(1), pads, mode="reflect").squeeze(1)  # noqa: E731
+    expected = adjoint_by_autograd(pad, x, p)
+    assert torch.allclose(reflect_pad_adjoint(p, pads), expected, atol=1e-12)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError, UsageError
-from .base import LinearOperator, adjoint_by_autograd
+from .base import LinearOperator
 
 BOUNDARIES = ("circular", "reflect", "zero")
 
@@ -61,6 +61,29 @@ def read_kernel(path: str | Path) -> torch.Tensor:
     except (OSError, ValueError) as exc:
         raise InputError(f"--kernel {p}: cannot read a kernel ({exc})") from None
     return check_kernel(arr, f"--kernel {p}")
+
+
+def reflect_pad_adjoint(p: torch.Tensor, pads: Sequence[int]) -> torch.Tensor:
+    """Adjoint of ``F.pad(x, pads, mode="reflect")`` for ``x`` ``(B, H, W)``; ``pads = (left, right, top, bottom)``.
+
+    Reflect padding copies ``x[1 : t + 1]`` (reversed) above the image and ``x[H - 1 - b : H - 1]``
+    below it (likewise for columns), so the adjoint adds those padded strips back, flipped, onto
+    the rows/columns they came from. ``p``: ``(B, H + top + bottom, W + left + right)``.
+    """
+    left, right, top, bottom = pads
+    h = p.shape[-2] - top - bottom
+    x = p[..., top : top + h, :].clone()
+    if top:
+        x[..., 1 : top + 1, :] += p[..., :top, :].flip(-2)
+    if bottom:
+        x[..., h - 1 - bottom : h - 1, :] += p[..., top + h :, :].flip(-2)
+    w = x.shape[-1] - left - right
+    out = x[..., :, left : left + w].clone()
+    if left:
+        out[..., :, 1 : left + 1] += x[..., :, :left].flip(-1)
+    if right:
+        out[..., :, w - 1 - right : w - 1] += x[..., :, left + w :].flip(-1)
+    return out
 
 
 class Blur(LinearOperator):
@@ -121,7 +144,8 @@ class Blur(LinearOperator):
         kh, kw = self.kernel.shape
         if self.kernel.numel() >= self.FFT_MIN_TAPS:
             full = torch.fft.irfft2(torch.fft.rfft2(xp) * self._padded_otf(xp), s=xp.shape[-2:])
-            return full[..., kh - 1 :, kw - 1 :]
+            # contiguous: every consumer (inner products, residual updates) reads it as one block
+            return full[..., kh - 1 :, kw - 1 :].contiguous()
         return F.conv2d(xp.unsqueeze(1), self._weight(xp)).squeeze(1)
 
     def _valid_adjoint(self, y: torch.Tensor) -> torch.Tensor:
@@ -147,9 +171,7 @@ class Blur(LinearOperator):
             l, r, t, b = self.pads
             h, w = self.in_shape
             return full[..., t : t + h, l : l + w]
-        return adjoint_by_autograd(
-            lambda x: F.pad(x.unsqueeze(1), self.pads, mode="reflect").squeeze(1), y, full
-        )
+        return reflect_pad_adjoint(full, self.pads)
 
     def describe(self):
         return {**super().describe(), "kernel_shape": list(self.kernel.shape), "boundary": self.boundary}
