@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from edncli.errors import UsageError
 from edncli.operators.base import Identity, adjoint_by_autograd, adjoint_mismatch, power_iteration
-from edncli.operators.blur import BOUNDARIES, Blur, check_kernel, gaussian_kernel, reflect_pad_adjoint
+from edncli.operators.blur import BOUNDARIES, Blur, check_kernel, fast_fft_len, gaussian_kernel, reflect_pad_adjoint
 from edncli.operators.downsample import AveragePool, BicubicDownsample, make_sr_operator
 
 from .conftest import dtype_tol
@@ -114,3 +114,16 @@ def test_reflect_pad_adjoint_matches_autograd(h, w, pads):
     pad = lambda v: F.pad(v.unsqueeze(1), pads, mode="reflect").squeeze(1)  # noqa: E731
     expected = adjoint_by_autograd(pad, x, p)
     assert torch.allclose(reflect_pad_adjoint(p, pads), expected, atol=1e-12)
+
+
+@given(n=st.integers(1, 5000))
+def test_fast_fft_len_is_the_next_5_smooth_size(n):
+    def smooth(m):
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        return m == 1
+
+    m = fast_fft_len(n)
+    assert m >= n and smooth(m)
+    assert not any(smooth(j) for j in range(n, m))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, Tuple
 
 import numpy as np
 import torch
@@ -61,6 +61,19 @@ def read_kernel(path: str | Path) -> torch.Tensor:
     except (OSError, ValueError) as exc:
         raise InputError(f"--kernel {p}: cannot read a kernel ({exc})") from None
     return check_kernel(arr, f"--kernel {p}")
+
+
+def fast_fft_len(n: int) -> int:
+    """Smallest ``m >= n`` whose prime factors are 2, 3 and 5 (sizes FFT libraries handle fastest)."""
+    m = max(int(n), 1)
+    while True:
+        k = m
+        for p in (2, 3, 5):
+            while k % p == 0:
+                k //= p
+        if k == 1:
+            return m
+        m += 1
 
 
 def reflect_pad_adjoint(p: torch.Tensor, pads: Sequence[int]) -> torch.Tensor:
@@ -129,12 +142,19 @@ class Blur(LinearOperator):
     #: Kernels with at least this many taps are applied by FFT (same result, exact adjoint).
     FFT_MIN_TAPS = 49
 
+    def _fft_grid(self) -> Tuple[int, int]:
+        """FFT size for 'valid' convolution: the padded size ``(H + kh - 1, W + kw - 1)`` rounded up
+        to a product of 2, 3 and 5 (any size at least the padded one gives the same valid part;
+        e.g. 536 = 8 * 67 would be several times slower than 540)."""
+        h, w = self.in_shape
+        kh, kw = self.kernel.shape
+        return fast_fft_len(h + kh - 1), fast_fft_len(w + kw - 1)
+
     def _padded_otf(self, x: torch.Tensor) -> torch.Tensor:
-        """OTF of the kernel on the padded grid ``(H + kh - 1, W + kw - 1)`` for 'valid' FFT convolution."""
+        """OTF of the kernel on the FFT grid of :meth:`_fft_grid`, for 'valid' FFT convolution."""
         if getattr(self, "_otf_pad", None) is None or self._otf_pad.device != x.device:
-            h, w = self.in_shape
             kh, kw = self.kernel.shape
-            psf = torch.zeros(h + kh - 1, w + kw - 1, dtype=torch.float32)
+            psf = torch.zeros(*self._fft_grid(), dtype=torch.float32)
             psf[:kh, :kw] = self.kernel
             self._otf_pad = torch.fft.rfft2(psf).to(x.device)
         return self._otf_pad
@@ -143,9 +163,11 @@ class Blur(LinearOperator):
         """'valid' convolution of a padded image, ``(B, H+kh-1, W+kw-1) -> (B, H, W)``."""
         kh, kw = self.kernel.shape
         if self.kernel.numel() >= self.FFT_MIN_TAPS:
-            full = torch.fft.irfft2(torch.fft.rfft2(xp) * self._padded_otf(xp), s=xp.shape[-2:])
+            h, w = self.in_shape
+            grid = self._fft_grid()
+            full = torch.fft.irfft2(torch.fft.rfft2(xp, s=grid) * self._padded_otf(xp), s=grid)
             # contiguous: every consumer (inner products, residual updates) reads it as one block
-            return full[..., kh - 1 :, kw - 1 :].contiguous()
+            return full[..., kh - 1 : kh - 1 + h, kw - 1 : kw - 1 + w].contiguous()
         return F.conv2d(xp.unsqueeze(1), self._weight(xp)).squeeze(1)
 
     def _valid_adjoint(self, y: torch.Tensor) -> torch.Tensor:
@@ -153,8 +175,10 @@ class Blur(LinearOperator):
         kh, kw = self.kernel.shape
         if self.kernel.numel() >= self.FFT_MIN_TAPS:
             h, w = self.in_shape
+            grid = self._fft_grid()
             emb = F.pad(y, (kw - 1, 0, kh - 1, 0))
-            return torch.fft.irfft2(torch.fft.rfft2(emb) * self._padded_otf(y).conj(), s=(h + kh - 1, w + kw - 1))
+            full = torch.fft.irfft2(torch.fft.rfft2(emb, s=grid) * self._padded_otf(y).conj(), s=grid)
+            return full[..., : h + kh - 1, : w + kw - 1]
         return F.conv_transpose2d(y.unsqueeze(1), self._weight(y)).squeeze(1)
 
     def forward(self, x):
