@@ -194,7 +194,7 @@ class Blur(LinearOperator):
         if self.boundary == "zero":
             l, r, t, b = self.pads
             h, w = self.in_shape
-            return full[..., t : t + h, l : l + w]
+            return full[..., t : t + h, l : l + w].contiguous()
         return reflect_pad_adjoint(full, self.pads)
 
     def describe(self):
