@@ -13,11 +13,16 @@ def crop_border(x: torch.Tensor, border: int) -> torch.Tensor:
     return x[..., border:-border, border:-border]
 
 
-def psnr(u: torch.Tensor, ref: torch.Tensor, border: int = 0, data_range: float = 1.0) -> float:
-    """Mean over the batch of ``10 log10(range^2 / MSE)`` per image, in dB."""
+def psnr_each(u: torch.Tensor, ref: torch.Tensor, border: int = 0, data_range: float = 1.0) -> torch.Tensor:
+    """``10 log10(range^2 / MSE)`` in dB of each image of the batch ``(B, H, W)``: ``(B,)`` float64."""
     u, ref = crop_border(u, border), crop_border(ref, border)
     mse = ((u.double() - ref.double()) ** 2).flatten(1).mean(1).clamp_min(1e-20)
-    return float((10 * torch.log10(data_range**2 / mse)).mean())
+    return 10 * torch.log10(data_range**2 / mse)
+
+
+def psnr(u: torch.Tensor, ref: torch.Tensor, border: int = 0, data_range: float = 1.0) -> float:
+    """Mean over the batch of ``10 log10(range^2 / MSE)`` per image, in dB."""
+    return float(psnr_each(u, ref, border, data_range).mean())
 
 
 def _gaussian_window(size: int = 11, sigma: float = 1.5, device=None) -> torch.Tensor:
@@ -27,15 +32,12 @@ def _gaussian_window(size: int = 11, sigma: float = 1.5, device=None) -> torch.T
     return (g[:, None] * g[None, :])[None, None]
 
 
-def ssim(u: torch.Tensor, ref: torch.Tensor, border: int = 0, data_range: float = 1.0) -> float:
-    """Mean SSIM (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, K1 = 0.01, K2 = 0.03).
-
-    Statistics over 'valid' windows only (no padding), as the reference MATLAB code.
-    """
+def ssim_each(u: torch.Tensor, ref: torch.Tensor, border: int = 0, data_range: float = 1.0) -> torch.Tensor:
+    """SSIM of each image of the batch ``(B, H, W)``: ``(B,)`` float64 (see :func:`ssim`)."""
     x = crop_border(u, border).double().unsqueeze(1)
     y = crop_border(ref, border).double().unsqueeze(1)
     if min(x.shape[-2:]) < 11:
-        return float("nan")
+        return torch.full((x.shape[0],), float("nan"), dtype=torch.float64)
     w = _gaussian_window(device=x.device)
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     mx, my = F.conv2d(x, w), F.conv2d(y, w)
@@ -43,4 +45,12 @@ def ssim(u: torch.Tensor, ref: torch.Tensor, border: int = 0, data_range: float 
     syy = F.conv2d(y * y, w) - my * my
     sxy = F.conv2d(x * y, w) - mx * my
     s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
-    return float(s.flatten(1).mean(1).mean())
+    return s.flatten(1).mean(1)
+
+
+def ssim(u: torch.Tensor, ref: torch.Tensor, border: int = 0, data_range: float = 1.0) -> float:
+    """Mean SSIM over the batch (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, K1 = 0.01, K2 = 0.03).
+
+    Statistics over 'valid' windows only (no padding), as the reference MATLAB code.
+    """
+    return float(ssim_each(u, ref, border, data_range).mean())

@@ -58,6 +58,14 @@ Format = Annotated[Optional[str], typer.Option("--format", help="Output format: 
 BitDepth = Annotated[int, typer.Option("--bit-depth", help="Bits per sample for PNG output (8 or 16).")]
 Dataset = Annotated[Optional[str], typer.Option("--dataset", help="HDF5 dataset path of the input.")]
 Json = Annotated[bool, typer.Option("--json", help="Print the run summary as one JSON object on stdout.")]
+BatchSize = Annotated[
+    int,
+    typer.Option(
+        "--batch-size",
+        help="Solve up to N consecutive inputs of identical shape together, as one batch (faster on a GPU); "
+        "outputs, reports and exit code stay per image.",
+    ),
+]
 # Network evaluation (edn, baseline, red, pnp; gd and tv have no network and ignore them).
 Tile = Annotated[
     Optional[int],
@@ -87,6 +95,13 @@ Precision = Annotated[
 ChannelsLast = Annotated[
     bool, typer.Option("--channels-last", help="Networks only: NHWC memory format for the conv nets (often faster).")
 ]
+
+
+def check_batch_size(n: int) -> int:
+    """``--batch-size``: at least 1."""
+    if n < 1:
+        raise UsageError(f"--batch-size must be >= 1 (inputs solved together), got {n}")
+    return n
 
 
 # ---------------------------------------------------------------------------- device

@@ -98,7 +98,8 @@ def run() -> None:
         if not is_gpu_oom(exc):
             raise
         detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        print(f"edn: error: out of GPU memory ({detail}); try --tile 512 (or smaller), fewer slices, or --device cpu", file=sys.stderr)
+        hint = "try --tile 512 (or smaller), a smaller --batch-size, fewer slices, or --device cpu"
+        print(f"edn: error: out of GPU memory ({detail}); {hint}", file=sys.stderr)
         sys.exit(4)
     sys.exit(code if isinstance(code, int) else 0)
 

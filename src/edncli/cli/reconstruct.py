@@ -2,14 +2,17 @@
 
 Each command parses options, builds a :class:`~edncli.solvers.methods.Problem` per input with
 the library, runs the method, writes the result, the report and the plot, and sets the exit
-code: 0 δ reached, 3 the cap came first (result still written).
+code: 0 δ reached, 3 the cap came first (result still written). With ``--batch-size N``
+consecutive inputs of identical shape are stacked into one problem (δ per sample) and the
+result is split back per input, so outputs and reports stay per input.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import typer
 from typing_extensions import Annotated
@@ -64,6 +67,41 @@ def _options(
     )
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One input and where its output, report and plot go."""
+
+    path: str
+    out: str
+    rep: Optional[str]
+    plt: Optional[str]
+
+
+#: A job with its problem built: ``(job, (problem, ndim of the input array, context))``.
+_Built = Tuple[_Job, Tuple[Any, int, dict]]
+
+
+def _batches(jobs: List[_Job], build: Callable[[str, object], tuple], device, size: int) -> Iterator[List[_Built]]:
+    """Build the jobs' problems in order and group them: consecutive ones with identical shapes
+    of data ``f`` and initial guess ``u0``, at most ``size`` per group."""
+
+    def shape(problem) -> tuple:
+        return tuple(problem.f.shape), tuple(problem.u0.shape)
+
+    group: List[_Built] = []
+    for job in jobs:
+        built = build(job.path, device)
+        if group and shape(built[0]) != shape(group[0][1][0]):
+            yield group
+            group = []
+        group.append((job, built))
+        if len(group) == size:  # a full group is solved before the next input is read
+            yield group
+            group = []
+    if group:
+        yield group
+
+
 def run_problems(
     *,
     inputs: List[str],
@@ -81,38 +119,38 @@ def run_problems(
     as_json: bool,
     write_result: Optional[Callable[[str, object, object], None]] = None,
     solver: Optional[Callable] = None,
+    batch_size: int = 1,
 ) -> None:
     """Solve each input and write outputs; raises ``typer.Exit(3)`` if any run missed δ.
 
     ``solver(problem, method, options, callback)`` replaces :func:`~edncli.solvers.methods.solve`
     (``edn ct`` under torchrun passes :meth:`~edncli.solvers.sharding.ShardGroup.solve`).
+    ``batch_size > 1`` solves up to that many consecutive inputs of identical shape as one batch
+    (:meth:`~edncli.solvers.methods.Problem.stack`, then
+    :meth:`~edncli.solvers.trace.SolveResult.split`); each report then gets a ``batch`` key.
     """
     from ..io.images import write_image
     from ..io.reports import build_report, plot_report, write_report
-    from ..solvers.methods import solve
+    from ..solvers.methods import Problem, solve
 
     solve = solver or solve
 
-    plan = []
+    jobs = []
     for path, out in zip(inputs, outputs):
         rep = c.side_path(report, len(inputs), path, ".json")
         plt = c.side_path(plot, len(inputs), path, ".png")
         c.check_exists_for_write([out, rep, plt], force)
-        plan.append((path, out, rep, plt))
+        jobs.append(_Job(path, out, rep, plt))
 
-    missed = 0
     summaries = []
-    for path, out, rep, plt in plan:
-        problem, ndim, context = build(path, device)
-        callback, close = c.progress_callback(options.max_iter, quiet, f"{method} {Path(path).name}")
-        try:
-            result = solve(problem, method, options, callback)
-        finally:
-            close()
+
+    def finish(job: _Job, built: tuple, result, batch: Optional[dict]) -> None:
+        """Write one input's output, report and plot, and its summary line."""
+        problem, ndim, context = built
         if write_result is not None:
-            write_result(out, result, context)
+            write_result(job.out, result, context)
         else:
-            write_image(out, c.from_tensor(result.u, ndim), fmt=fmt, bit_depth=bit_depth, force=force)
+            write_image(job.out, c.from_tensor(result.u, ndim), fmt=fmt, bit_depth=bit_depth, force=force)
         doc = build_report(
             result,
             device=str(device),
@@ -122,36 +160,54 @@ def run_problems(
             operator=problem.op.describe(),
             extra=context.get("report_extra"),
         )
-        if rep is not None:
-            write_report(rep, doc, force=force)
-        if plt is not None:
-            plot_report(plt, doc, force=force)
+        if batch is not None:
+            doc["batch"] = batch
+        if job.rep is not None:
+            write_report(job.rep, doc, force=force)
+        if job.plt is not None:
+            plot_report(job.plt, doc, force=force)
         reached = result.delta_reached
-        if reached is False:
-            missed += 1
-        summary = {
-            "input": path,
-            "output": out,
-            "method": method,
-            "iterations": result.iterations,
-            "delta": doc["delta"],
-            "final_discrepancy": result.final_discrepancy,
-            "delta_reached": reached,
-            "energy_monotone": result.energy_monotone,
-            "elapsed_s": round(result.elapsed_s, 4),
-        }
-        summaries.append(summary)
+        summaries.append(
+            {
+                "input": job.path,
+                "output": job.out,
+                "method": method,
+                "iterations": result.iterations,
+                "delta": doc["delta"],
+                "final_discrepancy": result.final_discrepancy,
+                "delta_reached": reached,
+                "energy_monotone": result.energy_monotone,
+                "elapsed_s": round(result.elapsed_s, 4),
+            }
+        )
         verdict = {True: "δ reached", False: "δ NOT reached (iteration cap)", None: "no δ set"}[reached]
         c.say(
-            f"{path} -> {out}: {method}, {result.iterations} iterations, ||Au-f|| = {result.final_discrepancy:.4g}"
+            f"{job.path} -> {job.out}: {method}, {result.iterations} iterations, ||Au-f|| = {result.final_discrepancy:.4g}"
             + (f" (δ = {doc['delta']:.4g} per sample)" if doc["delta"] else "")
             + f", {verdict}, energy monotone: {result.energy_monotone}",
             quiet,
         )
+
+    for group in _batches(jobs, build, device, batch_size):
+        problems = [built[0] for _, built in group]
+        name = Path(group[0][0].path).name + (f" (+{len(group) - 1})" if len(group) > 1 else "")
+        callback, close = c.progress_callback(options.max_iter, quiet, f"{method} {name}")
+        try:
+            if len(group) == 1:
+                results = [solve(problems[0], method, options, callback)]
+            else:
+                batched = solve(Problem.stack(problems), method, options, callback)
+                results = batched.split([p.f.shape[0] for p in problems])
+        finally:
+            close()
+        for index, ((job, built), result) in enumerate(zip(group, results)):
+            note = "time_s and elapsed_s are those of the whole batch"
+            finish(job, built, result, {"size": len(group), "index": index, "note": note} if batch_size > 1 else None)
     if as_json:
         print(json.dumps(summaries[0] if len(summaries) == 1 else summaries))
+    missed = sum(s["delta_reached"] is False for s in summaries)
     if missed:
-        c.say(f"{missed} of {len(plan)} run(s) ended at the iteration cap without reaching δ (exit code 3)", quiet)
+        c.say(f"{missed} of {len(jobs)} run(s) ended at the iteration cap without reaching δ (exit code 3)", quiet)
         raise typer.Exit(3)
 
 
@@ -205,6 +261,7 @@ def sr(
     quiet: c.Quiet = False,
     force: c.Force = False,
     as_json: c.Json = False,
+    batch_size: c.BatchSize = 1,
     tile: c.Tile = None,
     tile_overlap: c.TileOverlap = None,
     precision: c.Precision = "fp32",
@@ -220,6 +277,7 @@ def sr(
 
     scale = check_scale(scale)
     _check_method(method)
+    c.check_batch_size(batch_size)
     init = init or "bicubic"
     if init not in ("bicubic", "bilinear", "nearest", "adjoint"):
         raise UsageError(f"--init for sr must be bicubic, bilinear, nearest or adjoint, got {init!r}")
@@ -254,7 +312,7 @@ def sr(
 
     run_problems(
         inputs=inputs, outputs=outputs, build=build, method=method, options=options, device=dev, report=report,
-        plot=plot, force=force, quiet=quiet, fmt=fmt, bit_depth=bit_depth, as_json=as_json,
+        plot=plot, force=force, quiet=quiet, fmt=fmt, bit_depth=bit_depth, as_json=as_json, batch_size=batch_size,
     )
 
 
@@ -291,6 +349,7 @@ def deblur(
     quiet: c.Quiet = False,
     force: c.Force = False,
     as_json: c.Json = False,
+    batch_size: c.BatchSize = 1,
     tile: c.Tile = None,
     tile_overlap: c.TileOverlap = None,
     precision: c.Precision = "fp32",
@@ -304,6 +363,7 @@ def deblur(
     from ..solvers.methods import Problem
 
     _check_method(method)
+    c.check_batch_size(batch_size)
     if (kernel_sigma is None) == (kernel is None):
         raise UsageError("give exactly one of --kernel-sigma (Gaussian) or --kernel FILE")
     k = gaussian_kernel(kernel_sigma, kernel_size) if kernel is None else read_kernel(kernel)
@@ -340,5 +400,5 @@ def deblur(
 
     run_problems(
         inputs=inputs, outputs=outputs, build=build, method=method, options=options, device=dev, report=report,
-        plot=plot, force=force, quiet=quiet, fmt=fmt, bit_depth=bit_depth, as_json=as_json,
+        plot=plot, force=force, quiet=quiet, fmt=fmt, bit_depth=bit_depth, as_json=as_json, batch_size=batch_size,
     )

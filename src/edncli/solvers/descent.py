@@ -3,8 +3,8 @@
 For every sample of the batch, from ``u0``: ``d = G(u, grad E(u))``; ``tau = tau0``; while
 ``E(u + tau d) > E(u) - c tau <d, -grad E(u)>``: ``tau = rho tau``; ``u = u + tau d``.
 Each sample stops on its own (DESIGN §4 "When to stop"): after at least ``min_iter`` steps at
-the first iterate with ``||A u - f|| <= delta``, or when ``||grad E|| <= grad_tol``, or at
-``max_iter``. A stopped sample is frozen. The energy is non-increasing for every sample at
+the first iterate with ``||A u - f|| <= delta`` (its own δ when ``StopRule.delta`` holds one per
+sample), or when ``||grad E|| <= grad_tol``, or at ``max_iter``. A stopped sample is frozen. The energy is non-increasing for every sample at
 every step; the result records the largest increase seen so the promise is checked, not assumed.
 
 Cost per iteration: the direction, one ``A d`` (closed-form line restriction of the quadratic
@@ -15,7 +15,9 @@ accepted step (host arithmetic, no pass); the residual and ``E`` are recomputed 
 ``A u`` every ``DataFidelity.REFRESH_EVERY`` steps, and the round-off guard checks those values. The per-sample scalars of an iteration cross to the
 host in two small transfers — the line's coefficients before the step, the new energy and
 gradient norm after it — and the backtracking, the stopping tests and the trace run on those
-host numbers, so the solver adds no further kernel launches or device synchronisations.
+host numbers, so the solver adds no further kernel launches or device synchronisations. For a
+batch of more than one sample each trace record keeps those per-sample numbers too, so that the
+result can be split per image (:meth:`~edncli.solvers.trace.SolveResult.split`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from typing import Callable, List, Optional, Protocol
 import torch
 
 from ..energies import Energy, data_term_of, fast_dot
-from ..metrics import psnr, ssim
+from ..metrics import psnr_each, ssim_each
+from .stopping import Deltas, per_sample_deltas
 from .trace import MONOTONE_RTOL, IterationRecord, SampleVerdict, SolveResult
 
 
@@ -78,16 +81,19 @@ class LineSearch:
 
 @dataclass
 class StopRule:
-    """When a sample stops. ``delta`` is absolute, in the units of the data (``||A u - f||``)."""
+    """When a sample stops. ``delta`` is absolute, in the units of the data (``||A u - f||``):
+    one value for every sample, or a list with one value per sample of the batch."""
 
-    delta: Optional[float] = None
+    delta: Optional[Deltas] = None
     min_iter: int = 0
     max_iter: int = 100
     grad_tol: float = 0.0
 
     def __post_init__(self):
-        if self.delta is not None and not self.delta > 0:
-            raise ValueError(f"delta must be > 0, got {self.delta}")
+        if self.delta is not None:
+            values = [self.delta] if isinstance(self.delta, (int, float)) else list(self.delta)
+            if not values or not all(d > 0 for d in values):
+                raise ValueError(f"delta must be > 0 (every sample's), got {self.delta}")
         if self.max_iter < 0 or self.min_iter < 0:
             raise ValueError("min_iter and max_iter must be >= 0")
 
@@ -149,7 +155,7 @@ def descend(
     device = u.device
     data = data_term_of(energy)
     data_only = data is not None and energy is data
-    delta = stop.delta
+    delta = per_sample_deltas(stop.delta, batch)
     lipschitz = energy.lipschitz if line.initial in ("lipschitz", "bb") else None
     if line.initial in ("lipschitz", "bb") and not lipschitz:
         raise ValueError(f"initial step {line.initial!r} needs an energy with a known Lipschitz constant")
@@ -177,21 +183,14 @@ def descend(
     prev_g: Optional[torch.Tensor] = None
     trace: List[IterationRecord] = []
 
-    def record(k: int, step: float, backtracks: int) -> None:
-        rec = IterationRecord(
-            iter=k,
-            energy=math.fsum(e_h),
-            discrepancy=None if disc_h is None else math.sqrt(math.fsum(v * v for v in disc_h)),
-            grad_norm=math.sqrt(math.fsum(gn2_h)),
-            step=step,
-            backtracks=backtracks,
-            time_s=time.perf_counter() - start,
-            active=sum(active),
-        )
+    def record(k: int, steps: List[Optional[float]], backtracks: List[int]) -> None:
+        quality = (None, None)
         if reference is not None:
-            rec.psnr = psnr(u.clamp(0, 1), reference)
-            if record_ssim:
-                rec.ssim = ssim(u.clamp(0, 1), reference)
+            clamped = u.clamp(0, 1)
+            quality = (psnr_each(clamped, reference).tolist(), ssim_each(clamped, reference).tolist() if record_ssim else None)
+        rec = IterationRecord.of_samples(
+            k, time.perf_counter() - start, e_h, disc_h, gn2_h, steps, backtracks, active, *quality  # type: ignore[arg-type]
+        )
         trace.append(rec)
         if callback is not None:
             callback(rec)
@@ -200,7 +199,7 @@ def descend(
         for i in range(batch):
             if not active[i]:
                 continue
-            reached = delta is not None and disc_h is not None and disc_h[i] <= delta
+            reached = delta is not None and disc_h is not None and disc_h[i] <= delta[i]
             if k >= stop.min_iter and reached:
                 reasons[i] = "delta"
             elif math.sqrt(max(gn2_h[i], 0.0)) <= stop.grad_tol:
@@ -212,7 +211,7 @@ def descend(
             active[i] = False
             iters[i] = k
 
-    record(0, 0.0, 0)
+    record(0, [None] * batch, [0] * batch)
     update_active(0)
     k = 0
     while any(active):
@@ -359,8 +358,7 @@ def descend(
                 active[i] = False
                 iters[i] = k
                 reasons[i] = "precision_limit" if rose[i] else "line_search_stalled"
-        steps = [tau[i] for i in range(batch) if moved[i] and not stalled[i]] or [0.0]
-        record(k, sum(steps) / len(steps), max(trials))
+        record(k, [tau[i] if moved[i] and not stalled[i] else None for i in range(batch)], trials)
         update_active(k)
 
     samples = []
@@ -371,8 +369,8 @@ def descend(
                 iterations=iters[i],
                 final_energy=e_h[i],
                 final_discrepancy=di,
-                delta=delta,
-                delta_reached=None if (delta is None or di is None) else di <= delta,
+                delta=None if delta is None else delta[i],
+                delta_reached=None if (delta is None or di is None) else di <= delta[i],
                 max_energy_increase=max_inc[i] if math.isfinite(max_inc[i]) else 0.0,
                 energy_monotone=monotone[i],
                 stop_reason=reasons[i],

@@ -113,13 +113,12 @@ def solve_edn(problem: Problem, options: MethodOptions, callback: Callback = Non
         if k < learned:
             return net(u, -grad / L, data)
         return -grad / L
-    delta = None if problem.delta is None else problem.delta.delta
     result = descend(
         energy,
         u0,
         direction,
         line=LineSearch(c=options.c, rho=options.rho, initial="unit"),
-        stop=StopRule(delta=delta, min_iter=min_iter, max_iter=max(options.max_iter, min_iter), grad_tol=options.grad_tol),
+        stop=StopRule(delta=problem.deltas(), min_iter=min_iter, max_iter=max(options.max_iter, min_iter), grad_tol=options.grad_tol),
         method="edn",
         reference=problem.reference,
         callback=callback,
@@ -152,28 +151,32 @@ def solve_baseline(problem: Problem, options: MethodOptions, callback: Callback 
     with torch.no_grad():
         u = net(problem.u0, data)
     records = []
+    batch = u.shape[0]
     for k, x in enumerate((problem.u0, u)):
-        e = energy.value(x)
-        rec = IterationRecord(
-            iter=k,
-            energy=float(e.sum()),
-            discrepancy=float(energy.discrepancy(x).double().pow(2).sum().sqrt()),
-            grad_norm=float(energy.grad(x).flatten(1).norm(dim=1).double().pow(2).sum().sqrt()),
-            step=1.0 if k else 0.0,
-            backtracks=0,
-            time_s=time.perf_counter() - start,
-            active=1 - k,
-        )
+        quality = (None, None)
         if problem.reference is not None:
-            from ..metrics import psnr, ssim
+            from ..metrics import psnr_each, ssim_each
 
-            rec.psnr = psnr(x.clamp(0, 1), problem.reference)
-            if options.record_ssim:
-                rec.ssim = ssim(x.clamp(0, 1), problem.reference)
+            clamped = x.clamp(0, 1)
+            quality = (
+                psnr_each(clamped, problem.reference).tolist(),
+                ssim_each(clamped, problem.reference).tolist() if options.record_ssim else None,
+            )
+        rec = IterationRecord.of_samples(
+            k,
+            time.perf_counter() - start,
+            energy.value(x).double().tolist(),
+            energy.discrepancy(x).double().tolist(),
+            energy.grad(x).flatten(1).double().pow(2).sum(1).tolist(),
+            [1.0 if k else None] * batch,
+            [0] * batch,
+            [k == 0] * batch,
+            *quality,  # type: ignore[arg-type]
+        )
         records.append(rec)
         if callback is not None:
             callback(rec)
-    delta = None if problem.delta is None else problem.delta.delta
+    deltas = problem.deltas()
     e0, e1 = energy.value(problem.u0), energy.value(u)
     disc = energy.discrepancy(u)
     samples = [
@@ -181,8 +184,8 @@ def solve_baseline(problem: Problem, options: MethodOptions, callback: Callback 
             iterations=1,
             final_energy=float(e1[i]),
             final_discrepancy=float(disc[i]),
-            delta=delta,
-            delta_reached=None if delta is None else float(disc[i]) <= delta,
+            delta=None if deltas is None else deltas[i],
+            delta_reached=None if deltas is None else float(disc[i]) <= deltas[i],
             max_energy_increase=float(e1[i] - e0[i]),
             energy_monotone=bool(e1[i] <= e0[i]),
             stop_reason="single_pass",

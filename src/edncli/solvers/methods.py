@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -31,6 +31,7 @@ class Problem:
     """A linear inverse problem ``f = A u + noise``, batched over the first dimension.
 
     ``f``: ``(B, *op.out_shape)``; ``u0``: ``(B, *op.in_shape)`` initial guess;
+    ``delta``: δ for every sample, or per sample (:meth:`DeltaChoice.stack`);
     ``reference``: ground truth of ``u`` when known (adds PSNR to the trace).
     """
 
@@ -40,6 +41,37 @@ class Problem:
     delta: Optional[DeltaChoice] = None
     reference: Optional[torch.Tensor] = None
     task: str = "generic"
+
+    def deltas(self) -> Optional[List[float]]:
+        """δ of each of the ``B`` samples (``None``: no δ stop)."""
+        return None if self.delta is None else self.delta.per_sample(self.f.shape[0])
+
+    @staticmethod
+    def stack(problems: Sequence["Problem"]) -> "Problem":
+        """Problems of one operator and task, stacked along the batch; δ becomes per sample.
+
+        The operator of the first problem is used: every problem must have the same shapes of
+        ``f`` and ``u0`` (and the same operator, which the caller guarantees). Split the result
+        with ``result.split([p.f.shape[0] for p in problems])``.
+        """
+        first = problems[0]
+        for p in problems[1:]:
+            if p.f.shape[1:] != first.f.shape[1:] or p.u0.shape[1:] != first.u0.shape[1:] or p.task != first.task:
+                raise ValueError(
+                    f"cannot stack problems of data shapes {tuple(first.f.shape)} and {tuple(p.f.shape)} "
+                    f"(tasks {first.task!r}, {p.task!r})"
+                )
+        refs = [p.reference for p in problems]
+        if any(r is None for r in refs) and not all(r is None for r in refs):
+            raise ValueError("problems with and without a reference cannot be stacked into one batch")
+        return Problem(
+            op=first.op,
+            f=torch.cat([p.f for p in problems]),
+            u0=torch.cat([p.u0 for p in problems]),
+            delta=DeltaChoice.stack([p.delta for p in problems], [p.f.shape[0] for p in problems]),
+            reference=None if refs[0] is None else torch.cat(refs),  # type: ignore[arg-type]
+            task=first.task,
+        )
 
 
 @dataclass
@@ -99,10 +131,6 @@ def _load_learned_methods() -> None:
                 raise
 
 
-def _delta(problem: Problem) -> Optional[float]:
-    return None if problem.delta is None else problem.delta.delta
-
-
 @register_method("gd")
 def solve_gd(problem: Problem, options: MethodOptions, callback: Callback = None) -> SolveResult:
     """Landweber iteration with Armijo safeguard, stopped at the first iterate meeting δ."""
@@ -111,7 +139,7 @@ def solve_gd(problem: Problem, options: MethodOptions, callback: Callback = None
         energy,
         problem.u0,
         line=LineSearch(c=options.c, rho=options.rho, initial="lipschitz"),
-        stop=StopRule(delta=_delta(problem), min_iter=options.min_iter or 0, max_iter=options.max_iter, grad_tol=options.grad_tol),
+        stop=StopRule(delta=problem.deltas(), min_iter=options.min_iter or 0, max_iter=options.max_iter, grad_tol=options.grad_tol),
         method="gd",
         reference=problem.reference,
         callback=callback,
@@ -159,10 +187,10 @@ def _tv_solve(problem: Problem, alpha: torch.Tensor, u0: torch.Tensor, options: 
     )
 
 
-def _attach_delta(result: SolveResult, delta: Optional[float]) -> SolveResult:
-    for s in result.samples:
-        s.delta = delta
-        s.delta_reached = None if delta is None or s.final_discrepancy is None else s.final_discrepancy <= delta
+def _attach_delta(result: SolveResult, deltas: Optional[List[float]]) -> SolveResult:
+    for i, s in enumerate(result.samples):
+        s.delta = None if deltas is None else deltas[i]
+        s.delta_reached = None if s.delta is None or s.final_discrepancy is None else s.final_discrepancy <= s.delta
     return result
 
 
@@ -170,7 +198,7 @@ def _attach_delta(result: SolveResult, delta: Optional[float]) -> SolveResult:
 def solve_tv(problem: Problem, options: MethodOptions, callback: Callback = None) -> SolveResult:
     """Huber-TV regularised least squares; ``α`` given or by the discrepancy principle."""
     batch = problem.f.shape[0]
-    delta = _delta(problem)
+    deltas = problem.deltas()
     if options.alpha is not None:
         if not options.alpha > 0:
             from ..errors import UsageError
@@ -180,8 +208,8 @@ def solve_tv(problem: Problem, options: MethodOptions, callback: Callback = None
         result = _tv_solve(problem, alpha, problem.u0, options, callback, options.max_iter)
         result.extra["alpha"] = [float(a) for a in alpha]
         result.extra["alpha_rule"] = "given"
-        return _attach_delta(result, delta)
-    if delta is None:
+        return _attach_delta(result, deltas)
+    if deltas is None:
         from ..errors import UsageError
 
         raise UsageError("method tv needs --alpha, or a δ (--delta / --noise-sigma) to choose α by the discrepancy principle")
@@ -194,7 +222,8 @@ def solve_tv(problem: Problem, options: MethodOptions, callback: Callback = None
     # initial guess (or A^T f rescaled when the guess is flat).
     probe = u0 if float(tv.value(u0).min()) > 0 else problem.op.adjoint(problem.f) / problem.op.sqnorm()
     r0 = tv.value(probe).clamp_min(1e-12)
-    log_alpha = torch.log10((0.5 * delta**2 / r0).clamp(1e-12, 1e12)).cpu().double()
+    delta = torch.tensor(deltas, dtype=torch.float64)  # (B,), per sample
+    log_alpha = torch.log10(((0.5 * delta**2).to(r0) / r0).clamp(1e-12, 1e12)).cpu().double()
     lo = torch.full((batch,), -math.inf, dtype=torch.float64)  # largest log α known to meet δ
     hi = torch.full((batch,), math.inf, dtype=torch.float64)  # smallest log α known to miss δ
     best_u = u0.clone()
@@ -226,7 +255,7 @@ def solve_tv(problem: Problem, options: MethodOptions, callback: Callback = None
     result = _tv_solve(problem, final_alpha, start, options, callback, options.max_iter)
     # The search solves are inexact; if the converged minimiser lands just above δ, halve α.
     for _ in range(3):
-        missed = torch.tensor([s.final_discrepancy > delta for s in result.samples]) & found
+        missed = torch.tensor([s.final_discrepancy > d for s, d in zip(result.samples, deltas)]) & found
         if not bool(missed.any()):
             break
         final_alpha = torch.where(missed, final_alpha / 2, final_alpha)
@@ -234,4 +263,4 @@ def solve_tv(problem: Problem, options: MethodOptions, callback: Callback = None
     result.extra["alpha"] = final_alpha.tolist()
     result.extra["alpha_rule"] = "discrepancy"
     result.extra["alpha_search"] = log
-    return _attach_delta(result, delta)
+    return _attach_delta(result, deltas)

@@ -38,7 +38,7 @@ import torch
 
 from ..energies import DataFidelity
 from ..errors import UsageError
-from ..metrics import psnr, ssim
+from ..metrics import psnr_each, ssim_each
 from .methods import Callback, MethodOptions, Problem, register_method
 from .trace import MONOTONE_RTOL, IterationRecord, SampleVerdict, SolveResult
 
@@ -175,7 +175,7 @@ class _Tracker:
 
     def __init__(self, problem: Problem, settings: Preset, callback: Callback, record_ssim: bool):
         self.problem = problem
-        self.delta = None if problem.delta is None else float(problem.delta.delta)
+        self.delta = problem.deltas()  # per sample, or None
         self.min_iter, self.max_iter = settings.min_iter, settings.max_iter
         self.callback = callback
         self.record_ssim = record_ssim
@@ -189,22 +189,27 @@ class _Tracker:
         self.trace: List[IterationRecord] = []
         self.start = time.perf_counter()
 
-    def record(self, k: int, u: torch.Tensor, energy: torch.Tensor, disc: torch.Tensor, gnorm: torch.Tensor, step: float, backtracks: int) -> None:
-        rec = IterationRecord(
-            iter=k,
-            energy=float(energy.double().sum()),
-            discrepancy=float(disc.double().pow(2).sum().sqrt()),
-            grad_norm=float(gnorm.double().pow(2).sum().sqrt()),
-            step=step,
-            backtracks=backtracks,
-            time_s=time.perf_counter() - self.start,
-            active=int(self.active.sum()),
-        )
+    def record(
+        self, k: int, u: torch.Tensor, energy: torch.Tensor, disc: torch.Tensor, gnorm: torch.Tensor,
+        steps: List[Optional[float]], backtracks: List[int],
+    ) -> None:
+        """Append the record of iteration ``k``: ``energy``, ``disc``, ``gnorm`` are ``(B,)``; ``steps[i]`` None if not moved."""
+        quality = (None, None)
         ref = self.problem.reference
         if ref is not None:
-            rec.psnr = psnr(u.clamp(0, 1), ref)
-            if self.record_ssim:
-                rec.ssim = ssim(u.clamp(0, 1), ref)
+            clamped = u.clamp(0, 1)
+            quality = (psnr_each(clamped, ref).tolist(), ssim_each(clamped, ref).tolist() if self.record_ssim else None)
+        rec = IterationRecord.of_samples(
+            k,
+            time.perf_counter() - self.start,
+            energy.double().tolist(),
+            disc.double().tolist(),
+            gnorm.double().pow(2).tolist(),
+            steps,
+            backtracks,
+            self.active.tolist(),
+            *quality,  # type: ignore[arg-type]
+        )
         self.trace.append(rec)
         if self.callback is not None:
             self.callback(rec)
@@ -225,7 +230,7 @@ class _Tracker:
         for i in range(self.batch):
             if not self.active[i]:
                 continue
-            if k >= self.min_iter and self.delta is not None and float(disc[i]) <= self.delta:
+            if k >= self.min_iter and self.delta is not None and float(disc[i]) <= self.delta[i]:
                 self.stop(i, k, "delta")
             elif gnorm is not None and float(gnorm[i]) == 0.0:
                 self.stop(i, k, "stationary")
@@ -242,8 +247,8 @@ class _Tracker:
                     iterations=int(self.iters[i]),
                     final_energy=float(energy[i]),
                     final_discrepancy=di,
-                    delta=self.delta,
-                    delta_reached=None if self.delta is None else di <= self.delta,
+                    delta=None if self.delta is None else self.delta[i],
+                    delta_reached=None if self.delta is None else di <= self.delta[i],
                     max_energy_increase=inc if math.isfinite(inc) else 0.0,
                     energy_monotone=bool(self.monotone[i]),
                     stop_reason=self.reasons[i],
@@ -298,7 +303,7 @@ def potential_descent(
     disc = data.discrepancy(u)
     gnorm = _rows(G).norm(dim=1)
     L = torch.full((tr.batch,), settings.L0_offset + lam, dtype=torch.float64)
-    tr.record(0, u, F, disc, gnorm, 0.0, 0)
+    tr.record(0, u, F, disc, gnorm, [None] * tr.batch, [0] * tr.batch)
     tr.update(0, disc, gnorm)
     k = 0
     while bool(tr.active.any()):
@@ -337,8 +342,8 @@ def potential_descent(
         tr.moved(act, F_prev, F)
         disc = data.discrepancy(u)
         gnorm = _rows(G).norm(dim=1)
-        step = float((1.0 / L[act]).mean())
-        tr.record(k, u, F, disc, gnorm, step, int(trials.max()))
+        steps = [1.0 / lk if a else None for lk, a in zip(L.tolist(), act.tolist())]
+        tr.record(k, u, F, disc, gnorm, steps, trials.tolist())
         tr.update(k, disc, gnorm)
     extra = {"final_L": [float(x) for x in L], "box": bool(box), "energy": "F = 1/2||Au-f||^2 + lam g(u)"}
     return tr.result(u, F, disc, "potential", extra)
@@ -373,7 +378,7 @@ def projected_red_pnp(
 
     E, gf, disc = state(u)
     gnorm = _rows(gf).norm(dim=1)
-    tr.record(0, u, E, disc, gnorm, 0.0, 0)
+    tr.record(0, u, E, disc, gnorm, [None] * tr.batch, [0] * tr.batch)
     tr.update(0, disc)
     k = 0
     with torch.no_grad():
@@ -390,7 +395,7 @@ def projected_red_pnp(
             E, gf, disc = state(u)
             tr.moved(act, E_old, E)
             gnorm = _rows(gf).norm(dim=1)
-            tr.record(k, u, E, disc, gnorm, mu, 0)
+            tr.record(k, u, E, disc, gnorm, [mu if a else None for a in act.tolist()], [0] * tr.batch)
             tr.update(k, disc)
     extra = {
         "energy": "data term 1/2||Au-f||^2 (RED/PnP minimise no known energy; monotonicity not promised)",

@@ -30,13 +30,10 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import torch
 
 from ..errors import DeviceError, EdnError, UsageError
-from .trace import IterationRecord, SolveResult
+from .trace import PER_SAMPLE_EXTRA, IterationRecord, SolveResult
 
 TIMEOUT_ENV = "EDN_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 3600.0
-
-#: ``extra`` keys of a result that hold one value per sample: concatenated in batch order.
-PER_SAMPLE_EXTRA = ("alpha",)
 
 
 class PeerFailed(Exception):

@@ -6,31 +6,72 @@ sample (image, colour channel or CT slice):
 - ``--noise-sigma σ --tau τ``: ``δ = τ σ sqrt(m)``, ``m`` the number of measurements per sample;
 - ``--delta auto``: the same with σ estimated from ``f`` (wavelet MAD estimator of
   scikit-image, Donoho & Johnstone); the estimate is stated in the report.
+
+A batch of several images has one δ per sample: :meth:`DeltaChoice.stack` joins the choices
+of the images, and every method reads ``δ`` through :func:`per_sample_deltas`.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
 
 from ..errors import UsageError
 
 
+#: δ of a batch: one value for every sample, or one value per sample.
+Deltas = Union[float, Sequence[float]]
+
+
+def per_sample_deltas(delta: Optional[Deltas], batch: int) -> Optional[List[float]]:
+    """``delta`` as a list of ``batch`` floats (``None`` stays ``None``: no δ stop)."""
+    if delta is None:
+        return None
+    if isinstance(delta, (int, float)):
+        return [float(delta)] * batch
+    values = [float(d) for d in delta]
+    if len(values) != batch:
+        raise ValueError(f"{len(values)} δ values for a batch of {batch} samples")
+    return values
+
+
 @dataclass
 class DeltaChoice:
-    """The δ a run aims for, and how it was chosen (for the report)."""
+    """The δ a run aims for, and how it was chosen (for the report).
 
-    delta: float
-    rule: str  # "given" | "noise_sigma" | "auto"
+    ``delta`` is one value for every sample, or a list with one value per sample of the batch
+    (from :meth:`stack`).
+    """
+
+    delta: Deltas
+    rule: str  # "given" | "noise_sigma" | "auto" | "stacked"
     sigma: Optional[float] = None
     tau: Optional[float] = None
     measurements: Optional[int] = None
 
     def as_dict(self) -> dict:
         return dict(vars(self))
+
+    def per_sample(self, batch: int) -> List[float]:
+        """δ of each of the ``batch`` samples."""
+        return per_sample_deltas(self.delta, batch)  # type: ignore[return-value]
+
+    @staticmethod
+    def stack(choices: Sequence[Optional["DeltaChoice"]], sizes: Sequence[int]) -> Optional["DeltaChoice"]:
+        """The δ of problems stacked into one batch (``sizes[j]`` samples of choice ``j``): per sample.
+
+        ``None`` when no problem has a δ; problems with and without one cannot share a batch.
+        The stacked choice keeps only the values; each problem's own choice describes its rule.
+        """
+        if all(c is None for c in choices):
+            return None
+        if any(c is None for c in choices):
+            raise ValueError("problems with and without a δ cannot be stacked into one batch")
+        deltas = [d for c, n in zip(choices, sizes) for d in c.per_sample(n)]  # type: ignore[union-attr]
+        return DeltaChoice(delta=deltas, rule="stacked")
 
 
 def estimate_noise_sigma(f: np.ndarray) -> float:

@@ -1,14 +1,49 @@
-"""Per-iteration records and the result object every solver returns (the report's core)."""
+"""Per-iteration records and the result object every solver returns (the report's core).
+
+A batched result can be split into one result per group of consecutive samples (an image is
+the group of its colour channels): :meth:`SolveResult.split` aggregates each group's per-sample
+rows (:class:`SampleRows`) exactly as a run of that group alone would.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+import copy
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
 #: Relative round-off allowed before an energy increase counts as a broken promise.
 MONOTONE_RTOL = 1e-5
+
+#: ``extra`` keys of a result holding one value per sample (sliced by :meth:`SolveResult.split`,
+#: concatenated by the sharding merge).
+PER_SAMPLE_EXTRA = ("alpha", "final_L")
+#: ``extra`` keys holding a log: a list of dicts whose list values have one entry per sample.
+PER_SAMPLE_LOGS = ("alpha_search",)
+
+
+@dataclass
+class SampleRows:
+    """The per-sample values behind one :class:`IterationRecord` of a batch (``B`` entries each).
+
+    Kept for batches of more than one sample only (a batch of one is its own aggregate) and
+    never written to reports. ``grad_norm_sq`` holds ``||grad E||^2``; ``step[i]`` is ``None``
+    when sample ``i`` took no step in this iteration.
+    """
+
+    energy: List[float]
+    discrepancy: Optional[List[float]]
+    grad_norm_sq: List[float]
+    step: List[Optional[float]]
+    backtracks: List[int]
+    active: List[bool]
+    psnr: Optional[List[float]] = None
+    ssim: Optional[List[float]] = None
+
+    def __getitem__(self, rows: slice) -> "SampleRows":
+        return SampleRows(*(None if v is None else v[rows] for v in vars(self).values()))
 
 
 @dataclass
@@ -18,7 +53,9 @@ class IterationRecord:
     ``energy`` is the sum of the per-sample energies, ``discrepancy`` the Euclidean norm of
     the whole residual ``||A u - f||`` over the batch, ``grad_norm`` likewise; ``step`` is the
     mean accepted step size ``tau`` over the samples that moved, ``backtracks`` the largest
-    number of step reductions any sample needed; ``time_s`` is wall time since the start.
+    number of step reductions any sample needed; ``time_s`` is wall time since the start;
+    ``psnr``/``ssim`` are means over the samples. ``rows`` keeps the per-sample values of a
+    batch of more than one sample (not written to reports).
     """
 
     iter: int
@@ -31,6 +68,52 @@ class IterationRecord:
     active: int
     psnr: Optional[float] = None
     ssim: Optional[float] = None
+    rows: Optional[SampleRows] = None
+
+    @classmethod
+    def of_samples(
+        cls,
+        k: int,
+        time_s: float,
+        energy: Sequence[float],
+        discrepancy: Optional[Sequence[float]],
+        grad_norm_sq: Sequence[float],
+        step: Sequence[Optional[float]],
+        backtracks: Sequence[int],
+        active: Sequence[bool],
+        psnr: Optional[Sequence[float]] = None,
+        ssim: Optional[Sequence[float]] = None,
+    ) -> "IterationRecord":
+        """The record of iteration ``k`` aggregated from per-sample values (``B`` entries each).
+
+        PSNR/SSIM are the means over the samples. For ``B > 1`` the values are kept as
+        :attr:`rows` (copied), so the record can be split by groups of samples.
+        """
+        moved = [s for s in step if s is not None]
+        return cls(
+            iter=k,
+            energy=math.fsum(energy),
+            discrepancy=None if discrepancy is None else math.sqrt(math.fsum(v * v for v in discrepancy)),
+            grad_norm=math.sqrt(math.fsum(grad_norm_sq)),
+            step=sum(moved) / len(moved) if moved else 0.0,
+            backtracks=max(backtracks),
+            time_s=time_s,
+            active=sum(active),
+            psnr=None if psnr is None else sum(psnr) / len(psnr),
+            ssim=None if ssim is None else sum(ssim) / len(ssim),
+            rows=None if len(energy) == 1 else SampleRows(
+                *(None if v is None else list(v) for v in (energy, discrepancy, grad_norm_sq, step, backtracks, active, psnr, ssim))
+            ),
+        )
+
+    def group(self, lo: int, hi: int) -> "IterationRecord":
+        """This record as a run of samples ``[lo, hi)`` alone would have written it."""
+        if self.rows is None:
+            raise ValueError("this trace keeps no per-sample rows (a batch of one, or a merged trace): it cannot be split")
+        r = self.rows[lo:hi]
+        return IterationRecord.of_samples(
+            self.iter, self.time_s, r.energy, r.discrepancy, r.grad_norm_sq, r.step, r.backtracks, r.active, r.psnr, r.ssim
+        )
 
     def as_dict(self) -> Dict[str, Any]:
         d = {
@@ -102,3 +185,35 @@ class SolveResult:
     @property
     def final_discrepancy(self) -> Optional[float]:
         return self.trace[-1].discrepancy if self.trace else None
+
+    def split(self, sizes: Sequence[int]) -> List["SolveResult"]:
+        """One result per group of consecutive samples, ``sizes[j]`` samples in group ``j``.
+
+        Each group's trace holds its records up to the group's own last iteration, aggregated
+        from the per-sample rows as a run of the group alone would have; ``u`` ``(B, ...)`` and
+        ``samples`` are sliced; ``extra`` is copied with its per-sample entries
+        (:data:`PER_SAMPLE_EXTRA`, :data:`PER_SAMPLE_LOGS`) sliced. ``time_s`` and ``elapsed_s``
+        stay those of the whole batch.
+        """
+        batch = len(self.samples)
+        if any(n < 1 for n in sizes) or sum(sizes) != batch:
+            raise ValueError(f"group sizes {list(sizes)} do not partition a batch of {batch} samples")
+        parts, lo = [], 0
+        for n in sizes:
+            hi = lo + n
+            samples = self.samples[lo:hi]
+            if n == batch:
+                trace = list(self.trace)
+            else:
+                last = max(s.iterations for s in samples)
+                trace = [rec.group(lo, hi) for rec in self.trace if rec.iter <= last]
+            extra = copy.deepcopy(self.extra)
+            for key in PER_SAMPLE_EXTRA:
+                if isinstance(extra.get(key), list) and len(extra[key]) == batch:
+                    extra[key] = extra[key][lo:hi]
+            for key in PER_SAMPLE_LOGS:
+                for entry in extra.get(key) or []:
+                    entry.update({k: v[lo:hi] for k, v in entry.items() if isinstance(v, list) and len(v) == batch})
+            parts.append(replace(self, u=self.u[lo:hi], trace=trace, samples=[replace(s) for s in samples], extra=extra))
+            lo = hi
+        return parts
