@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edncli.errors import UsageError
+from edncli.io.images import read_image
 from edncli.networks.backbones import BackboneConfig, DnCNN
 from edncli.networks.direction import BaselineNet, DirectionNet, DirectionNetConfig
 from edncli.networks.inference import InferenceConfig, axis_windows, run_network
@@ -238,3 +240,25 @@ def test_other_runtime_errors_still_raise(monkeypatch):
 
     assert not is_gpu_oom(RuntimeError("shape mismatch"))
     assert is_gpu_oom(RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"))
+
+
+def test_channels_last_is_automatic_per_device():
+    assert InferenceConfig().resolved("cpu").channels_last is True
+    assert InferenceConfig().resolved("cuda").channels_last is False
+    assert InferenceConfig(channels_last=False).resolved("cpu").channels_last is False
+    assert InferenceConfig().resolved("cpu").tile is None  # only the memory format is decided
+
+
+def test_sr_uses_nhwc_on_cpu_by_default_with_the_same_result(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    docs, outs = {}, {}
+    for flag in ("", "--no-channels-last"):
+        args = ["sr", "--scale", "4", EXAMPLES / "camera_lr_x4.tif", "-o", f"out{flag}.tif", "--report", f"r{flag}.json", "-q"]
+        code, _, err = _edn(monkeypatch, capsys, *(args + ([flag] if flag else [])))
+        assert code == 0, err
+        docs[flag] = json.loads(Path(f"r{flag}.json").read_text())
+        outs[flag] = read_image(f"out{flag}.tif")[0]
+    assert docs[""]["inference"]["channels_last"] is True
+    assert "inference" not in docs["--no-channels-last"] or docs["--no-channels-last"]["inference"] is None
+    assert docs[""]["iterations"] == docs["--no-channels-last"]["iterations"]
+    assert np.abs(outs[""] - outs["--no-channels-last"]).max() < 1e-4

@@ -93,7 +93,11 @@ Precision = Annotated[
     ),
 ]
 ChannelsLast = Annotated[
-    bool, typer.Option("--channels-last", help="Networks only: NHWC memory format for the conv nets (often faster).")
+    Optional[bool],
+    typer.Option(
+        "--channels-last/--no-channels-last",
+        help="Networks only: NHWC memory format for the conv nets (default: on for CPU, where it is ~2x faster per call; off on CUDA).",
+    ),
 ]
 
 

@@ -121,7 +121,7 @@ def ct(
     tile: c.Tile = None,
     tile_overlap: c.TileOverlap = None,
     precision: c.Precision = "fp32",
-    channels_last: c.ChannelsLast = False,
+    channels_last: c.ChannelsLast = None,
 ) -> None:
     """CT: find u with ||A u - f|| <= δ, A the Radon transform (astra; parallel or fan beam).
 

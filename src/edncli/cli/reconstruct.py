@@ -43,7 +43,7 @@ def _check_method(method: str) -> str:
 
 def _options(
     max_iter, min_iter, alpha, weights, reference, lam=None, mu=None, box=False, preset=None,
-    tile=None, tile_overlap=None, precision="fp32", channels_last=False, learned_steps=None,
+    tile=None, tile_overlap=None, precision="fp32", channels_last=None, learned_steps=None,
 ):
     """:class:`~edncli.solvers.methods.MethodOptions` from the command's options (bad values: UsageError)."""
     from ..networks.inference import InferenceConfig
@@ -265,7 +265,7 @@ def sr(
     tile: c.Tile = None,
     tile_overlap: c.TileOverlap = None,
     precision: c.Precision = "fp32",
-    channels_last: c.ChannelsLast = False,
+    channels_last: c.ChannelsLast = None,
 ) -> None:
     """Super-resolve: find u with ||A u - f|| <= δ, A = downsampling by --scale.
 
@@ -353,7 +353,7 @@ def deblur(
     tile: c.Tile = None,
     tile_overlap: c.TileOverlap = None,
     precision: c.Precision = "fp32",
-    channels_last: c.ChannelsLast = False,
+    channels_last: c.ChannelsLast = None,
 ) -> None:
     """Deblur: find u with ||k * u - f|| <= δ for a Gaussian (--kernel-sigma) or file (--kernel) blur.
 

@@ -19,6 +19,7 @@ from ..errors import CheckpointError
 from ..io.checkpoints import load_checkpoint
 from ..io.weights import resolve_weights
 from ..networks.direction import build_network, network_inputs
+from ..networks.inference import InferenceConfig
 from ..tasks import TaskSpec
 from .descent import LineSearch, StopRule, descend
 from .methods import Callback, MethodOptions, Problem, register_method
@@ -64,16 +65,17 @@ def _checkpoint_info(meta: dict) -> dict:
     return {"name": meta["name"], "sha256": meta["sha256"], "file": meta.get("file")}
 
 
-def _apply_inference(net: torch.nn.Module, options: MethodOptions, device, meta: dict) -> None:
-    """Give ``net`` the tiling/precision of ``options.inference`` after checking it fits the network and device."""
-    cfg = options.inference
-    if cfg is None:
-        return
+def _apply_inference(net: torch.nn.Module, options: MethodOptions, device, meta: dict) -> InferenceConfig:
+    """Give ``net`` the tiling/precision/memory format of ``options.inference`` (the default config
+    when None; an automatic ``channels_last`` is decided for ``device``) after checking it fits
+    the network and device; returns the config in use."""
+    cfg = (options.inference or InferenceConfig()).resolved(device)
     backbone = net.cfg.backbone if hasattr(net.cfg, "backbone") else net.cfg
     cfg.check_for(backbone.receptive_field, f"network {meta['name']}").check_device(device)
     if cfg.channels_last:
         net.to(memory_format=torch.channels_last)
     net.inference = cfg
+    return cfg
 
 
 @register_method("edn")
@@ -91,7 +93,7 @@ def solve_edn(problem: Problem, options: MethodOptions, callback: Callback = Non
     net, meta = load_learned("edn", name, device)
     spec = TaskSpec.from_dict(meta["operator"])
     spec.check_compatible(_problem_spec(problem), meta["name"])
-    _apply_inference(net, options, device, meta)
+    inference = _apply_inference(net, options, device, meta)
     op = problem.op
     # The network was trained on paths from its own initial guess (the checkpoint's `init`).
     u0 = spec.initial(op, problem.f) if spec.init == "zero" else problem.u0
@@ -125,8 +127,8 @@ def solve_edn(problem: Problem, options: MethodOptions, callback: Callback = Non
         record_ssim=options.record_ssim,
     )
     result.extra["checkpoint"] = _checkpoint_info(meta)
-    if options.inference is not None:
-        result.extra["inference"] = options.inference.describe()
+    if not inference.is_default:
+        result.extra["inference"] = inference.describe()
     result.extra["min_iter"] = min_iter
     result.extra["learned_steps"] = learned
     result.extra["after_learned_steps"] = "landweber (-grad E / ||A||^2, Armijo)"
@@ -144,7 +146,7 @@ def solve_baseline(problem: Problem, options: MethodOptions, callback: Callback 
         raise CheckpointError(f"method baseline has no shipped network for task {problem.task!r}; pass --weights")
     net, meta = load_learned("baseline", name, device)
     TaskSpec.from_dict(meta["operator"]).check_compatible(_problem_spec(problem), meta["name"])
-    _apply_inference(net, options, device, meta)
+    inference = _apply_inference(net, options, device, meta)
     op = problem.op
     data = network_inputs(op, problem.f)
     energy = DataFidelity(op, problem.f)
@@ -194,7 +196,7 @@ def solve_baseline(problem: Problem, options: MethodOptions, callback: Callback 
     ]
     result = SolveResult(u=u, trace=records, samples=samples, method="baseline", elapsed_s=time.perf_counter() - start)
     result.extra["checkpoint"] = _checkpoint_info(meta)
-    if options.inference is not None:
-        result.extra["inference"] = options.inference.describe()
+    if not inference.is_default:
+        result.extra["inference"] = inference.describe()
     result.extra["guarantee"] = "none: a feed-forward network; delta_reached only reports what happened"
     return result
