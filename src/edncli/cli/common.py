@@ -96,7 +96,7 @@ ChannelsLast = Annotated[
     Optional[bool],
     typer.Option(
         "--channels-last/--no-channels-last",
-        help="Networks only: NHWC memory format for the conv nets (default: on for CPU, where it is ~2x faster per call; off on CUDA).",
+        help="Networks only: NHWC memory format for the conv nets (default: on for the edn/baseline networks on CPU, ~2x faster per call; off otherwise).",
     ),
 ]
 
