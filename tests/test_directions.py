@@ -59,8 +59,11 @@ def test_cone_ball_lands_in_set(zg, zeta1, ratio):
     gn = _norm(g)
     ok = gn > 1e-3
     rel = 1e-4
-    assert torch.all(_dot(d, g)[ok] >= zeta1 * gn[ok] ** 2 * (1 - rel))
-    assert torch.all(_norm(d)[ok] <= zeta2 * gn[ok] * (1 + rel))
+    # float32 round-off: z - eta g cancels when z is nearly parallel to g and much longer (e.g.
+    # z = -1026 g), leaving errors of ~eps32 |z| per entry in d (as in the half-space test).
+    tol = 1e-5 * _norm(z)[ok] * gn[ok]
+    assert torch.all(_dot(d, g)[ok] >= zeta1 * gn[ok] ** 2 * (1 - rel) - tol)
+    assert torch.all(_norm(d)[ok] <= zeta2 * gn[ok] * (1 + rel) + 1e-5 * _norm(z)[ok])
     assert torch.isfinite(d).all()
 
 
