@@ -163,9 +163,9 @@ class DataFidelity(Energy):
 
         ``tau``: per-sample steps ``(B,)``, or one float for a batch of one (a new tensor, not
         in place: an operator such as the identity may hand ``r`` back as the gradient). Returns
-        True when the residual was updated this way, so ``E(u_new)`` is the line's closed form at ``tau``; False when the
-        next use recomputes ``A u_new - f`` exactly (every ``REFRESH_EVERY`` steps, or when
-        ``d`` was not the last line's direction).
+        True when the residual was updated this way, so ``E(u_new)`` is the line's closed form at
+        ``tau``; False when the next use recomputes ``A u_new - f`` exactly (every
+        ``REFRESH_EVERY`` steps, or when ``d`` was not the last line's direction).
         """
         if self._line is None or self._line[0] is not u or self._line[1] is not d:
             return False

@@ -54,3 +54,9 @@ def ssim(u: torch.Tensor, ref: torch.Tensor, border: int = 0, data_range: float 
     Statistics over 'valid' windows only (no padding), as the reference MATLAB code.
     """
     return float(ssim_each(u, ref, border, data_range).mean())
+
+
+def quality_each(u: torch.Tensor, ref: torch.Tensor, with_ssim: bool):
+    """Per-image ``(psnr list, ssim list or None)`` of ``u`` clamped to [0, 1] against ``ref`` (trace rows)."""
+    clamped = u.clamp(0, 1)
+    return psnr_each(clamped, ref).tolist(), (ssim_each(clamped, ref).tolist() if with_ssim else None)

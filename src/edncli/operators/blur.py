@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence, Tuple
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -122,6 +122,10 @@ class Blur(LinearOperator):
         # Kernel centre at index (k - 1) // 2 on each axis: y[i] = sum_m k[m] x[i + c - m].
         ch, cw = (kh - 1) // 2, (kw - 1) // 2
         self.pads = (kw - 1 - cw, cw, kh - 1 - ch, ch)
+        # FFT size for 'valid' convolution: the padded size rounded up to a product of 2, 3 and 5
+        # (any size at least the padded one gives the same valid part; e.g. 536 = 8 * 67 would be
+        # several times slower than 540).
+        self._fft_grid = (fast_fft_len(h + kh - 1), fast_fft_len(w + kw - 1))
         self._otf: torch.Tensor | None = None
         self._otf_pad: torch.Tensor | None = None
 
@@ -142,19 +146,11 @@ class Blur(LinearOperator):
     #: Kernels with at least this many taps are applied by FFT (same result, exact adjoint).
     FFT_MIN_TAPS = 49
 
-    def _fft_grid(self) -> Tuple[int, int]:
-        """FFT size for 'valid' convolution: the padded size ``(H + kh - 1, W + kw - 1)`` rounded up
-        to a product of 2, 3 and 5 (any size at least the padded one gives the same valid part;
-        e.g. 536 = 8 * 67 would be several times slower than 540)."""
-        h, w = self.in_shape
-        kh, kw = self.kernel.shape
-        return fast_fft_len(h + kh - 1), fast_fft_len(w + kw - 1)
-
     def _padded_otf(self, x: torch.Tensor) -> torch.Tensor:
-        """OTF of the kernel on the FFT grid of :meth:`_fft_grid`, for 'valid' FFT convolution."""
+        """OTF of the kernel on the FFT grid ``_fft_grid``, for 'valid' FFT convolution."""
         if getattr(self, "_otf_pad", None) is None or self._otf_pad.device != x.device:
             kh, kw = self.kernel.shape
-            psf = torch.zeros(*self._fft_grid(), dtype=torch.float32)
+            psf = torch.zeros(*self._fft_grid, dtype=torch.float32)
             psf[:kh, :kw] = self.kernel
             self._otf_pad = torch.fft.rfft2(psf).to(x.device)
         return self._otf_pad
@@ -164,7 +160,7 @@ class Blur(LinearOperator):
         kh, kw = self.kernel.shape
         if self.kernel.numel() >= self.FFT_MIN_TAPS:
             h, w = self.in_shape
-            grid = self._fft_grid()
+            grid = self._fft_grid
             full = torch.fft.irfft2(torch.fft.rfft2(xp, s=grid) * self._padded_otf(xp), s=grid)
             # contiguous: every consumer (inner products, residual updates) reads it as one block
             return full[..., kh - 1 : kh - 1 + h, kw - 1 : kw - 1 + w].contiguous()
@@ -175,7 +171,7 @@ class Blur(LinearOperator):
         kh, kw = self.kernel.shape
         if self.kernel.numel() >= self.FFT_MIN_TAPS:
             h, w = self.in_shape
-            grid = self._fft_grid()
+            grid = self._fft_grid
             emb = F.pad(y, (kw - 1, 0, kh - 1, 0))
             full = torch.fft.irfft2(torch.fft.rfft2(emb, s=grid) * self._padded_otf(y).conj(), s=grid)
             return full[..., : h + kh - 1, : w + kw - 1]

@@ -4,16 +4,17 @@ For every sample of the batch, from ``u0``: ``d = G(u, grad E(u))``; ``tau = tau
 ``E(u + tau d) > E(u) - c tau <d, -grad E(u)>``: ``tau = rho tau``; ``u = u + tau d``.
 Each sample stops on its own (DESIGN §4 "When to stop"): after at least ``min_iter`` steps at
 the first iterate with ``||A u - f|| <= delta`` (its own δ when ``StopRule.delta`` holds one per
-sample), or when ``||grad E|| <= grad_tol``, or at ``max_iter``. A stopped sample is frozen. The energy is non-increasing for every sample at
-every step; the result records the largest increase seen so the promise is checked, not assumed.
+sample), or when ``||grad E|| <= grad_tol``, or at ``max_iter``. A stopped sample is frozen.
+The energy is non-increasing for every sample at every step; the result records the largest
+increase seen so the promise is checked, not assumed.
 
 Cost per iteration: the direction, one ``A d`` (closed-form line restriction of the quadratic
 data term), one ``A^T r`` (gradient), and four passes over the data (the update, the residual
 update, ``||A d||^2``, ``||grad E||^2``). For the data term alone, once a step lowers ``E`` by
 less than ``CLOSED_FORM_MAX_DROP`` of its value, the new energy is the line's closed form at the
 accepted step (host arithmetic, no pass); the residual and ``E`` are recomputed exactly from
-``A u`` every ``DataFidelity.REFRESH_EVERY`` steps, and the round-off guard checks those values. The per-sample scalars of an iteration cross to the
-host in two small transfers — the line's coefficients before the step, the new energy and
+``A u`` every ``DataFidelity.REFRESH_EVERY`` steps, and the round-off guard checks those values.
+The per-sample scalars of an iteration cross to the host in two small transfers — the line's coefficients before the step, the new energy and
 gradient norm after it — and the backtracking, the stopping tests and the trace run on those
 host numbers, so the solver adds no further kernel launches or device synchronisations. For a
 batch of more than one sample each trace record keeps those per-sample numbers too, so that the
@@ -30,7 +31,7 @@ from typing import Callable, List, Optional, Protocol
 import torch
 
 from ..energies import Energy, data_term_of, fast_dot
-from ..metrics import psnr_each, ssim_each
+from ..metrics import quality_each
 from .stopping import Deltas, per_sample_deltas
 from .trace import MONOTONE_RTOL, IterationRecord, SampleVerdict, SolveResult
 
@@ -184,10 +185,7 @@ def descend(
     trace: List[IterationRecord] = []
 
     def record(k: int, steps: List[Optional[float]], backtracks: List[int]) -> None:
-        quality = (None, None)
-        if reference is not None:
-            clamped = u.clamp(0, 1)
-            quality = (psnr_each(clamped, reference).tolist(), ssim_each(clamped, reference).tolist() if record_ssim else None)
+        quality = (None, None) if reference is None else quality_each(u, reference, record_ssim)
         rec = IterationRecord.of_samples(
             k, time.perf_counter() - start, e_h, disc_h, gn2_h, steps, backtracks, active, *quality  # type: ignore[arg-type]
         )

@@ -18,6 +18,7 @@ from ..energies import DataFidelity, HuberTV
 from ..errors import CheckpointError
 from ..io.checkpoints import load_checkpoint
 from ..io.weights import resolve_weights
+from ..metrics import quality_each
 from ..networks.direction import build_network, network_inputs
 from ..networks.inference import InferenceConfig
 from ..tasks import TaskSpec
@@ -154,21 +155,16 @@ def solve_baseline(problem: Problem, options: MethodOptions, callback: Callback 
         u = net(problem.u0, data)
     records = []
     batch = u.shape[0]
+    energies, discs = [], []  # per sample, at u0 and at the network's output
     for k, x in enumerate((problem.u0, u)):
-        quality = (None, None)
-        if problem.reference is not None:
-            from ..metrics import psnr_each, ssim_each
-
-            clamped = x.clamp(0, 1)
-            quality = (
-                psnr_each(clamped, problem.reference).tolist(),
-                ssim_each(clamped, problem.reference).tolist() if options.record_ssim else None,
-            )
+        quality = (None, None) if problem.reference is None else quality_each(x, problem.reference, options.record_ssim)
+        energies.append(energy.value(x).double().tolist())
+        discs.append(energy.discrepancy(x).double().tolist())
         rec = IterationRecord.of_samples(
             k,
             time.perf_counter() - start,
-            energy.value(x).double().tolist(),
-            energy.discrepancy(x).double().tolist(),
+            energies[-1],
+            discs[-1],
             energy.grad(x).flatten(1).double().pow(2).sum(1).tolist(),
             [1.0 if k else None] * batch,
             [0] * batch,
@@ -179,20 +175,19 @@ def solve_baseline(problem: Problem, options: MethodOptions, callback: Callback 
         if callback is not None:
             callback(rec)
     deltas = problem.deltas()
-    e0, e1 = energy.value(problem.u0), energy.value(u)
-    disc = energy.discrepancy(u)
+    (e0, e1), disc = energies, discs[1]
     samples = [
         SampleVerdict(
             iterations=1,
-            final_energy=float(e1[i]),
-            final_discrepancy=float(disc[i]),
+            final_energy=e1[i],
+            final_discrepancy=disc[i],
             delta=None if deltas is None else deltas[i],
-            delta_reached=None if deltas is None else float(disc[i]) <= deltas[i],
-            max_energy_increase=float(e1[i] - e0[i]),
-            energy_monotone=bool(e1[i] <= e0[i]),
+            delta_reached=None if deltas is None else disc[i] <= deltas[i],
+            max_energy_increase=e1[i] - e0[i],
+            energy_monotone=e1[i] <= e0[i],
             stop_reason="single_pass",
         )
-        for i in range(u.shape[0])
+        for i in range(batch)
     ]
     result = SolveResult(u=u, trace=records, samples=samples, method="baseline", elapsed_s=time.perf_counter() - start)
     result.extra["checkpoint"] = _checkpoint_info(meta)

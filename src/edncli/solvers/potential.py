@@ -38,7 +38,7 @@ import torch
 
 from ..energies import DataFidelity
 from ..errors import UsageError
-from ..metrics import psnr_each, ssim_each
+from ..metrics import quality_each
 from .methods import Callback, MethodOptions, Problem, register_method
 from .trace import MONOTONE_RTOL, IterationRecord, SampleVerdict, SolveResult
 
@@ -194,11 +194,8 @@ class _Tracker:
         steps: List[Optional[float]], backtracks: List[int],
     ) -> None:
         """Append the record of iteration ``k``: ``energy``, ``disc``, ``gnorm`` are ``(B,)``; ``steps[i]`` None if not moved."""
-        quality = (None, None)
         ref = self.problem.reference
-        if ref is not None:
-            clamped = u.clamp(0, 1)
-            quality = (psnr_each(clamped, ref).tolist(), ssim_each(clamped, ref).tolist() if self.record_ssim else None)
+        quality = (None, None) if ref is None else quality_each(u, ref, self.record_ssim)
         rec = IterationRecord.of_samples(
             k,
             time.perf_counter() - self.start,
