@@ -229,3 +229,31 @@ def test_warm_start_from_a_baseline_gives_its_correction_as_the_first_raw_output
     with pytest.raises(Exception, match="depth"):
         warm_start(DirectionNet(DirectionNetConfig(backbone=BackboneConfig(3, 1, 4, 8, False))),
                    TrainConfig(kind="edn", **{**common, "depth": 4}), str(base))
+
+
+def test_ct_training_draws_one_angle_count_per_batch(tmp_path, monkeypatch, capsys):
+    # `--angles 12,8,16`: each mini-batch is measured with one of the listed geometries, the
+    # validation with the first; the checkpoint and its card say which were used.
+    pytest.importorskip("astra")
+    drawn = []
+    real = TaskSpec.operator
+
+    def spy(self, shape, kernel_sigma=None, device="cpu", angles=None):
+        op = real(self, shape, kernel_sigma=kernel_sigma, device=device, angles=angles)
+        drawn.append((tuple(shape[-2:]), op.out_shape[0]))
+        return op
+
+    monkeypatch.setattr(TaskSpec, "operator", spy)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = edn(monkeypatch, capsys, "train", "--task", "ct", "--angles", "12,8,16", "--out", "m", "--steps", "12",
+                       "--depth", "2", "--width", "4", "--patch-size", "16", "--batch-size", "2", "--val-every", "12",
+                       "--lag-every", "6", "--max-lag-steps", "1", "--min-iter", "1", "--quiet")
+    assert code == 0, err
+    train_angles = {n for shape, n in drawn if shape == (16, 16)}
+    assert train_angles == {8, 12, 16}  # 12 batches: every listed count drawn (seeded)
+    assert {n for shape, n in drawn if shape != (16, 16)} == {12}  # validation at the first
+    meta = read_metadata(tmp_path / "m.safetensors")
+    assert meta["operator"]["angles"] == 12 and meta["operator"]["angle_choices"] == [12, 8, 16]
+    assert "[12, 8, 16]" in (tmp_path / "m.md").read_text()
+    code, _, err = edn(monkeypatch, capsys, "train", "--task", "ct", "--angles", "90,x", "--out", "m2")
+    assert code == 2 and "--angles" in err

@@ -23,7 +23,9 @@ class TaskSpec:
 
     sr: ``scale``, ``downsampler`` (average | bicubic). deblur: Gaussian ``kernel_sigma`` range
     ``(lo, hi)`` (one σ drawn per training batch), ``kernel_size``, ``boundary``. ct: parallel
-    beam with ``angles`` equally spaced over [0, π) and ``detectors = ceil(size * sqrt(2))``.
+    beam with ``angles`` equally spaced over [0, π) and ``detectors = ceil(size * sqrt(2))``;
+    ``angle_choices``, when not empty, are the angle counts training draws from (one per batch;
+    ``angles``, the first of them, is the count validation uses).
     """
 
     task: str
@@ -33,6 +35,7 @@ class TaskSpec:
     kernel_size: int = 25
     boundary: str = "reflect"
     angles: int = 90
+    angle_choices: Tuple[int, ...] = ()
     beam: str = "parallel"
     noise_sigma: Tuple[float, float] = (0.0, 0.02)
     init: str = "classic"  # "classic" (bicubic / data / FBP) or "zero"
@@ -45,6 +48,9 @@ class TaskSpec:
             raise UsageError(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
         self.kernel_sigma = tuple(self.kernel_sigma)  # type: ignore[assignment]
         self.noise_sigma = tuple(self.noise_sigma)  # type: ignore[assignment]
+        self.angle_choices = tuple(int(a) for a in self.angle_choices)
+        if any(a < 1 for a in (self.angles, *self.angle_choices)):
+            raise UsageError(f"--angles must be >= 1, got {(self.angles, *self.angle_choices)}")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -53,8 +59,11 @@ class TaskSpec:
     def from_dict(cls, d: dict) -> "TaskSpec":
         return cls(**d)
 
-    def operator(self, shape: Sequence[int], kernel_sigma: Optional[float] = None, device="cpu") -> LinearOperator:
-        """The forward operator for images of ``shape`` (``(H, W)``)."""
+    def operator(
+        self, shape: Sequence[int], kernel_sigma: Optional[float] = None, device="cpu", angles: Optional[int] = None
+    ) -> LinearOperator:
+        """The forward operator for images of ``shape`` (``(H, W)``); ``kernel_sigma`` (deblur) and
+        ``angles`` (ct) override the spec's for one draw of training."""
         h, w = shape[-2:]
         if self.task == "sr":
             from .operators.downsample import make_sr_operator
@@ -73,7 +82,7 @@ class TaskSpec:
 
         geom = CTGeometry(
             size=h,
-            angles=np.linspace(0, np.pi, self.angles, endpoint=False),
+            angles=np.linspace(0, np.pi, angles or self.angles, endpoint=False),
             detectors=int(math.ceil(h * math.sqrt(2))),
             beam="parallel",
         )

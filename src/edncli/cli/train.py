@@ -39,7 +39,7 @@ def train(
     downsampler: Annotated[str, typer.Option("--downsampler", help="sr: average or bicubic.")] = "average",
     kernel_sigma: Annotated[str, typer.Option("--kernel-sigma", help="deblur: Gaussian σ or range lo:hi.")] = "1.0:2.0",
     kernel_size: Annotated[int, typer.Option("--kernel-size", help="deblur: kernel side.")] = 25,
-    angles: Annotated[int, typer.Option("--angles", help="ct: parallel-beam angles over 180° at training size.")] = 90,
+    angles: Annotated[str, typer.Option("--angles", help="ct: parallel-beam angles over 180° at training size; a list such as 90,60,120,180 draws one per mini-batch (validation at the first).")] = "90",
     noise: Annotated[str, typer.Option("--noise-sigma", help="Training noise std range lo:hi (per sample).")] = "0:0.02",
     init: Annotated[Optional[str], typer.Option("--init", help="Initial guess: zero (default for edn) or classic (bicubic/data/FBP; default for baseline).")] = None,
     depth: Annotated[Optional[int], typer.Option("--depth", help="Backbone depth (paper: 17-20; default 8, denoisers: per architecture).")] = None,
@@ -118,9 +118,15 @@ def train(
     from ..tasks import TaskSpec
     from ..training.lagged import TrainConfig, train as run_train
 
+    try:
+        angle_list = [int(a) for a in angles.split(",")]
+    except ValueError:
+        raise UsageError(f"--angles must be an integer or a comma-separated list of integers, got {angles!r}") from None
+
     spec = TaskSpec(
         task=task, scale=scale, downsampler=downsampler, kernel_sigma=parse_range(kernel_sigma, "--kernel-sigma"),
-        kernel_size=kernel_size, angles=angles, noise_sigma=parse_range(noise, "--noise-sigma"),
+        kernel_size=kernel_size, angles=angle_list[0], angle_choices=tuple(angle_list) if len(angle_list) > 1 else (),
+        noise_sigma=parse_range(noise, "--noise-sigma"),
         init=init or ("zero" if kind == "edn" else "classic"),
     )
     if kind not in ("edn", "baseline"):

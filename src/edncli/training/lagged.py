@@ -119,15 +119,19 @@ class _Sampler:
 
 
 def _measure(spec: TaskSpec, x: torch.Tensor, gen: torch.Generator, op_cache: dict, device):
-    """``(op, f, sigma)`` for a batch of ground truths: noise std per sample in ``spec.noise_sigma``."""
+    """``(op, f, sigma)`` for a batch of ground truths: noise std per sample in ``spec.noise_sigma``;
+    one blur σ (deblur) or angle count (ct, from ``spec.angle_choices``) drawn per batch."""
     lo, hi = spec.noise_sigma
     kernel_sigma = None
     if spec.task == "deblur":
         klo, khi = spec.kernel_sigma
         kernel_sigma = round(float(klo + (khi - klo) * torch.rand(1, generator=gen)), 3)
-    key = (tuple(x.shape[-2:]), kernel_sigma)
+    angles = None
+    if spec.task == "ct" and spec.angle_choices:
+        angles = spec.angle_choices[int(torch.randint(len(spec.angle_choices), (1,), generator=gen))]
+    key = (tuple(x.shape[-2:]), kernel_sigma, angles)
     if key not in op_cache:
-        op_cache[key] = spec.operator(x.shape[-2:], kernel_sigma=kernel_sigma, device=device)
+        op_cache[key] = spec.operator(x.shape[-2:], kernel_sigma=kernel_sigma, device=device, angles=angles)
     op = op_cache[key]
     clean = op(x)
     sigma = lo + (hi - lo) * torch.rand(x.shape[0], generator=gen)
@@ -178,7 +182,7 @@ def evaluate(cfg: TrainConfig, net, x: torch.Tensor, device, seed: int = 0) -> d
     gen = torch.Generator().manual_seed(seed)
     spec = cfg.spec
     x = x.to(device)
-    op, f, _ = _measure(TaskSpec(**{**spec.as_dict(), "noise_sigma": (0.01, 0.01)}), x, gen, {}, device)
+    op, f, _ = _measure(TaskSpec(**{**spec.as_dict(), "noise_sigma": (0.01, 0.01), "angle_choices": ()}), x, gen, {}, device)
     u0 = spec.initial(op, f)
     was_training = net.training
     net.eval()
@@ -416,6 +420,11 @@ def _card_body(cfg: TrainConfig, world: int) -> str:
         f"- Training noise std drawn uniformly in {list(s.noise_sigma)} per sample; patches {cfg.patch}², batch {cfg.batch}, "
         f"{cfg.steps} steps, Adam lr {cfg.lr} with cosine decay, {world} process(es).",
     ]
+    if s.task == "ct" and s.angle_choices:
+        lines.append(
+            f"- Geometry: parallel beam, one angle count per mini-batch drawn from {list(s.angle_choices)} "
+            f"(over 180°); validation at {s.angles} angles."
+        )
     if cfg.init_from:
         lines.append(f"- Warm start: backbone initialised from `{cfg.init_from}` (input planes matched by meaning).")
     if cfg.kind == "edn":
