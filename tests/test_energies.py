@@ -38,8 +38,8 @@ def test_closed_form_line_matches_direct_evaluation():
         assert torch.allclose(line(tau), direct, rtol=1e-5)
 
 
-def test_data_term_line_needs_one_operator_call():
-    op, f, u, d = _problem()
+def _count_forward(op) -> dict:
+    """Count calls of ``op.forward`` from now on (``calls["n"]``)."""
     calls = {"n": 0}
     forward = op.forward
 
@@ -48,6 +48,12 @@ def test_data_term_line_needs_one_operator_call():
         return forward(x)
 
     op.forward = counting
+    return calls
+
+
+def test_data_term_line_needs_one_operator_call():
+    op, f, u, d = _problem()
+    calls = _count_forward(op)
     energy = DataFidelity(op, f)
     energy.value(u)
     before = calls["n"]
@@ -63,14 +69,7 @@ def test_gradient_norm_read_ahead_in_data_space():
     op, f, u, _ = _problem()
     energy = DataFidelity(op, f)
     g = energy.grad(u)
-    calls = {"n": 0}
-    forward = op.forward
-
-    def counting(x):
-        calls["n"] += 1
-        return forward(x)
-
-    op.forward = counting
+    calls = _count_forward(op)
     gg = energy.grad_sqnorm_ahead(u, g)
     assert torch.allclose(gg, (g * g).flatten(1).sum(1), rtol=1e-5)
     line = energy.along(u, g)

@@ -297,17 +297,6 @@ class SumEnergy(Energy):
             )
         return line
 
-    def grad_sqnorm_ahead(self, u: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """``||grad E(u)||^2`` as ``<r, A g>`` for ``g = grad E(u) = A^T r``, shape ``(B,)``.
-
-        One inner product in data space instead of image space (16x fewer values for SR x4); the
-        ``A g`` it needs is kept for the next :meth:`along` with ``d = g``, so a solver about to
-        step along the gradient pays nothing extra for it.
-        """
-        ad = self.op.forward(g)
-        self._primed = (g, ad)
-        return fast_dot(self.residual(u), ad)
-
     def moved(self, u_new, u, d, tau) -> bool:
         """Forward the step to the terms that track it; False: the sum has no closed-form value."""
         for _, e in self.terms:

@@ -11,16 +11,17 @@ increase seen so the promise is checked, not assumed.
 Cost per iteration: the direction, one ``A d`` (closed-form line restriction of the quadratic
 data term), one ``A^T r`` (gradient), and four passes over the data (the update, the residual
 update, ``||A d||^2``, ``||grad E||^2``). For ``d = -grad E`` on the data term the last is
-``<r, A grad E>``, read in data space from the ``A d`` of the next step (16x fewer values for
-SR x4; :meth:`~edncli.energies.DataFidelity.grad_sqnorm_ahead`). For the data term alone, once a step lowers ``E`` by
-less than ``CLOSED_FORM_MAX_DROP`` of its value, the new energy is the line's closed form at the
-accepted step (host arithmetic, no pass); the residual and ``E`` are recomputed exactly from
-``A u`` every ``DataFidelity.REFRESH_EVERY`` steps, and the round-off guard checks those values.
-The per-sample scalars of an iteration cross to the host in two small transfers — the line's coefficients before the step, the new energy and
-gradient norm after it — and the backtracking, the stopping tests and the trace run on those
-host numbers, so the solver adds no further kernel launches or device synchronisations. For a
-batch of more than one sample each trace record keeps those per-sample numbers too, so that the
-result can be split per image (:meth:`~edncli.solvers.trace.SolveResult.split`).
+``<r, A grad E>``, read in data space from the ``A d`` of the next step (16x fewer values for SR x4;
+:meth:`~edncli.energies.DataFidelity.grad_sqnorm_ahead`). For the data term alone, once a step
+lowers ``E`` by less than ``CLOSED_FORM_MAX_DROP`` of its value, the new energy is the line's
+closed form at the accepted step (host arithmetic, no pass); the residual and ``E`` are
+recomputed exactly from ``A u`` every ``DataFidelity.REFRESH_EVERY`` steps, and the round-off
+guard checks those values. The per-sample scalars of an iteration cross to the host in two small
+transfers — the line's coefficients before the step, the new energy and gradient norm after it —
+and the backtracking, the stopping tests and the trace run on those host numbers, so the solver
+adds no further kernel launches or device synchronisations. For a batch of more than one sample
+each trace record keeps those per-sample numbers too, so that the result can be split per image
+(:meth:`~edncli.solvers.trace.SolveResult.split`).
 """
 
 from __future__ import annotations
