@@ -63,22 +63,6 @@ def test_data_term_line_needs_one_operator_call():
     assert calls["n"] - before == 1
 
 
-def test_gradient_norm_read_ahead_in_data_space():
-    # ||A^T r||^2 = <r, A A^T r>: the value matches the image-space norm, and the A g it needed
-    # is the one the next line along g uses (no second operator call).
-    op, f, u, _ = _problem()
-    energy = DataFidelity(op, f)
-    g = energy.grad(u)
-    calls = _count_forward(op)
-    gg = energy.grad_sqnorm_ahead(u, g)
-    assert torch.allclose(gg, (g * g).flatten(1).sum(1), rtol=1e-5)
-    line = energy.along(u, g)
-    assert calls["n"] == 1
-    assert torch.allclose(line.quadratic[1], (op(g) ** 2).flatten(1).sum(1), rtol=1e-5)
-    energy.along(u, g)  # a second line is not primed: A g again
-    assert calls["n"] == 3
-
-
 def test_moved_residual_update_is_exact():
     op, f, u, d = _problem()
     energy = DataFidelity(op, f)

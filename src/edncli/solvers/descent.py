@@ -10,18 +10,15 @@ increase seen so the promise is checked, not assumed.
 
 Cost per iteration: the direction, one ``A d`` (closed-form line restriction of the quadratic
 data term), one ``A^T r`` (gradient), and four passes over the data (the update, the residual
-update, ``||A d||^2``, ``||grad E||^2``). For ``d = -grad E`` on the data term the last is
-``<r, A grad E>``, read in data space from the ``A d`` of the next step (16x fewer values for SR x4;
-:meth:`~edncli.energies.DataFidelity.grad_sqnorm_ahead`). For the data term alone, once a step
-lowers ``E`` by less than ``CLOSED_FORM_MAX_DROP`` of its value, the new energy is the line's
-closed form at the accepted step (host arithmetic, no pass); the residual and ``E`` are
-recomputed exactly from ``A u`` every ``DataFidelity.REFRESH_EVERY`` steps, and the round-off
-guard checks those values. The per-sample scalars of an iteration cross to the host in two small
-transfers — the line's coefficients before the step, the new energy and gradient norm after it —
-and the backtracking, the stopping tests and the trace run on those host numbers, so the solver
-adds no further kernel launches or device synchronisations. For a batch of more than one sample
-each trace record keeps those per-sample numbers too, so that the result can be split per image
-(:meth:`~edncli.solvers.trace.SolveResult.split`).
+update, ``||A d||^2``, ``||grad E||^2``). For the data term alone, once a step lowers ``E`` by
+less than ``CLOSED_FORM_MAX_DROP`` of its value, the new energy is the line's closed form at the
+accepted step (host arithmetic, no pass); the residual and ``E`` are recomputed exactly from
+``A u`` every ``DataFidelity.REFRESH_EVERY`` steps, and the round-off guard checks those values.
+The per-sample scalars of an iteration cross to the host in two small transfers — the line's coefficients before the step, the new energy and
+gradient norm after it — and the backtracking, the stopping tests and the trace run on those
+host numbers, so the solver adds no further kernel launches or device synchronisations. For a
+batch of more than one sample each trace record keeps those per-sample numbers too, so that the
+result can be split per image (:meth:`~edncli.solvers.trace.SolveResult.split`).
 """
 
 from __future__ import annotations
@@ -196,11 +193,6 @@ def descend(
         if callback is not None:
             callback(rec)
 
-    def ends_at(k: int, i: int, disc: Optional[float]) -> bool:
-        """Whether sample ``i`` stops after step ``k`` by δ or the cap (known before ``||grad E||``)."""
-        reached = delta is not None and disc is not None and disc <= delta[i]
-        return (k >= stop.min_iter and reached) or k >= stop.max_iter
-
     def update_active(k: int) -> None:
         for i in range(batch):
             if not active[i]:
@@ -315,27 +307,20 @@ def descend(
         # over the data. Every REFRESH_EVERY steps the residual is recomputed from A u and E
         # evaluated from it, and the guard below compares that exact value.
         closed = bool(energy.moved(u, prev_u, d, t_step)) if has_moved else False  # type: ignore[attr-defined]
-        # E(u_new) - E(u) by the line's closed form at the accepted step (data term alone).
-        drop: Optional[List[float]] = None
-        if data_only and quad is not None:
+        closed = closed and data_only and quad is not None
+        if closed:
+            # Only where the step lowers E by a small fraction: the closed form's rounding error
+            # is ~1e-6 of the decrease (float32 inner products), so below ~5e-8 of E here; after
+            # a large drop it would be a visible fraction of the much smaller new energy.
             drop = [a1_h[i] * (sign * tau[i]) + 0.5 * a2_h[i] * tau[i] * tau[i] for i in range(batch)]  # type: ignore[index]
-        # Only where the step lowers E by a small fraction: the closed form's rounding error is
-        # ~1e-6 of the decrease (float32 inner products), so below ~5e-8 of E here; after a
-        # large drop it would be a visible fraction of the much smaller new energy.
-        closed = closed and drop is not None and all(abs(drop[i]) <= CLOSED_FORM_MAX_DROP * e_h[i] for i in range(batch))
+            closed = all(abs(drop[i]) <= CLOSED_FORM_MAX_DROP * e_h[i] for i in range(batch))
         e_new: Optional[torch.Tensor] = None if closed else energy.value(u)
         g = energy.grad(u)
-        # A sample that goes on steps along g next, which needs A g: ||g||^2 = <r, A g> is then
-        # read in data space from that same A g (one pass over the smaller grid for SR). Whether
-        # it goes on is judged from the closed form's energy (exact or not, gg is).
-        ahead = steepest and drop is not None and any(
-            active[i] and not ends_at(k, i, math.sqrt(max(2 * (e_h[i] + drop[i]), 0.0))) for i in range(batch)  # type: ignore[index]
-        )
-        gg = energy.grad_sqnorm_ahead(u, g) if ahead else fast_dot(g, g)  # type: ignore[attr-defined]
+        gg = fast_dot(g, g)
         e_old_h, gn2_old_h = e_h, gn2_h
         if closed:
-            e_h = [e_old_h[i] + drop[i] for i in range(batch)]  # type: ignore[index]
             (gn2_h,) = _host(gg)
+            e_h = [e_old_h[i] + drop[i] for i in range(batch)]  # type: ignore[index]
             disc_new = None
         else:
             e_h, gn2_h, disc_new = _host(e_new, gg, discrepancy_of(u))
