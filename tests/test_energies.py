@@ -38,8 +38,8 @@ def test_closed_form_line_matches_direct_evaluation():
         assert torch.allclose(line(tau), direct, rtol=1e-5)
 
 
-def _count_forward(op) -> dict:
-    """Count calls of ``op.forward`` from now on (``calls["n"]``)."""
+def test_data_term_line_needs_one_operator_call():
+    op, f, u, d = _problem()
     calls = {"n": 0}
     forward = op.forward
 
@@ -48,12 +48,6 @@ def _count_forward(op) -> dict:
         return forward(x)
 
     op.forward = counting
-    return calls
-
-
-def test_data_term_line_needs_one_operator_call():
-    op, f, u, d = _problem()
-    calls = _count_forward(op)
     energy = DataFidelity(op, f)
     energy.value(u)
     before = calls["n"]
