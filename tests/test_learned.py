@@ -205,20 +205,22 @@ def test_edn_learned_steps_then_delta_is_reached(tiny_sr):
     assert res.delta_reached and res.iterations > 2
 
 
-def test_warm_start_from_a_baseline_gives_its_correction_as_the_first_raw_output(tmp_path):
+@pytest.mark.parametrize("shuffle", [1, 2])
+def test_warm_start_from_a_baseline_gives_its_correction_as_the_first_raw_output(tmp_path, shuffle):
     # edn train --init-from: the direction network's backbone starts as the baseline's, with the
-    # gradient plane at zero, so its raw output z equals the baseline's correction x - u0.
+    # gradient plane at zero, so its raw output z equals the baseline's correction x - u0 (also
+    # with a space-to-depth backbone, whose input planes are blocks of shuffle² channels).
     from edncli.networks.direction import network_inputs
     from edncli.solvers.learned import load_learned
     from edncli.training.lagged import warm_start
 
     imgs = _images(tmp_path / "imgs")
     common = dict(spec=TaskSpec("sr", scale=4, init="classic"), images=str(imgs), val_images=str(imgs), depth=3, width=8,
-                  patch=24, batch=4, steps=3, val_every=3, val_size=32)
+                  patch=24, batch=4, steps=3, val_every=3, val_size=32, shuffle=shuffle)
     base = train(TrainConfig(kind="baseline", **common), tmp_path / "b.safetensors", command="pytest",
                  device=torch.device("cpu"), quiet=True)
     cfg = TrainConfig(kind="edn", min_iter=1, **common)
-    net = DirectionNet(DirectionNetConfig(backbone=BackboneConfig(3, 1, 3, 8, False)))
+    net = DirectionNet(DirectionNetConfig(backbone=BackboneConfig(3, 1, 3, 8, False, shuffle)))
     warm_start(net, cfg, str(base))
     bnet, _ = load_learned("baseline", str(base), "cpu")
     x, op, f, u0 = _sr_problem()
@@ -226,9 +228,18 @@ def test_warm_start_from_a_baseline_gives_its_correction_as_the_first_raw_output
     g = torch.randn_like(u0)  # any gradient: its plane starts with zero weights
     with torch.no_grad():
         assert torch.allclose(net.raw(u0, g, data), bnet(u0, data) - u0, atol=1e-6)
+    bnet.backbone.body[-1].weight.data.normal_(std=0.1)  # a correction that is not zero, seen through both
+    net.backbone.body[-1].weight.data.copy_(bnet.backbone.body[-1].weight.data)
+    with torch.no_grad():
+        assert float((bnet(u0, data) - u0).abs().max()) > 1e-3
+        assert torch.allclose(net.raw(u0, g, data), bnet(u0, data) - u0, atol=1e-5)
     with pytest.raises(Exception, match="depth"):
-        warm_start(DirectionNet(DirectionNetConfig(backbone=BackboneConfig(3, 1, 4, 8, False))),
+        warm_start(DirectionNet(DirectionNetConfig(backbone=BackboneConfig(3, 1, 4, 8, False, shuffle))),
                    TrainConfig(kind="edn", **{**common, "depth": 4}), str(base))
+    other = 3 - shuffle
+    with pytest.raises(Exception, match=f"shuffle {shuffle} does not match --depth 3 --width 8 --shuffle {other}"):
+        warm_start(DirectionNet(DirectionNetConfig(backbone=BackboneConfig(3, 1, 3, 8, False, other))),
+                   TrainConfig(kind="edn", **{**common, "shuffle": other}), str(base))
 
 
 def test_ct_training_draws_one_angle_count_per_batch(tmp_path, monkeypatch, capsys):

@@ -44,6 +44,7 @@ def train(
     init: Annotated[Optional[str], typer.Option("--init", help="Initial guess: zero (default for edn) or classic (bicubic/data/FBP; default for baseline).")] = None,
     depth: Annotated[Optional[int], typer.Option("--depth", help="Backbone depth (paper: 17-20; default 8, denoisers: per architecture).")] = None,
     width: Annotated[Optional[int], typer.Option("--width", help="Backbone channels (paper: 64; default 32).")] = None,
+    shuffle: Annotated[int, typer.Option("--shuffle", help="sr/ct/deblur: space-to-depth factor of the backbone (1: plain DnCNN; 4 for SR x4 runs the convolutions on 4x4 blocks, 16x cheaper per layer).")] = 1,
     threads: Annotated[Optional[int], typer.Option("--threads", help="torch CPU threads (default: torch's choice).")] = None,
     batchnorm: Annotated[bool, typer.Option("--batchnorm/--no-batchnorm", help="Batch norm in the backbone (paper: on; off trains more reliably with the lagged scheme's shifting inputs).")] = False,
     layer: Annotated[str, typer.Option("--layer", help="Descent layer: cone_ball (eq. 22) or halfspace (eq. 21).")] = "cone_ball",
@@ -133,12 +134,14 @@ def train(
         raise UsageError(f"--kind must be edn or baseline, got {kind!r}")
     default_name = f"{'edn' if kind == 'edn' else 'baseline'}-{task}" + (f"-x{scale}" if task == "sr" else "")
     cfg = TrainConfig(
-        spec=spec, kind=kind, images=images, val_images=val_images, depth=depth or 8, width=width or 32, batchnorm=batchnorm, layer=layer,
+        spec=spec, kind=kind, images=images, val_images=val_images, depth=depth or 8, width=width or 32, batchnorm=batchnorm, shuffle=shuffle, layer=layer,
         zeta1=zeta1, zeta2=zeta2, zeta=zeta, patch=patch, batch=batch, steps=steps, lr=lr, lag_every=lag_every,
         max_lag_steps=max_lag_steps, min_iter=min_iter, val_every=val_every, seed=seed, init_from=init_from,
     )
     if steps < 1:
         raise UsageError(f"--steps must be >= 1, got {steps}")
+    if shuffle < 1:
+        raise UsageError(f"--shuffle must be >= 1, got {shuffle}")
     path = _out_path(out, default_name)
     torch.manual_seed(seed)
     written = run_train(cfg, path, command=command, device=dev, quiet=quiet, force=force, resume=resume,

@@ -1,10 +1,18 @@
-"""Convolutional backbones (DnCNN-style: Zhang et al. 2017, as used by paper 001 §5.1)."""
+"""Convolutional backbones (DnCNN-style: Zhang et al. 2017, as used by paper 001 §5.1).
+
+With ``shuffle = s > 1`` the stack runs on a space-to-depth view of the input (FFDNet-style,
+Zhang et al. 2018): ``pixel_unshuffle`` by ``s`` in, ``pixel_shuffle`` by ``s`` out. A layer
+then costs ``1/s²`` as much per pixel at the same width, so at equal compute the network can be
+``s²`` times wider or reach ``s`` times further; for SR x``s`` with average pooling each
+low-resolution cell is exactly one input block.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -12,8 +20,9 @@ from torch import nn
 class BackboneConfig:
     """A DnCNN-style stack: ``conv3x3 -> ReLU``, ``depth - 2`` x ``conv3x3 -> BN -> ReLU``, ``conv3x3``.
 
-    ``in_channels`` input planes, ``out_channels`` output planes, ``width`` feature channels.
-    The receptive field is ``2 * depth + 1`` pixels.
+    ``in_channels`` input planes, ``out_channels`` output planes, ``width`` feature channels;
+    ``shuffle`` the space-to-depth factor (1: the plain DnCNN). The receptive field is
+    ``s (2 depth + 2) - 1`` pixels (``2 depth + 1`` for ``s = 1``).
     """
 
     in_channels: int = 3
@@ -21,33 +30,56 @@ class BackboneConfig:
     depth: int = 17
     width: int = 64
     batchnorm: bool = True
+    shuffle: int = 1
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     @property
     def receptive_field(self) -> int:
-        return 2 * self.depth + 1
+        return self.shuffle * (2 * self.depth + 2) - 1
 
 
 class DnCNN(nn.Module):
-    """DnCNN backbone on ``(B, in_channels, H, W)`` -> ``(B, out_channels, H, W)``."""
+    """DnCNN backbone on ``(B, in_channels, H, W)`` -> ``(B, out_channels, H, W)``, any ``H, W``.
+
+    With ``shuffle = s > 1`` the input is replicate-padded to multiples of ``s`` (the pad is
+    cropped from the output), so pixel ``(i, j)`` falls in block ``(i // s, j // s)``.
+    """
 
     def __init__(self, cfg: BackboneConfig):
         super().__init__()
-        if cfg.depth < 2 or cfg.width < 1:
-            raise ValueError(f"backbone needs depth >= 2 and width >= 1, got {cfg.depth}, {cfg.width}")
+        if cfg.depth < 2 or cfg.width < 1 or cfg.shuffle < 1:
+            raise ValueError(
+                f"backbone needs depth >= 2, width >= 1 and shuffle >= 1, got {cfg.depth}, {cfg.width}, {cfg.shuffle}"
+            )
         self.cfg = cfg
-        layers: list[nn.Module] = [nn.Conv2d(cfg.in_channels, cfg.width, 3, padding=1), nn.ReLU(inplace=True)]
+        s2 = cfg.shuffle**2
+        layers: list[nn.Module] = [nn.Conv2d(cfg.in_channels * s2, cfg.width, 3, padding=1), nn.ReLU(inplace=True)]
         for _ in range(cfg.depth - 2):
             layers.append(nn.Conv2d(cfg.width, cfg.width, 3, padding=1, bias=not cfg.batchnorm))
             if cfg.batchnorm:
                 layers.append(nn.BatchNorm2d(cfg.width))
             layers.append(nn.ReLU(inplace=True))
-        layers.append(nn.Conv2d(cfg.width, cfg.out_channels, 3, padding=1))
+        layers.append(nn.Conv2d(cfg.width, cfg.out_channels * s2, 3, padding=1))
         self.body = nn.Sequential(*layers)
+        # He initialisation (as DnCNN): keeps activations at scale through a deep stack without
+        # batch norm (PyTorch's default shrinks them ~1.7x per layer); the last layer starts at 0.
+        for m in self.body:
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
         nn.init.zeros_(self.body[-1].weight)
         nn.init.zeros_(self.body[-1].bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
+        s = self.cfg.shuffle
+        if s == 1:
+            return self.body(x)
+        H, W = x.shape[-2:]
+        ph, pw = -H % s, -W % s
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+        y = F.pixel_shuffle(self.body(F.pixel_unshuffle(x, s)), s)
+        return y[..., :H, :W] if (ph or pw) else y

@@ -72,7 +72,8 @@ class DirectionNet(nn.Module):
     def raw(self, u: torch.Tensor, g: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
         """The backbone's output ``z`` before the descent-set layer, ``(B, H, W)`` float32 (tiled per ``inference``)."""
         x = torch.stack([u, g, data], dim=1)
-        return run_network(self.backbone, x, self.inference, self.cfg.backbone.receptive_field)[:, 0]
+        bb = self.cfg.backbone
+        return run_network(self.backbone, x, self.inference, bb.receptive_field, bb.shuffle)[:, 0]
 
     def forward(self, u: torch.Tensor, g: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
         """Direction ``d`` for the normalised negative gradient ``g``; ``(B, H, W)`` each.
@@ -98,7 +99,7 @@ class BaselineNet(nn.Module):
     def forward(self, u0: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
         """``(B, H, W)`` each -> ``(B, H, W)``."""
         x = torch.stack([u0, data], dim=1)
-        return u0 + run_network(self.backbone, x, self.inference, self.cfg.receptive_field)[:, 0]
+        return u0 + run_network(self.backbone, x, self.inference, self.cfg.receptive_field, self.cfg.shuffle)[:, 0]
 
 
 def build_network(arch: dict) -> nn.Module:

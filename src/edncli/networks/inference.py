@@ -130,16 +130,19 @@ def receptive_radius(receptive_field: int) -> int:
     return max(int(receptive_field) // 2, 0)
 
 
-def tile_starts(size: int, tile: int, overlap: int) -> List[int]:
+def tile_starts(size: int, tile: int, overlap: int, align: int = 1) -> List[int]:
     """Start indices of tiles of side ``min(tile, size)`` covering ``[0, size)`` with overlaps ``>= overlap``.
 
-    The tiles are spread evenly: ``n = ceil((size - overlap) / (tile - overlap))`` of them, the
-    first at 0 and the last ending at ``size``.
+    The tiles are spread evenly: ``n = ceil((size - overlap') / (tile - overlap'))`` of them, the
+    first at 0 and the last ending at ``size``, ``overlap' = overlap``. With ``align > 1`` every
+    start is rounded down to a multiple of ``align`` (``overlap' = overlap + align - 1`` keeps the
+    overlaps), and the last tile is stretched to end at ``size`` (see :func:`axis_windows`).
     """
     if size <= tile:
         return [0]
-    n = math.ceil((size - overlap) / (tile - overlap))
-    return [round(i * (size - tile) / (n - 1)) for i in range(n)]
+    ov = overlap + align - 1 if tile > overlap + align - 1 else overlap
+    n = math.ceil((size - ov) / (tile - ov))
+    return [a - a % align for a in (round(i * (size - tile) / (n - 1)) for i in range(n))]
 
 
 def _ramp(d: torch.Tensor, margin: int, length: int) -> torch.Tensor:
@@ -154,26 +157,28 @@ def _ramp(d: torch.Tensor, margin: int, length: int) -> torch.Tensor:
     return torch.where(d < margin, torch.zeros_like(w), w)
 
 
-def axis_windows(size: int, tile: int, overlap: int, radius: int) -> List[Tuple[int, int, torch.Tensor]]:
+def axis_windows(size: int, tile: int, overlap: int, radius: int, align: int = 1) -> List[Tuple[int, int, torch.Tensor]]:
     """Per tile along one axis: ``(start, stop, window (stop - start,) float64)``.
 
     Windows are 1 near the image borders, 0 within ``m = min(radius, overlap // 2)`` of an edge
     shared with another tile, and rise smoothly over the next ``max(overlap - 2m, 1)`` pixels.
-    Every pixel has a positive summed weight (checked in the tests over many sizes).
+    Every pixel has a positive summed weight (checked in the tests over many sizes). Starts are
+    multiples of ``align`` (:func:`tile_starts`); the last tile ends at ``size``.
     """
-    starts = tile_starts(size, tile, overlap)
+    starts = tile_starts(size, tile, overlap, align)
     side = min(tile, size)
     margin = min(radius, overlap // 2)
     length = max(overlap - 2 * margin, 1)
     out = []
-    idx = torch.arange(side)
     for i, s in enumerate(starts):
-        w = torch.ones(side, dtype=torch.float64)
+        stop = size if i == len(starts) - 1 else s + side
+        idx = torch.arange(stop - s)
+        w = torch.ones(stop - s, dtype=torch.float64)
         if i > 0:  # an inner edge on the low side
             w = w * _ramp(idx, margin, length)
         if i < len(starts) - 1:  # an inner edge on the high side
-            w = w * _ramp(side - 1 - idx, margin, length)
-        out.append((s, s + side, w))
+            w = w * _ramp(stop - s - 1 - idx, margin, length)
+        out.append((s, stop, w))
     return out
 
 
@@ -182,6 +187,7 @@ def run_network(
     x: torch.Tensor,
     config: Optional[InferenceConfig] = None,
     receptive_field: int = 1,
+    align: int = 1,
 ) -> torch.Tensor:
     """Evaluate a fully convolutional ``fn: (B, C, H, W) -> (B, C', H, W)`` whole or tiled.
 
@@ -191,6 +197,8 @@ def run_network(
     x: input ``(B, C, H, W)``, float32.
     config: tiling, precision and memory format; ``None`` (or the default config) calls ``fn(x)``.
     receptive_field: ``2 r + 1`` of ``fn``; sets the band at tile edges the blending ignores.
+    align: tile starts are multiples of this (a space-to-depth network's block size, so tiles
+        see the same blocks as the whole image).
 
     Returns
     -------
@@ -216,8 +224,8 @@ def run_network(
     if config.tile is None or (H <= config.tile and W <= config.tile):
         return call(x)
     r = receptive_radius(receptive_field)
-    rows = axis_windows(H, config.tile, config.overlap, r)
-    cols = axis_windows(W, config.tile, config.overlap, r)
+    rows = axis_windows(H, config.tile, config.overlap, r, align)
+    cols = axis_windows(W, config.tile, config.overlap, r, align)
     out: Optional[torch.Tensor] = None
     weight = torch.zeros(H, W, dtype=torch.float32, device=x.device)
     for y0, y1, wy in rows:

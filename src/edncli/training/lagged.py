@@ -50,6 +50,8 @@ class TrainConfig:
     depth: int = 8
     width: int = 32
     batchnorm: bool = False
+    #: Space-to-depth factor of the backbone (1: plain DnCNN; see ``networks/backbones.py``).
+    shuffle: int = 1
     layer: str = "cone_ball"
     zeta1: float = 0.05
     zeta2: float = 20.0
@@ -233,7 +235,7 @@ def train(cfg: TrainConfig, out: Path, *, command: str, device: torch.device, qu
     val_x = _validation_set(cfg, cfg.seed) if rank == 0 else None
 
     bb = BackboneConfig(in_channels=3 if cfg.kind == "edn" else 2, out_channels=1, depth=cfg.depth, width=cfg.width,
-                        batchnorm=cfg.batchnorm)
+                        batchnorm=cfg.batchnorm, shuffle=cfg.shuffle)
     if cfg.kind == "edn":
         net_cfg = DirectionNetConfig(backbone=bb, layer=cfg.layer, zeta1=cfg.zeta1, zeta2=cfg.zeta2, zeta=cfg.zeta)
         net: torch.nn.Module = DirectionNet(net_cfg)
@@ -357,7 +359,7 @@ _INPUT_PLANES = {"edn": ("u", "g", "data"), "baseline": ("u", "data")}
 
 
 def warm_start(net: torch.nn.Module, cfg: TrainConfig, name_or_path: str) -> None:
-    """Initialise ``net``'s backbone from the checkpoint ``name_or_path`` (same task, depth, width).
+    """Initialise ``net``'s backbone from the checkpoint ``name_or_path`` (same task, depth, width, shuffle).
 
     A baseline network ``u0 + DnCNN([u0, A^T f / L])`` and a direction network
     ``DnCNN([u, -grad E / L, A^T f / L])`` share the backbone except for the first layer's input
@@ -373,10 +375,11 @@ def warm_start(net: torch.nn.Module, cfg: TrainConfig, name_or_path: str) -> Non
     src_kind = meta["task"].split("-", 1)[0]
     arch = meta.get("arch", {})
     src_bb = arch.get("backbone", arch)
-    if (src_bb.get("depth"), src_bb.get("width")) != (cfg.depth, cfg.width):
+    src_shape = (src_bb.get("depth"), src_bb.get("width"), src_bb.get("shuffle", 1))
+    if src_shape != (cfg.depth, cfg.width, cfg.shuffle):
         raise UsageError(
-            f"--init-from {path.name}: backbone depth {src_bb.get('depth')}, width {src_bb.get('width')} does not "
-            f"match --depth {cfg.depth} --width {cfg.width}"
+            f"--init-from {path.name}: backbone depth {src_shape[0]}, width {src_shape[1]}, shuffle {src_shape[2]} does "
+            f"not match --depth {cfg.depth} --width {cfg.width} --shuffle {cfg.shuffle}"
         )
     own = net.state_dict()
     first = "backbone.body.0.weight"
@@ -386,9 +389,11 @@ def warm_start(net: torch.nn.Module, cfg: TrainConfig, name_or_path: str) -> Non
         if key == first and value.shape != own[key].shape:
             w = torch.zeros_like(own[key])
             src_planes, dst_planes = _INPUT_PLANES[src_kind], _INPUT_PLANES[cfg.kind]
+            n = cfg.shuffle**2  # pixel_unshuffle puts plane c in input channels c*n .. c*n + n - 1
             for i, plane in enumerate(src_planes):
                 if plane in dst_planes:
-                    w[:, dst_planes.index(plane)] = value[:, i]
+                    j = dst_planes.index(plane)
+                    w[:, j * n : (j + 1) * n] = value[:, i * n : (i + 1) * n]
             own[key] = w
         elif value.shape == own[key].shape:
             own[key] = value.clone()
@@ -415,7 +420,9 @@ def _card_body(cfg: TrainConfig, world: int) -> str:
         "## Notes",
         "",
         f"- Network: {'direction network with the ' + ('eq. 22 cone-and-ball' if cfg.layer == 'cone_ball' else 'eq. 21 half-space') + ' layer' if cfg.kind == 'edn' else 'baseline feed-forward network (no guarantee)'}; "
-        f"DnCNN backbone depth {cfg.depth}, width {cfg.width}, batch norm {cfg.batchnorm}.",
+        f"DnCNN backbone depth {cfg.depth}, width {cfg.width}, batch norm {cfg.batchnorm}"
+        + (f", space-to-depth by {cfg.shuffle} (convolutions on {cfg.shuffle}x{cfg.shuffle} blocks)" if cfg.shuffle > 1 else "")
+        + ".",
         f"- Forward model: {json.dumps(s.as_dict())}.",
         f"- Training noise std drawn uniformly in {list(s.noise_sigma)} per sample; patches {cfg.patch}², batch {cfg.batch}, "
         f"{cfg.steps} steps, Adam lr {cfg.lr} with cosine decay, {world} process(es).",
