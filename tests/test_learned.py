@@ -170,6 +170,23 @@ def test_eval_and_weights_commands(tiny_sr, tmp_path, monkeypatch, capsys):
     assert code == 0 and tiny_sr.stem in out
 
 
+def test_eval_paper_protocol_fixed_iterations_with_learned_steps(tiny_sr, tmp_path, monkeypatch, capsys):
+    # Table 1 of paper 001: noise-free data, a fixed number of iterations. With --learned-steps 2
+    # edn takes two network steps and then Landweber steps; for average pooling one Landweber step
+    # fits the data exactly, so the residual ends at round-off (all network steps: it need not).
+    monkeypatch.chdir(tmp_path)
+    _images(tmp_path / "clean", n=2, size=32)
+    args = ["eval", "sr", "--images", "clean", "--methods", f"edn:{tiny_sr}", "--noise-sigma", "0", "--iterations", "6"]
+    code, _, err = edn(monkeypatch, capsys, *args, "--learned-steps", "2", "--json", "t.json")
+    assert code == 0, err
+    doc = json.loads(Path("t.json").read_text())
+    assert doc["protocol"]["learned_steps"] == 2 and doc["protocol"]["iterations"] == 6
+    mean = doc["methods"][f"edn:{tiny_sr}"]["mean"]
+    assert mean["residual_sq"] < 1e-8 and 2 < mean["iterations"] <= 6  # stops early once E is at round-off
+    code, _, err = edn(monkeypatch, capsys, *args, "--learned-steps", "-1")
+    assert code == 2 and "--learned-steps must be >= 0" in err and "Traceback" not in err
+
+
 @pytest.mark.slow
 def test_data_parallel_training_with_torchrun(tmp_path):
     imgs = _images(tmp_path / "imgs")

@@ -41,6 +41,9 @@ class EvalConfig:
     limit: Optional[int] = None
     kernel_sigma: float = 1.6
     extra: Dict[str, object] = field(default_factory=dict)
+    #: ``edn``: network steps before Landweber takes over (``None``: the checkpoint's min-iter,
+    #: or every step with ``iterations``).
+    learned_steps: Optional[int] = None
 
 
 def parse_methods(spec: str) -> List[str]:
@@ -98,6 +101,8 @@ def run_eval(
 
     if cfg.noise_sigma <= 0 and cfg.iterations is None:
         raise UsageError("--noise-sigma must be > 0 to stop at δ; or give --iterations for a fixed count")
+    if cfg.learned_steps is not None and cfg.learned_steps < 0:
+        raise UsageError(f"--learned-steps must be >= 0, got {cfg.learned_steps}")
     files = list(files)[: cfg.limit] if cfg.limit else list(files)
     rows: List[dict] = []
     op_cache: dict = {}
@@ -112,7 +117,8 @@ def run_eval(
         u0 = cfg.spec.initial(op, f)
         for method in cfg.methods:
             name, weights = _split(method)
-            opts = MethodOptions(max_iter=cfg.iterations if cfg.iterations is not None else cfg.max_iter, weights=weights)
+            opts = MethodOptions(max_iter=cfg.iterations if cfg.iterations is not None else cfg.max_iter, weights=weights,
+                                 learned_steps=cfg.learned_steps)
             if cfg.iterations is not None:
                 opts.min_iter = cfg.iterations
                 opts.extra["fixed_iterations"] = True
@@ -162,6 +168,7 @@ def run_eval(
             "tau": cfg.tau,
             "delta_rule": "tau * sigma * sqrt(m) per image" if cfg.iterations is None else None,
             "iterations": cfg.iterations,
+            "learned_steps": cfg.learned_steps,
             "border": cfg.border,
             "images": [Path(p).name for p in files],
             "grayscale": "BT.601 luminance in [0, 1]",
