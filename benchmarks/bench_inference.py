@@ -86,7 +86,14 @@ def main() -> None:
     ]
     for row in passes:
         print(json.dumps(row))
-    runs = [sr_run(["--precision", "fp32"]), sr_run(["--precision", "bf16"]), sr_run(["--tile", "64", "--tile-overlap", "16"])]
+    # Tiles just large enough for an exact result: overlap = receptive field - 1 (module doc of inference.py).
+    from edncli.io.checkpoints import read_metadata
+    from edncli.io.weights import resolve_weights
+    from edncli.networks.direction import DirectionNetConfig
+
+    rf = DirectionNetConfig.from_dict(read_metadata(resolve_weights("edn-sr-x4"))["arch"]).backbone.receptive_field
+    tiled = ["--tile", str(rf - 1 + 64), "--tile-overlap", str(rf - 1)]
+    runs = [sr_run(["--precision", "fp32"]), sr_run(["--precision", "bf16"]), sr_run(tiled)]
     for row in runs:
         print(json.dumps(row))
     if a.out:

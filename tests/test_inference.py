@@ -194,11 +194,11 @@ from .test_cli import edn as _edn  # noqa: E402  (the suite's in-process CLI run
 def test_sr_with_tiles_keeps_energy_monotone(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     code, _, err = _edn(monkeypatch, capsys, "sr", "--scale", "4", EXAMPLES / "camera_lr_x4.tif", "-o", "out.png",
-                        "--tile", "64", "--tile-overlap", "16", "--report", "r.json", "-q")
+                        "--tile", "128", "--tile-overlap", "16", "--report", "r.json", "-q")
     assert code == 0, err
     report = json.loads(Path("r.json").read_text())
     assert report["energy_monotone"] is True and report["delta_reached"] is True
-    assert report["inference"]["tile"] == 64 and report["inference"]["tile_overlap"] == 16
+    assert report["inference"]["tile"] == 128 and report["inference"]["tile_overlap"] == 16
     assert Path("out.png").exists()
 
 
