@@ -149,6 +149,9 @@ def test_train_cli_bad_input(tmp_path, monkeypatch, capsys):
     assert not list(tmp_path.glob("m*.safetensors"))
     code, _, err = edn(monkeypatch, capsys, "train", "--task", "nope")
     assert code == 2
+    code, _, err = edn(monkeypatch, capsys, "train", "--task", "sr", "--images", "small", "--out", "m", "--shuffle", "0")
+    assert code == 2 and "--shuffle must be >= 1" in err and "Traceback" not in err
+    assert not list(tmp_path.glob("m*.safetensors"))
 
 
 def test_eval_and_weights_commands(tiny_sr, tmp_path, monkeypatch, capsys):
