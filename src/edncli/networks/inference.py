@@ -133,10 +133,11 @@ def receptive_radius(receptive_field: int) -> int:
 def tile_starts(size: int, tile: int, overlap: int, align: int = 1) -> List[int]:
     """Start indices of tiles of side ``min(tile, size)`` covering ``[0, size)`` with overlaps ``>= overlap``.
 
-    The tiles are spread evenly: ``n = ceil((size - overlap') / (tile - overlap'))`` of them, the
-    first at 0 and the last ending at ``size``, ``overlap' = overlap``. With ``align > 1`` every
-    start is rounded down to a multiple of ``align`` (``overlap' = overlap + align - 1`` keeps the
-    overlaps), and the last tile is stretched to end at ``size`` (see :func:`axis_windows`).
+    The tiles are spread evenly: ``n = ceil((size - o) / (tile - o))`` of them, the first at 0 and
+    the last ending at ``size``, with ``o = overlap``. With ``align > 1`` every start is rounded
+    down to a multiple of ``align`` and ``o = overlap + align - 1`` (rounding can shrink a shared
+    band by up to ``align - 1``); the last tile is then stretched to end at ``size``
+    (:func:`axis_windows`).
     """
     if size <= tile:
         return [0]
