@@ -60,6 +60,9 @@ class Energy:
     name = "energy"
     #: Lipschitz constant of the gradient, when known (for the ``1/L`` initial step).
     lipschitz: Optional[float] = None
+    #: True when :meth:`grad` always returns a new tensor that nothing else references, so the
+    #: solver may build the next iterate in its memory. False (safe) unless an energy says so.
+    grad_returns_new: bool = False
 
     def value(self, u: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -113,6 +116,11 @@ class DataFidelity(Energy):
     @property
     def lipschitz(self) -> float:  # type: ignore[override]
         return self.op.sqnorm(device=self.f.device)
+
+    @property
+    def grad_returns_new(self) -> bool:  # type: ignore[override]
+        # A^T r is new when A^T's outputs are (the identity hands back the cached residual)
+        return self.op.returns_new
 
     def residual(self, u: torch.Tensor) -> torch.Tensor:
         """``A u - f``; the last result is cached by identity of ``u``."""
@@ -174,10 +182,13 @@ class DataFidelity(Energy):
         self._updates += 1
         if self._updates % self.REFRESH_EVERY == 0 or self._cache_u is not u:
             return False
+        # ``A d`` is not needed after this: the new residual is built in its memory where the
+        # operator's outputs are new tensors (two memory streams instead of three).
+        out = ad if self.op.returns_new else None
         if isinstance(tau, float):
-            self._cache_r = torch.add(r, ad, alpha=tau)
+            self._cache_r = torch.add(r, ad, alpha=tau, out=out)
         else:
-            self._cache_r = torch.addcmul(r, _bcast(tau.to(r.dtype), r), ad)
+            self._cache_r = torch.addcmul(r, _bcast(tau.to(r.dtype), r), ad, out=out)
         self._cache_u = u_new
         return True
 
@@ -214,6 +225,7 @@ class HuberTV(Energy):
     """
 
     name = "huber_tv"
+    grad_returns_new = True
 
     def __init__(self, eps: float = 0.01):
         if not eps > 0:
@@ -242,6 +254,7 @@ class SumEnergy(Energy):
     """``E = sum_i w_i E_i``; the line restriction uses each term's own (closed form) ``along``."""
 
     name = "sum"
+    grad_returns_new = True  # sum(w_i grad_i) is a new tensor
 
     def __init__(self, terms: Sequence[Tuple[float, Energy]]):
         flat: List[Tuple[float, Energy]] = []

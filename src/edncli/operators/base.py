@@ -29,6 +29,11 @@ class LinearOperator:
     """
 
     name: str = "linear"
+    #: True when :meth:`forward` and :meth:`adjoint` always return new tensors that share no
+    #: memory with their input or the operator's state, so a caller may overwrite them: the
+    #: solver then updates iterates and residuals in that memory (two memory streams instead of
+    #: three). False (the safe default) for operators that may hand back their input.
+    returns_new: bool = False
 
     def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int]):
         self.in_shape: Shape = tuple(int(s) for s in in_shape)
@@ -118,6 +123,7 @@ class _Adjoint(LinearOperator):
         super().__init__(op.out_shape, op.in_shape)
         self.op = op
         self.name = f"{op.name}.T"
+        self.returns_new = op.returns_new
 
     def forward(self, x):
         return self.op.adjoint(x)
@@ -138,6 +144,7 @@ class _Composed(LinearOperator):
         super().__init__(inner.in_shape, outer.out_shape)
         self.outer, self.inner = outer, inner
         self.name = f"{outer.name}@{inner.name}"
+        self.returns_new = outer.returns_new and inner.returns_new
 
     def forward(self, x):
         return self.outer.forward(self.inner.forward(x))
@@ -151,6 +158,7 @@ class _Scaled(LinearOperator):
         super().__init__(op.in_shape, op.out_shape)
         self.op, self.scale = op, scale
         self.name = f"{scale:g}*{op.name}"
+        self.returns_new = True  # scale * (...) is a new tensor
 
     def forward(self, x):
         return self.scale * self.op.forward(x)

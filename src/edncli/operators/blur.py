@@ -108,6 +108,7 @@ class Blur(LinearOperator):
     """
 
     name = "blur"
+    returns_new = True
 
     def __init__(self, shape: Sequence[int], kernel: torch.Tensor, boundary: str = "reflect"):
         if boundary not in BOUNDARIES:

@@ -31,6 +31,8 @@ def _check_divisible(shape: Sequence[int], scale: int) -> None:
 class _DownsampleBase(LinearOperator):
     """Shared set-up: a validated integer ``scale`` and shapes ``(H, W) -> (H/s, W/s)``."""
 
+    returns_new = True
+
     def __init__(self, hr_shape: Sequence[int], scale: int):
         self.scale = check_scale(scale)
         _check_divisible(hr_shape, self.scale)

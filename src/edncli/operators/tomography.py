@@ -280,6 +280,7 @@ class CTOperator(LinearOperator):
     """
 
     name = "ct"
+    returns_new = True
     backend = "?"
     projector = "?"
 

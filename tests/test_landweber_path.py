@@ -1,0 +1,145 @@
+"""The specialised loop for gd on the data term (one CPU sample) is the general Algorithm 1, bit for bit.
+
+``descend`` routes ``d = -grad E`` of ``1/2||Au - f||^2`` alone, batch of one, CPU, to a shorter
+loop (``_landweber_single``). Each case runs both loops and compares the iterates exactly, every
+trace field but the time, and the verdict, so the specialisation can never drift from Algorithm 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from edncli.energies import DataFidelity
+from edncli.operators.base import Identity
+from edncli.operators.blur import Blur, gaussian_kernel
+from edncli.operators.downsample import AveragePool, BicubicDownsample
+from edncli.solvers import descent
+from edncli.solvers.descent import LineSearch, StopRule, descend
+
+
+def _image(n: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(1, 1, n // 4, n // 4, generator=gen)
+    return torch.nn.functional.interpolate(x, size=(n, n), mode="bicubic", align_corners=False)[:, 0]
+
+
+def _problem(kind: str, sigma: float = 0.01, seed: int = 0):
+    n = 32
+    op = {
+        "bicubic": lambda: BicubicDownsample((n, n), 4),
+        "average": lambda: AveragePool((n, n), 2),
+        "blur": lambda: Blur((n, n), gaussian_kernel(1.6, 9), "reflect"),
+        "circular": lambda: Blur((n, n), gaussian_kernel(2.0, 25), "circular"),
+        "identity": lambda: Identity((n, n)),
+        "scaled": lambda: Blur((n, n), gaussian_kernel(1.6, 9), "reflect") * 3.0,
+    }[kind]()
+    x = _image(n, seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    f = op(x) + sigma * torch.randn((1, *op.out_shape), generator=gen)
+    return x, op, f
+
+
+def _both(op, f, u0, **kwargs):
+    runs = []
+    for general in (True, False):
+        descent._GENERAL_ONLY = general
+        try:
+            runs.append(descend(DataFidelity(op, f), u0, **kwargs))
+        finally:
+            descent._GENERAL_ONLY = False
+    return runs
+
+
+def _assert_same(general, special):
+    assert torch.equal(general.u, special.u)
+    assert len(general.trace) == len(special.trace)
+    for a, b in zip(general.trace, special.trace):
+        assert dataclasses.replace(a, time_s=0.0) == dataclasses.replace(b, time_s=0.0)
+    assert general.samples == special.samples
+
+
+CASES = [
+    ("bicubic", dict(line=LineSearch(initial="lipschitz"), stop=StopRule(delta=0.05, max_iter=200))),
+    ("bicubic", dict(line=LineSearch(initial="unit"), stop=StopRule(max_iter=30))),
+    ("average", dict(line=LineSearch(initial="lipschitz"), stop=StopRule(max_iter=10, grad_tol=1e-6))),
+    ("blur", dict(line=LineSearch(initial="lipschitz"), stop=StopRule(delta=0.5, min_iter=7, max_iter=100))),
+    ("blur", dict(line=LineSearch(initial="lipschitz", c=0.3, rho=0.3), stop=StopRule(delta=[1e-9], max_iter=60))),
+    ("circular", dict(line=LineSearch(initial="unit", max_backtracks=2), stop=StopRule(max_iter=40))),
+    ("identity", dict(line=LineSearch(initial="lipschitz"), stop=StopRule(max_iter=5))),
+    # ||A|| = 3: the unit step fails Armijo and no reduction is allowed, so the line stalls
+    ("scaled", dict(line=LineSearch(initial="unit", max_backtracks=0), stop=StopRule(max_iter=5))),
+    # noise-free and run long: ends at float32's limit (the round-off guard or a stalled line)
+    ("bicubic", dict(line=LineSearch(initial="lipschitz"), stop=StopRule(max_iter=3000))),
+]
+
+
+@pytest.mark.parametrize("kind, kwargs", CASES)
+def test_specialised_loop_matches_the_general_one(kind, kwargs):
+    sigma = 0.0 if kwargs["stop"].max_iter >= 3000 else 0.01
+    x, op, f = _problem(kind, sigma)
+    u0 = torch.zeros_like(x)
+    general, special = _both(op, f, u0, **kwargs)
+    _assert_same(general, special)
+    assert special.samples[0].energy_monotone
+
+
+def test_specialised_loop_with_reference_and_callback():
+    x, op, f = _problem("blur")
+    seen = {True: [], False: []}
+    runs = []
+    for general in (True, False):
+        descent._GENERAL_ONLY = general
+        try:
+            runs.append(
+                descend(
+                    DataFidelity(op, f), torch.zeros_like(x), line=LineSearch(initial="lipschitz"),
+                    stop=StopRule(delta=0.3, max_iter=50), reference=x, record_ssim=True,
+                    callback=lambda rec, g=general: seen[g].append(rec.iter),
+                )
+            )
+        finally:
+            descent._GENERAL_ONLY = False
+    _assert_same(*runs)
+    assert runs[1].trace[-1].psnr is not None and runs[1].trace[-1].ssim is not None
+    assert seen[True] == seen[False] == list(range(len(runs[1].trace)))
+
+
+def test_the_cases_cover_every_way_a_run_ends():
+    """The comparison above is only a real check if its cases end in every possible way."""
+    reasons = set()
+    for kind, kwargs in CASES:
+        x, op, f = _problem(kind, 0.0 if kwargs["stop"].max_iter >= 3000 else 0.01)
+        reasons.add(descend(DataFidelity(op, f), torch.zeros_like(x), **kwargs).samples[0].stop_reason)
+    assert reasons == {"delta", "max_iter", "grad_tol", "precision_limit", "line_search_stalled"}
+
+
+def test_the_specialised_loop_is_taken_only_where_it_applies(monkeypatch):
+    calls = []
+    real = descent._landweber_single
+    monkeypatch.setattr(descent, "_landweber_single", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x, op, f = _problem("blur")
+    descend(DataFidelity(op, f), torch.zeros_like(x), stop=StopRule(max_iter=3))
+    assert calls == [1]
+    descend(DataFidelity(op, f.repeat(2, 1, 1)), torch.zeros(2, 32, 32), stop=StopRule(max_iter=3))  # a batch
+    descend(DataFidelity(op, f), torch.zeros_like(x), line=LineSearch(initial="bb"), stop=StopRule(max_iter=3))
+    assert calls == [1]
+
+
+def test_general_loop_round_off_guard_restores_the_iterate_in_a_batch():
+    """A batch (general loop, whose update reuses the gradient's memory) run to float32's limit:
+    each sample ends at the guard or a stalled line, and its final iterate is the one whose
+    energy the verdict reports (the undo restored the old iterate, not the rejected one)."""
+    x1, op, f1 = _problem("bicubic", sigma=0.0, seed=0)
+    x2, _, f2 = _problem("bicubic", sigma=0.0, seed=5)
+    f = torch.cat([f1, f2])
+    energy = DataFidelity(op, f)
+    res = descend(energy, torch.zeros(2, 32, 32), line=LineSearch(initial="lipschitz"), stop=StopRule(max_iter=3000))
+    assert {s.stop_reason for s in res.samples} <= {"precision_limit", "line_search_stalled"}
+    assert "precision_limit" in {s.stop_reason for s in res.samples}
+    exact = DataFidelity(op, f).value(res.u).tolist()
+    for s, e in zip(res.samples, exact):
+        assert s.energy_monotone
+        assert e == pytest.approx(s.final_energy, rel=1e-5, abs=1e-12)
