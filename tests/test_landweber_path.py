@@ -11,6 +11,8 @@ import dataclasses
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from edncli.energies import DataFidelity
 from edncli.operators.base import Identity
@@ -18,6 +20,7 @@ from edncli.operators.blur import Blur, gaussian_kernel
 from edncli.operators.downsample import AveragePool, BicubicDownsample
 from edncli.solvers import descent
 from edncli.solvers.descent import LineSearch, StopRule, descend
+from edncli.solvers.trace import IterationRecord
 
 
 def _image(n: int, seed: int) -> torch.Tensor:
@@ -143,3 +146,19 @@ def test_general_loop_round_off_guard_restores_the_iterate_in_a_batch():
     for s, e in zip(res.samples, exact):
         assert s.energy_monotone
         assert e == pytest.approx(s.final_energy, rel=1e-5, abs=1e-12)
+
+
+finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
+nonneg = st.floats(min_value=0.0, allow_nan=False, allow_infinity=False, width=64)
+
+
+@given(
+    k=st.integers(0, 10_000), t=nonneg, e=finite, d=st.none() | nonneg, g=nonneg,
+    step=st.none() | nonneg, b=st.integers(0, 60), active=st.booleans(),
+    q=st.none() | st.tuples(finite, finite),
+)
+def test_record_of_one_is_of_samples_for_a_batch_of_one(k, t, e, d, g, step, b, active, q):
+    psnr, ssim = (None, None) if q is None else ([q[0]], [q[1]])
+    one = IterationRecord.of_one(k, t, e, d, g, step, b, active, psnr, ssim)
+    many = IterationRecord.of_samples(k, t, [e], None if d is None else [d], [g], [step], [b], [active], psnr, ssim)
+    assert one == many

@@ -433,9 +433,7 @@ def _landweber_single(
 
     def record(k: int, step: Optional[float], backtracks: int, active: bool) -> None:
         quality = (None, None) if reference is None else quality_each(u, reference, record_ssim)
-        rec = IterationRecord.of_samples(
-            k, time.perf_counter() - start, [e_h], [disc_h], [gn2_h], [step], [backtracks], [active], *quality  # type: ignore[arg-type]
-        )
+        rec = IterationRecord.of_one(k, time.perf_counter() - start, e_h, disc_h, gn2_h, step, backtracks, active, *quality)
         trace.append(rec)
         if callback is not None:
             callback(rec)

@@ -106,6 +106,34 @@ class IterationRecord:
             ),
         )
 
+    @classmethod
+    def of_one(
+        cls,
+        k: int,
+        time_s: float,
+        energy: float,
+        discrepancy: Optional[float],
+        grad_norm_sq: float,
+        step: Optional[float],
+        backtracks: int,
+        active: bool,
+        psnr: Optional[Sequence[float]] = None,
+        ssim: Optional[Sequence[float]] = None,
+    ) -> "IterationRecord":
+        """:meth:`of_samples` for a batch of one, with the same arithmetic (so the same floats)."""
+        return cls(
+            iter=k,
+            energy=energy + 0.0,
+            discrepancy=None if discrepancy is None else math.sqrt(discrepancy * discrepancy),
+            grad_norm=math.sqrt(grad_norm_sq),
+            step=0.0 if step is None else 0 + step,
+            backtracks=backtracks,
+            time_s=time_s,
+            active=int(active),
+            psnr=None if psnr is None else 0 + psnr[0],
+            ssim=None if ssim is None else 0 + ssim[0],
+        )
+
     def group(self, lo: int, hi: int) -> "IterationRecord":
         """This record as a run of samples ``[lo, hi)`` alone would have written it."""
         if self.rows is None:
