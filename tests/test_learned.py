@@ -205,11 +205,11 @@ def test_data_parallel_training_with_torchrun(tmp_path):
 
 
 def test_edn_hands_over_to_landweber_after_its_learned_steps(tiny_sr):
-    # After `learned_steps` network steps a sample that has not met δ continues with -grad/L at
-    # a unit trial step: with learned_steps=0 that is exactly Landweber (gd) from the same start.
+    # With --handover gd, after `learned_steps` network steps a sample that has not met δ continues
+    # with -grad/L at a unit trial step: with learned_steps=0 that is exactly Landweber (gd).
     x, op, f, u0 = _sr_problem(sigma=0.02)
     problem = Problem(op, f, u0, DeltaChoice(0.5 * 0.02 * 8, "given"), task="sr")
-    land = solve(problem, "edn", MethodOptions(weights=str(tiny_sr), min_iter=0, learned_steps=0, max_iter=200))
+    land = solve(problem, "edn", MethodOptions(weights=str(tiny_sr), min_iter=0, learned_steps=0, max_iter=200, handover="gd"))
     ref = solve(problem, "gd", MethodOptions(max_iter=200))
     assert land.extra["learned_steps"] == 0
     assert land.iterations == ref.iterations > 0

@@ -44,6 +44,8 @@ class EvalConfig:
     #: ``edn``: network steps before Landweber takes over (``None``: the checkpoint's min-iter,
     #: or every step with ``iterations``).
     learned_steps: Optional[int] = None
+    #: ``edn``: what continues after the network steps, ``"gd"`` (Landweber) or ``"cg"``.
+    handover: str = "cg"
 
 
 def parse_methods(spec: str) -> List[str]:
@@ -103,6 +105,8 @@ def run_eval(
         raise UsageError("--noise-sigma must be > 0 to stop at δ; or give --iterations for a fixed count")
     if cfg.learned_steps is not None and cfg.learned_steps < 0:
         raise UsageError(f"--learned-steps must be >= 0, got {cfg.learned_steps}")
+    if cfg.handover not in ("gd", "cg"):
+        raise UsageError(f"--handover must be gd or cg, got {cfg.handover!r}")
     files = list(files)[: cfg.limit] if cfg.limit else list(files)
     rows: List[dict] = []
     op_cache: dict = {}
@@ -118,7 +122,7 @@ def run_eval(
         for method in cfg.methods:
             name, weights = _split(method)
             opts = MethodOptions(max_iter=cfg.iterations if cfg.iterations is not None else cfg.max_iter, weights=weights,
-                                 learned_steps=cfg.learned_steps)
+                                 learned_steps=cfg.learned_steps, handover=cfg.handover)
             if cfg.iterations is not None:
                 opts.min_iter = cfg.iterations
                 opts.extra["fixed_iterations"] = True
@@ -169,6 +173,7 @@ def run_eval(
             "delta_rule": "tau * sigma * sqrt(m) per image" if cfg.iterations is None else None,
             "iterations": cfg.iterations,
             "learned_steps": cfg.learned_steps,
+            "handover": cfg.handover,
             "border": cfg.border,
             "images": [Path(p).name for p in files],
             "grayscale": "BT.601 luminance in [0, 1]",

@@ -48,7 +48,15 @@ LearnedSteps = Annotated[
     typer.Option(
         "--learned-steps",
         help="edn: network steps at most (default: --min-iter); if δ is not met by then, Landweber "
-        "steps (-∇E/‖A‖², Armijo-safeguarded) continue until it is. Networks are trained for short paths.",
+        "or CG steps (--handover; Armijo-safeguarded) continue until it is. Networks are trained for short paths.",
+    ),
+]
+Handover = Annotated[
+    Optional[str],
+    typer.Option(
+        "--handover",
+        help="edn: what continues after the network steps until δ: cg (conjugate gradients, exact "
+        "steps) or gd (Landweber steps, many more of them) (default: cg).",
     ),
 ]
 ReferenceOpt = Annotated[

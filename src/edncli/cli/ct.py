@@ -97,7 +97,7 @@ def ct(
     slices: Slices = None,
     transpose: Transpose = False,
     backend: Backend = "auto",
-    method: MethodOpt = "gd",
+    method: MethodOpt = "cg",
     init: Annotated[Optional[str], typer.Option("--init", help="fbp (default) or zero.")] = None,
     delta: c.DeltaOpt = "auto",
     noise_sigma: c.NoiseSigma = None,
@@ -105,6 +105,7 @@ def ct(
     max_iter: c.MaxIter = None,
     min_iter: c.MinIter = None,
     learned_steps: c.LearnedSteps = None,
+    handover: c.Handover = None,
     alpha: AlphaOpt = None,
     weights: WeightsOpt = None,
     reference: c.ReferenceOpt = None,
@@ -158,7 +159,7 @@ def ct(
             options = _options(
                 max_iter, min_iter, alpha, weights, reference,
                 tile=tile, tile_overlap=tile_overlap, precision=precision, channels_last=channels_last,
-                learned_steps=learned_steps,
+                learned_steps=learned_steps, handover=handover,
             )
             dev = rank_device(c.resolve_device(device), launch)
         with ShardGroup(launch, dev) as group:

@@ -26,7 +26,7 @@ MaxIter = Annotated[int, typer.Option("--max-iter", help="Iteration cap when sto
 
 
 def _run(spec, images, methods, noise_sigma, seed, tau, iterations, max_iter, border, limit, json_out, device, quiet,
-         force, size=None, kernel_sigma=1.6, extra=None, learned_steps=None):
+         force, size=None, kernel_sigma=1.6, extra=None, learned_steps=None, handover=None):
     from ..evaluation import EvalConfig, format_table, parse_methods, run_eval
     from ..io.images import IMAGE_SUFFIXES, write_bytes
 
@@ -35,7 +35,8 @@ def _run(spec, images, methods, noise_sigma, seed, tau, iterations, max_iter, bo
         c.check_exists_for_write([json_out], force)
     cfg = EvalConfig(spec=spec, methods=parse_methods(methods), noise_sigma=noise_sigma, seed=seed, tau=tau,
                      iterations=iterations, max_iter=max_iter, border=border, limit=limit, size=size,
-                     kernel_sigma=kernel_sigma, extra=extra or {}, learned_steps=learned_steps)
+                     kernel_sigma=kernel_sigma, extra=extra or {}, learned_steps=learned_steps,
+                     handover=handover or EvalConfig.handover)
     dev = c.resolve_device(device)
     doc = run_eval([Path(f) for f in files], cfg, dev, progress=None if quiet else (lambda m: c.say(m, False)))
     print(format_table(doc))
@@ -54,6 +55,7 @@ def eval_sr(
     tau: c.Tau = 1.0,
     iterations: Iterations = None,
     learned_steps: c.LearnedSteps = None,
+    handover: c.Handover = None,
     max_iter: MaxIter = 300,
     border: Border = 4,
     limit: Limit = None,
@@ -68,7 +70,7 @@ def eval_sr(
 
     spec = TaskSpec("sr", scale=check_scale(scale), downsampler=downsampler)
     _run(spec, images, methods, noise_sigma, seed, tau, iterations, max_iter, border, limit, json_out, device, quiet, force,
-         learned_steps=learned_steps)
+         learned_steps=learned_steps, handover=handover)
 
 
 @app.command("deblur")
@@ -83,6 +85,7 @@ def eval_deblur(
     tau: c.Tau = 1.0,
     iterations: Iterations = None,
     learned_steps: c.LearnedSteps = None,
+    handover: c.Handover = None,
     max_iter: MaxIter = 300,
     border: Border = 4,
     limit: Limit = None,
@@ -96,7 +99,7 @@ def eval_deblur(
 
     spec = TaskSpec("deblur", kernel_sigma=(kernel_sigma, kernel_sigma), kernel_size=kernel_size, boundary=boundary)
     _run(spec, images, methods, noise_sigma, seed, tau, iterations, max_iter, border, limit, json_out, device, quiet,
-         force, kernel_sigma=kernel_sigma, learned_steps=learned_steps)
+         force, kernel_sigma=kernel_sigma, learned_steps=learned_steps, handover=handover)
 
 
 @app.command("ct")
@@ -110,6 +113,7 @@ def eval_ct(
     tau: c.Tau = 1.0,
     iterations: Iterations = None,
     learned_steps: c.LearnedSteps = None,
+    handover: c.Handover = None,
     max_iter: MaxIter = 300,
     border: Border = 0,
     limit: Limit = None,
@@ -125,4 +129,4 @@ def eval_ct(
         raise UsageError(f"--size must be >= 8, got {size}")
     spec = TaskSpec("ct", angles=angles)
     _run(spec, images, methods, noise_sigma, seed, tau, iterations, max_iter, border, limit, json_out, device, quiet,
-         force, size=size, learned_steps=learned_steps)
+         force, size=size, learned_steps=learned_steps, handover=handover)

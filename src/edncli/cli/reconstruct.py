@@ -20,7 +20,7 @@ from typing_extensions import Annotated
 from ..errors import UsageError
 from . import common as c
 
-METHOD_NAMES = ("gd", "tv", "edn", "baseline", "potential", "red", "pnp")
+METHOD_NAMES = ("gd", "cg", "tv", "edn", "baseline", "potential", "red", "pnp")
 DEFAULT_MAX_ITER = 300
 
 MethodOpt = Annotated[str, typer.Option("--method", "-m", help=f"One of: {', '.join(METHOD_NAMES)}.")]
@@ -43,7 +43,7 @@ def _check_method(method: str) -> str:
 
 def _options(
     max_iter, min_iter, alpha, weights, reference, lam=None, mu=None, box=False, preset=None,
-    tile=None, tile_overlap=None, precision="fp32", channels_last=None, learned_steps=None,
+    tile=None, tile_overlap=None, precision="fp32", channels_last=None, learned_steps=None, handover=None,
 ):
     """:class:`~edncli.solvers.methods.MethodOptions` from the command's options (bad values: UsageError)."""
     from ..networks.inference import InferenceConfig
@@ -55,8 +55,11 @@ def _options(
         raise UsageError(f"--min-iter must be >= 0, got {min_iter}")
     if learned_steps is not None and learned_steps < 0:
         raise UsageError(f"--learned-steps must be >= 0, got {learned_steps}")
+    if handover is not None and handover not in ("gd", "cg"):
+        raise UsageError(f"--handover must be gd or cg, got {handover!r}")
     return MethodOptions(
         learned_steps=learned_steps,
+        handover=handover or MethodOptions.handover,
         max_iter=DEFAULT_MAX_ITER if max_iter is None else max_iter,
         min_iter=min_iter,
         alpha=alpha,
@@ -243,6 +246,7 @@ def sr(
     max_iter: c.MaxIter = None,
     min_iter: c.MinIter = None,
     learned_steps: c.LearnedSteps = None,
+    handover: c.Handover = None,
     alpha: AlphaOpt = None,
     weights: WeightsOpt = None,
     lam: LamOpt = None,
@@ -285,7 +289,7 @@ def sr(
         delta = None
     options = _options(
         max_iter, min_iter, alpha, weights, reference, lam, mu, box, preset, tile, tile_overlap, precision, channels_last,
-        learned_steps,
+        learned_steps, handover,
     )
     inputs = c.expand_inputs(input)
     outputs = c.plan_outputs(inputs, output, output_dir, fmt)
@@ -331,6 +335,7 @@ def deblur(
     max_iter: c.MaxIter = None,
     min_iter: c.MinIter = None,
     learned_steps: c.LearnedSteps = None,
+    handover: c.Handover = None,
     alpha: AlphaOpt = None,
     weights: WeightsOpt = None,
     lam: LamOpt = None,
@@ -374,7 +379,7 @@ def deblur(
         delta = None
     options = _options(
         max_iter, min_iter, alpha, weights, reference, lam, mu, box, preset, tile, tile_overlap, precision, channels_last,
-        learned_steps,
+        learned_steps, handover,
     )
     inputs = c.expand_inputs(input)
     outputs = c.plan_outputs(inputs, output, output_dir, fmt)

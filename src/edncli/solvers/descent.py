@@ -52,7 +52,12 @@ CLOSED_FORM_MAX_DROP = 0.05
 
 
 class DirectionProvider(Protocol):
-    """``(u, grad, k) -> d``: a direction for the iterate ``u`` given ``grad = grad E(u)``."""
+    """``(u, grad, k) -> d``: a direction for the iterate ``u`` given ``grad = grad E(u)``.
+
+    A provider may also define ``initial_step(k) -> Optional[str]``: the line search's first
+    trial for step ``k`` (one of :class:`LineSearch`'s ``initial`` values; None keeps the
+    line search's own), e.g. unit steps for network directions, then exact ones for CG.
+    """
 
     def __call__(self, u: torch.Tensor, grad: torch.Tensor, k: int) -> torch.Tensor: ...
 
@@ -66,14 +71,47 @@ def negative_gradient(u: torch.Tensor, grad: torch.Tensor, k: int) -> torch.Tens
     return -grad
 
 
+class ConjugateDirections:
+    """Fletcher-Reeves directions ``d_k = -g_k + beta_k d_{k-1}``, ``beta_k = ||g_k||^2 / ||g_{k-1}||^2``.
+
+    Per sample of the batch. With ``E = 1/2||A u - f||^2`` and the exact line minimisation
+    (``LineSearch(initial="exact")``) this is CGLS, conjugate gradients on the normal equations
+    (Hestenes & Stiefel 1952): the k-th iterate minimises ``||A u - f||`` over
+    ``u0 + span{g_0, (A^T A) g_0, ..., (A^T A)^(k-1) g_0}``, so the residual is never above
+    Landweber's after as many steps, and stopped at δ it is a regularisation method like
+    Landweber's early stopping (Hanke 1995). A direction that is not a descent direction (after
+    an inexact step or round-off) restarts that sample at ``-g``. Keeps the previous direction:
+    one instance per run.
+    """
+
+    def __init__(self) -> None:
+        self._d: Optional[torch.Tensor] = None
+        self._gg: Optional[torch.Tensor] = None
+
+    def __call__(self, u: torch.Tensor, grad: torch.Tensor, k: int) -> torch.Tensor:
+        gg = fast_dot(grad, grad)
+        if k == 0 or self._d is None or self._gg is None:
+            d = -grad
+        else:
+            beta = torch.where(self._gg > 0, gg / self._gg.clamp_min(1e-38), torch.zeros_like(gg))
+            d = _bcast(beta, grad) * self._d - grad
+            restart = fast_dot(d, grad) >= 0
+            if bool(restart.any()):
+                d = torch.where(_bcast(restart, d), -grad, d)
+        self._d, self._gg = d, gg
+        return d
+
+
 @dataclass
 class LineSearch:
     """Armijo backtracking settings (paper 001, Alg. 1: ``c in (0, 0.5)``, ``rho in (0, 1)``).
 
     ``initial`` picks the first trial step: ``"unit"`` (``tau = 1``, the paper's choice for
     networks), ``"lipschitz"`` (``1/L`` from the energy's known Lipschitz constant: the
-    Landweber step for ``d = -grad E``), or ``"bb"`` (Barzilai-Borwein from the last two
-    iterates, clipped to ``[1/L, 1e4/L]``; still safeguarded by the Armijo test).
+    Landweber step for ``d = -grad E``), ``"bb"`` (Barzilai-Borwein from the last two
+    iterates, clipped to ``[1/L, 1e4/L]``), or ``"exact"`` (the minimiser ``-a1/a2`` of the line's
+    closed form ``E + a1 t + a2 t^2/2`` where the energy is quadratic, which passes the Armijo test
+    for any ``c <= 1/2``; ``"lipschitz"`` elsewhere). Every trial is still checked by the Armijo test.
     """
 
     c: float = 1e-4
@@ -86,8 +124,8 @@ class LineSearch:
             raise ValueError(f"line search c must be in (0, 0.5), got {self.c}")
         if not 0 < self.rho < 1:
             raise ValueError(f"line search rho must be in (0, 1), got {self.rho}")
-        if self.initial not in ("unit", "lipschitz", "bb"):
-            raise ValueError(f"line search initial must be unit, lipschitz or bb, got {self.initial!r}")
+        if self.initial not in ("unit", "lipschitz", "bb", "exact"):
+            raise ValueError(f"line search initial must be unit, lipschitz, bb or exact, got {self.initial!r}")
 
 
 @dataclass
@@ -167,8 +205,10 @@ def descend(
     data = data_term_of(energy)
     data_only = data is not None and energy is data
     delta = per_sample_deltas(stop.delta, batch)
-    lipschitz = energy.lipschitz if line.initial in ("lipschitz", "bb") else None
-    if line.initial in ("lipschitz", "bb") and not lipschitz:
+    # A provider may choose the first trial step per iteration (e.g. network steps, then CG).
+    initial_step: Optional[Callable[[int], Optional[str]]] = getattr(direction, "initial_step", None)
+    lipschitz = energy.lipschitz if (line.initial != "unit" or initial_step is not None) else None
+    if line.initial != "unit" and not lipschitz:
         raise ValueError(f"initial step {line.initial!r} needs an energy with a known Lipschitz constant")
     steepest = direction is negative_gradient
     has_moved = hasattr(energy, "moved")
@@ -178,7 +218,7 @@ def descend(
     # the old gradient is recomputed in the rare case that the guard needs it. Barzilai-Borwein
     # steps need the old gradient every iteration, so they keep the out-of-place update.
     reuse_grad = steepest and line.initial != "bb" and bool(getattr(energy, "grad_returns_new", False))
-    if steepest and data_only and batch == 1 and line.initial != "bb" and device.type == "cpu" and not _GENERAL_ONLY:
+    if steepest and data_only and batch == 1 and line.initial in ("unit", "lipschitz") and device.type == "cpu" and not _GENERAL_ONLY:
         return _landweber_single(
             energy, u, line, stop, method, reference, callback, record_ssim, start, lipschitz, delta, reuse_grad
         )
@@ -245,14 +285,17 @@ def descend(
         e = None  # used by the line only; stale once u moves
         quad = getattr(phi, "quadratic", None)
         bb_pull = (None, None)
-        if line.initial == "bb" and prev_u is not None:
+        initial = (initial_step(k - 1) if initial_step is not None else None) or line.initial
+        if initial in ("lipschitz", "bb") and not lipschitz:
+            raise ValueError(f"initial step {initial!r} needs an energy with a known Lipschitz constant")
+        if initial == "bb" and prev_u is not None:
             s, y = u - prev_u, g - prev_g
             bb_pull = (fast_dot(s, y), fast_dot(s, s))
         dg_h, a1_h, a2_h, dd_h, sy_h, ss_h = _host(
             None if steepest else fast_dot(d, g),
             None if quad is None else quad[0],
             None if quad is None else quad[1],
-            fast_dot(d, d) if (line.initial == "lipschitz" and not steepest) else None,
+            fast_dot(d, d) if (not steepest and (initial == "lipschitz" or (initial == "exact" and quad is None))) else None,
             *bb_pull,
         )
         # slope = <sign d, -grad E> > 0 for a descent direction.
@@ -275,18 +318,25 @@ def descend(
                 fallbacks[i] += int(bad[i])
 
         tau0 = [1.0] * batch
-        if line.initial != "unit":
-            tau0 = [1.0 / lipschitz] * batch  # type: ignore[operator]
+        if initial != "unit":
+            tau0 = [1.0 / lipschitz if lipschitz else 1.0] * batch
             if sy_h is not None:
                 for i in range(batch):
                     if sy_h[i] > 0:
                         bb = ss_h[i] / max(sy_h[i], 1e-30)  # type: ignore[index]
                         tau0[i] = min(max(bb, 1.0 / lipschitz), 1e4 / lipschitz)  # type: ignore[operator]
-            if line.initial == "lipschitz" and not steepest:
+            if dd_h is not None:
                 # Scale so the first trial moves as far as a 1/L gradient step would.
                 for i in range(batch):
                     if gn2_h[i] > 0:
-                        tau0[i] *= math.sqrt(gn2_h[i]) / max(math.sqrt(max(dd_h[i], 0.0)), 1e-30)  # type: ignore[index]
+                        tau0[i] *= math.sqrt(gn2_h[i]) / max(math.sqrt(max(dd_h[i], 0.0)), 1e-30)
+            if initial == "exact" and quad is not None:
+                # The line's minimiser t* = -a1/a2, as a step along sign * d.
+                for i in range(batch):
+                    if a2_h[i] > 0:  # type: ignore[index]
+                        t_star = -sign * a1_h[i] / a2_h[i]  # type: ignore[index]
+                        if 0 < t_star < math.inf:
+                            tau0[i] = t_star
 
         tau = [0.0] * batch
         trials = [0] * batch

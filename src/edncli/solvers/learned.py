@@ -10,19 +10,19 @@ no energy, no guarantee; its report states whether the result happens to meet δ
 from __future__ import annotations
 
 import time
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
 from ..energies import DataFidelity, HuberTV
-from ..errors import CheckpointError
+from ..errors import CheckpointError, UsageError
 from ..io.checkpoints import load_checkpoint
 from ..io.weights import resolve_weights
 from ..metrics import quality_each
 from ..networks.direction import build_network, network_inputs
 from ..networks.inference import InferenceConfig
 from ..tasks import TaskSpec
-from .descent import LineSearch, StopRule, descend
+from .descent import ConjugateDirections, LineSearch, StopRule, descend
 from .methods import Callback, MethodOptions, Problem, register_method
 from .trace import IterationRecord, SampleVerdict, SolveResult
 
@@ -34,6 +34,39 @@ DEFAULT_WEIGHTS = {
     ("baseline", "ct"): "baseline-ct",
     ("baseline", "deblur"): "baseline-deblur",
 }
+
+
+#: What ``edn`` does after its network steps (``MethodOptions.handover``), as the report says it.
+AFTER_LEARNED = {
+    "cg": "conjugate gradients (CGLS: Fletcher-Reeves directions, exact line minimisation, Armijo-checked)",
+    "gd": "landweber (-grad E / ||A||^2, Armijo)",
+}
+
+
+class NetworkThen:
+    """Direction provider of ``edn``: the network for steps ``k < learned``, then CG or Landweber.
+
+    ``net(u, -grad/L, data)`` gives the network's (projected) direction; ``then`` is ``"cg"``
+    (:class:`~edncli.solvers.descent.ConjugateDirections` restarted at step ``learned``, exact
+    first trial steps) or ``"gd"`` (``-grad/L`` with unit steps, i.e. Landweber's ``1/||A||^2``).
+    """
+
+    def __init__(self, net: torch.nn.Module, L: float, data: torch.Tensor, learned: int, then: str = "cg"):
+        if then not in AFTER_LEARNED:
+            raise UsageError(f"--handover must be one of {', '.join(AFTER_LEARNED)}, got {then!r}")
+        self.net, self.L, self.data, self.learned = net, L, data, learned
+        self._cg = ConjugateDirections() if then == "cg" else None
+
+    @torch.no_grad()
+    def __call__(self, u: torch.Tensor, grad: torch.Tensor, k: int) -> torch.Tensor:
+        if k < self.learned:
+            return self.net(u, -grad / self.L, self.data)
+        if self._cg is not None:
+            return self._cg(u, grad, k - self.learned)
+        return -grad / self.L
+
+    def initial_step(self, k: int) -> Optional[str]:
+        return "exact" if self._cg is not None and k >= self.learned else None
 
 
 def load_learned(kind: str, name_or_path: str, device) -> Tuple[torch.nn.Module, dict]:
@@ -107,20 +140,16 @@ def solve_edn(problem: Problem, options: MethodOptions, callback: Callback = Non
     min_iter = options.min_iter if options.min_iter is not None else int(meta.get("min_iter", 15))
     # Networks are trained on short paths (the lagged scheme's 0-10 steps); far beyond them their
     # directions are out of distribution. After `learned_steps` network steps, a sample that has
-    # not met δ continues with Landweber steps d = -grad E / L (a unit step is the step 1/||A||^2),
-    # which reach δ (early stopping); both are checked by the same line search.
+    # not met δ continues with conjugate gradients (CGLS, exact steps) or Landweber steps
+    # (d = -grad E / L, unit step = 1/||A||^2), which reach δ (early stopping); every step is
+    # checked by the same line search.
     learned = options.learned_steps if options.learned_steps is not None else min_iter
-
-    @torch.no_grad()
-    def direction(u, grad, k):
-        if k < learned:
-            return net(u, -grad / L, data)
-        return -grad / L
+    direction = NetworkThen(net, L, data, learned, options.handover)
     result = descend(
         energy,
         u0,
         direction,
-        line=LineSearch(c=options.c, rho=options.rho, initial="unit"),
+        line=LineSearch(c=options.c, rho=options.rho, initial="unit"),  # the network's steps: tau0 = 1
         stop=StopRule(delta=problem.deltas(), min_iter=min_iter, max_iter=max(options.max_iter, min_iter), grad_tol=options.grad_tol),
         method="edn",
         reference=problem.reference,
@@ -132,7 +161,7 @@ def solve_edn(problem: Problem, options: MethodOptions, callback: Callback = Non
         result.extra["inference"] = inference.describe()
     result.extra["min_iter"] = min_iter
     result.extra["learned_steps"] = learned
-    result.extra["after_learned_steps"] = "landweber (-grad E / ||A||^2, Armijo)"
+    result.extra["after_learned_steps"] = AFTER_LEARNED[options.handover]
     result.extra["init"] = "zero (from the checkpoint)" if spec.init == "zero" else "the command's --init"
     return result
 
