@@ -55,7 +55,7 @@ from edncli.solvers.methods import MethodOptions, Problem, solve
 from edncli.tasks import TaskSpec
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "set12"
-METHODS = "gd,tv,red,pnp,potential,edn,baseline"
+METHODS = "gd,cg,tv,red,pnp,potential,edn,baseline"
 #: Shipped checkpoint per (method, task) for the learned methods that need one per task.
 TASK_WEIGHTS = DEFAULT_WEIGHTS
 
