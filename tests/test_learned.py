@@ -188,6 +188,16 @@ def test_eval_paper_protocol_fixed_iterations_with_learned_steps(tiny_sr, tmp_pa
     assert mean["residual_sq"] < 1e-8 and 2 < mean["iterations"] <= 6  # stops early once E is at round-off
     code, _, err = edn(monkeypatch, capsys, *args, "--learned-steps", "-1")
     assert code == 2 and "--learned-steps must be >= 0" in err and "Traceback" not in err
+    # the protocol records the hand-over and the network precision; bad values are usage errors
+    assert doc["protocol"]["handover"] == "cg" and doc["protocol"]["precision"] == "fp32"
+    code, _, err = edn(monkeypatch, capsys, *args, "--precision", "bf16", "--handover", "gd", "--json", "b.json")
+    assert code == 0, err
+    doc = json.loads(Path("b.json").read_text())
+    assert doc["protocol"]["handover"] == "gd" and doc["protocol"]["precision"] == "bf16"
+    assert doc["methods"][f"edn:{tiny_sr}"]["energy_monotone_all"] is True
+    for bad, msg in ((["--precision", "fp8"], "--precision must be one of"), (["--handover", "lbfgs"], "--handover must be gd or cg")):
+        code, _, err = edn(monkeypatch, capsys, *args, *bad)
+        assert code == 2 and msg in err and "Traceback" not in err, err
 
 
 @pytest.mark.slow

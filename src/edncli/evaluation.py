@@ -20,6 +20,7 @@ import torch
 
 from .errors import UsageError
 from .metrics import psnr, ssim
+from .networks.inference import InferenceConfig
 from .solvers.methods import MethodOptions, Problem, solve
 from .solvers.stopping import DeltaChoice
 from .tasks import TaskSpec
@@ -46,6 +47,8 @@ class EvalConfig:
     learned_steps: Optional[int] = None
     #: ``edn``: what continues after the network steps, ``"gd"`` (Landweber) or ``"cg"``.
     handover: str = "cg"
+    #: Networks: autocast dtype (``"fp32"``, ``"bf16"``, ``"fp16"``), as ``--precision``.
+    precision: str = "fp32"
 
 
 def parse_methods(spec: str) -> List[str]:
@@ -107,6 +110,7 @@ def run_eval(
         raise UsageError(f"--learned-steps must be >= 0, got {cfg.learned_steps}")
     if cfg.handover not in ("gd", "cg"):
         raise UsageError(f"--handover must be gd or cg, got {cfg.handover!r}")
+    InferenceConfig(precision=cfg.precision)  # a bad --precision is a usage error before any work
     files = list(files)[: cfg.limit] if cfg.limit else list(files)
     rows: List[dict] = []
     op_cache: dict = {}
@@ -122,7 +126,8 @@ def run_eval(
         for method in cfg.methods:
             name, weights = _split(method)
             opts = MethodOptions(max_iter=cfg.iterations if cfg.iterations is not None else cfg.max_iter, weights=weights,
-                                 learned_steps=cfg.learned_steps, handover=cfg.handover)
+                                 learned_steps=cfg.learned_steps, handover=cfg.handover,
+                                 inference=InferenceConfig(precision=cfg.precision))
             if cfg.iterations is not None:
                 opts.min_iter = cfg.iterations
                 opts.extra["fixed_iterations"] = True
@@ -174,6 +179,7 @@ def run_eval(
             "iterations": cfg.iterations,
             "learned_steps": cfg.learned_steps,
             "handover": cfg.handover,
+            "precision": cfg.precision,
             "border": cfg.border,
             "images": [Path(p).name for p in files],
             "grayscale": "BT.601 luminance in [0, 1]",

@@ -26,7 +26,7 @@ MaxIter = Annotated[int, typer.Option("--max-iter", help="Iteration cap when sto
 
 
 def _run(spec, images, methods, noise_sigma, seed, tau, iterations, max_iter, border, limit, json_out, device, quiet,
-         force, size=None, kernel_sigma=1.6, extra=None, learned_steps=None, handover=None):
+         force, size=None, kernel_sigma=1.6, extra=None, learned_steps=None, handover=None, precision="fp32"):
     from ..evaluation import EvalConfig, format_table, parse_methods, run_eval
     from ..io.images import IMAGE_SUFFIXES, write_bytes
 
@@ -36,7 +36,7 @@ def _run(spec, images, methods, noise_sigma, seed, tau, iterations, max_iter, bo
     cfg = EvalConfig(spec=spec, methods=parse_methods(methods), noise_sigma=noise_sigma, seed=seed, tau=tau,
                      iterations=iterations, max_iter=max_iter, border=border, limit=limit, size=size,
                      kernel_sigma=kernel_sigma, extra=extra or {}, learned_steps=learned_steps,
-                     handover=handover or EvalConfig.handover)
+                     handover=handover or EvalConfig.handover, precision=precision)
     dev = c.resolve_device(device)
     doc = run_eval([Path(f) for f in files], cfg, dev, progress=None if quiet else (lambda m: c.say(m, False)))
     print(format_table(doc))
@@ -56,6 +56,7 @@ def eval_sr(
     iterations: Iterations = None,
     learned_steps: c.LearnedSteps = None,
     handover: c.Handover = None,
+    precision: c.Precision = "fp32",
     max_iter: MaxIter = 300,
     border: Border = 4,
     limit: Limit = None,
@@ -70,7 +71,7 @@ def eval_sr(
 
     spec = TaskSpec("sr", scale=check_scale(scale), downsampler=downsampler)
     _run(spec, images, methods, noise_sigma, seed, tau, iterations, max_iter, border, limit, json_out, device, quiet, force,
-         learned_steps=learned_steps, handover=handover)
+         learned_steps=learned_steps, handover=handover, precision=precision)
 
 
 @app.command("deblur")
@@ -86,6 +87,7 @@ def eval_deblur(
     iterations: Iterations = None,
     learned_steps: c.LearnedSteps = None,
     handover: c.Handover = None,
+    precision: c.Precision = "fp32",
     max_iter: MaxIter = 300,
     border: Border = 4,
     limit: Limit = None,
@@ -99,7 +101,7 @@ def eval_deblur(
 
     spec = TaskSpec("deblur", kernel_sigma=(kernel_sigma, kernel_sigma), kernel_size=kernel_size, boundary=boundary)
     _run(spec, images, methods, noise_sigma, seed, tau, iterations, max_iter, border, limit, json_out, device, quiet,
-         force, kernel_sigma=kernel_sigma, learned_steps=learned_steps, handover=handover)
+         force, kernel_sigma=kernel_sigma, learned_steps=learned_steps, handover=handover, precision=precision)
 
 
 @app.command("ct")
@@ -114,6 +116,7 @@ def eval_ct(
     iterations: Iterations = None,
     learned_steps: c.LearnedSteps = None,
     handover: c.Handover = None,
+    precision: c.Precision = "fp32",
     max_iter: MaxIter = 300,
     border: Border = 0,
     limit: Limit = None,
@@ -129,4 +132,4 @@ def eval_ct(
         raise UsageError(f"--size must be >= 8, got {size}")
     spec = TaskSpec("ct", angles=angles)
     _run(spec, images, methods, noise_sigma, seed, tau, iterations, max_iter, border, limit, json_out, device, quiet,
-         force, size=size, learned_steps=learned_steps, handover=handover)
+         force, size=size, learned_steps=learned_steps, handover=handover, precision=precision)
