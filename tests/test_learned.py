@@ -298,3 +298,24 @@ def test_ct_training_draws_one_angle_count_per_batch(tmp_path, monkeypatch, caps
     assert "[12, 8, 16]" in (tmp_path / "m.md").read_text()
     code, _, err = edn(monkeypatch, capsys, "train", "--task", "ct", "--angles", "90,x", "--out", "m2")
     assert code == 2 and "--angles" in err
+
+
+def test_train_in_bf16_writes_a_float32_checkpoint_that_keeps_the_guarantee(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _images(tmp_path / "imgs", n=2, size=32)
+    args = ["train", "--task", "sr", "--images", "imgs", "--depth", "3", "--width", "8", "--patch-size", "24",
+            "--batch-size", "4", "--steps", "4", "--lag-every", "2", "--max-lag-steps", "2", "--val-every", "2",
+            "--min-iter", "2", "--device", "cpu", "--quiet"]
+    code, _, err = edn(monkeypatch, capsys, *args, "--out", "b", "--precision", "bf16")
+    assert code == 0, err
+    meta = read_metadata(Path("b.safetensors"))
+    assert meta["train_config"]["precision"] == "bf16"
+    tensors, _ = load_checkpoint(Path("b.safetensors"), expect_task="edn-sr")
+    assert all(t.dtype == torch.float32 for t in tensors.values())
+    x, op, f, u0 = _sr_problem()
+    res = solve(Problem(op, f, u0, DeltaChoice(0.01 * 8, "given"), task="sr"), "edn",
+                MethodOptions(weights=str(Path("b.safetensors").resolve()), max_iter=50))
+    assert res.energy_monotone
+    code, _, err = edn(monkeypatch, capsys, *args, "--out", "c", "--precision", "fp16")
+    assert code == 2 and "--precision for training must be fp32 or bf16" in err and "Traceback" not in err
+    assert not Path("c.safetensors").exists()

@@ -33,6 +33,7 @@ from ..io.checkpoints import save_checkpoint, write_model_card
 from ..metrics import psnr
 from ..networks.backbones import BackboneConfig
 from ..networks.direction import BaselineNet, DirectionNet, DirectionNetConfig, baseline_arch, count_parameters, network_inputs
+from ..networks.inference import InferenceConfig
 from ..solvers.descent import LineSearch, StopRule, descend, negative_gradient
 from ..tasks import TaskSpec
 from .data import PatchSampler, list_images, load_gray_images
@@ -71,6 +72,9 @@ class TrainConfig:
     #: Warm start: a baseline or direction checkpoint of the same task whose backbone weights
     #: initialise this network (paper 001 starts from a pretrained DnCNN; see :func:`warm_start`).
     init_from: Optional[str] = None
+    #: Autocast dtype of the backbone during training, lagged iterates and validation: "fp32" or
+    #: "bf16" (the descent-set layer, the loss and the optimiser stay float32).
+    precision: str = "fp32"
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -224,6 +228,8 @@ def train(cfg: TrainConfig, out: Path, *, command: str, device: torch.device, qu
         raise UsageError(f"{out} exists; pass --force to overwrite it (or --resume {out})")
     if cfg.kind not in ("edn", "baseline"):
         raise UsageError(f"unknown network kind {cfg.kind!r}")
+    if cfg.precision not in ("fp32", "bf16"):
+        raise UsageError(f"--precision for training must be fp32 or bf16, got {cfg.precision!r}")
     if cfg.patch % (cfg.spec.scale if cfg.spec.task == "sr" else 1):
         raise UsageError(f"--patch-size {cfg.patch} must be divisible by --scale {cfg.spec.scale}")
     torch.manual_seed(cfg.seed + rank)
@@ -253,6 +259,11 @@ def train(cfg: TrainConfig, out: Path, *, command: str, device: torch.device, qu
         net.load_state_dict(tensors)
         state.step = int(meta.get("metrics", {}).get("steps", 0))
     net.to(device).train()
+    if cfg.precision != "fp32":
+        # autocast around the backbone only (networks/inference.py); NHWC where it pays (CPU)
+        net.inference = InferenceConfig(precision=cfg.precision).resolved(device)
+        if net.inference.channels_last:
+            net.to(memory_format=torch.channels_last)
     model = net
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
