@@ -23,7 +23,7 @@ the stopping tests and the trace run on those host numbers, so the solver adds n
 launches or device synchronisations. For a batch of more than one sample each trace record keeps
 those per-sample numbers too, so that the result can be split per image
 (:meth:`~edncli.solvers.trace.SolveResult.split`). Gradient descent on the data term alone for one
-sample on the CPU (``gd``, and the Landweber steps after a learned method's network steps) runs a
+sample on the CPU (method ``gd``) runs a
 shorter loop with the same arithmetic (:func:`_landweber_single`; ``tests/test_landweber_path.py``
 checks that both give the same iterates and trace, bit for bit).
 """
@@ -470,8 +470,7 @@ def _landweber_single(
     The same iterates, trace and verdict as the general loop, bit for bit (a test compares them),
     with host floats instead of per-sample lists and no per-iteration closures: on a CPU the
     solver's own time is mostly code and data that the operator's calls have evicted from the
-    caches, so the shorter this loop, the lower its share of an iteration (gd, and the Landweber
-    steps after a learned method's network steps, take this path).
+    caches, so the shorter this loop, the lower its share of an iteration (method ``gd``).
     """
     delta0 = None if delta is None else delta[0]
     e_t = energy.value(u)
