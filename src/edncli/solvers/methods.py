@@ -18,7 +18,7 @@ import torch
 
 from ..energies import DataFidelity, Energy, HuberTV
 from ..operators.base import LinearOperator
-from .descent import ConjugateDirections, LineSearch, StopRule, descend
+from .descent import ConjugateDirections, DirectionProvider, LineSearch, StopRule, descend, negative_gradient
 from .stopping import DeltaChoice
 from .trace import IterationRecord, SolveResult
 
@@ -133,38 +133,33 @@ def _load_learned_methods() -> None:
                 raise
 
 
-@register_method("gd")
-def solve_gd(problem: Problem, options: MethodOptions, callback: Callback = None) -> SolveResult:
-    """Landweber iteration with Armijo safeguard, stopped at the first iterate meeting δ."""
-    energy = DataFidelity(problem.op, problem.f)
+def _early_stopping(problem: Problem, options: MethodOptions, callback: Callback, method: str,
+                    direction: DirectionProvider, initial: str) -> SolveResult:
+    """Algorithm 1 on ``1/2||Au - f||^2`` alone, stopped at the first iterate meeting δ."""
     return descend(
-        energy,
+        DataFidelity(problem.op, problem.f),
         problem.u0,
-        line=LineSearch(c=options.c, rho=options.rho, initial="lipschitz"),
+        direction,
+        line=LineSearch(c=options.c, rho=options.rho, initial=initial),
         stop=StopRule(delta=problem.deltas(), min_iter=options.min_iter or 0, max_iter=options.max_iter, grad_tol=options.grad_tol),
-        method="gd",
+        method=method,
         reference=problem.reference,
         callback=callback,
         record_ssim=options.record_ssim,
     )
+
+
+@register_method("gd")
+def solve_gd(problem: Problem, options: MethodOptions, callback: Callback = None) -> SolveResult:
+    """Landweber iteration with Armijo safeguard, stopped at the first iterate meeting δ."""
+    return _early_stopping(problem, options, callback, "gd", negative_gradient, "lipschitz")
 
 
 @register_method("cg")
 def solve_cg(problem: Problem, options: MethodOptions, callback: Callback = None) -> SolveResult:
     """CGLS as Algorithm 1 (conjugate directions, exact line minimisation), stopped at the first
     iterate meeting δ: the same early stopping as ``gd``, in far fewer iterations."""
-    energy = DataFidelity(problem.op, problem.f)
-    return descend(
-        energy,
-        problem.u0,
-        ConjugateDirections(),
-        line=LineSearch(c=options.c, rho=options.rho, initial="exact"),
-        stop=StopRule(delta=problem.deltas(), min_iter=options.min_iter or 0, max_iter=options.max_iter, grad_tol=options.grad_tol),
-        method="cg",
-        reference=problem.reference,
-        callback=callback,
-        record_ssim=options.record_ssim,
-    )
+    return _early_stopping(problem, options, callback, "cg", ConjugateDirections(), "exact")
 
 
 class _PerSampleWeighted(Energy):
