@@ -22,7 +22,7 @@ import torch
 from edncli.energies import DataFidelity
 from edncli.operators.blur import Blur, gaussian_kernel
 from edncli.operators.downsample import BicubicDownsample
-from edncli.solvers.descent import LineSearch, StopRule, descend
+from edncli.solvers.descent import ConjugateDirections, LineSearch, StopRule, descend, negative_gradient
 
 
 def _clock() -> float:
@@ -56,7 +56,7 @@ class _TimedOperator:
         return self._timed(self._op.adjoint, y)
 
 
-def _solver_time(op, u0, f, n):
+def _solver_time(op, u0, f, n, method="gd"):
     """(seconds per iteration, of which inside A/Aᵀ), from runs of n and 2n iterations.
 
     Differencing the two runs cancels the set-up cost (first residual and gradient, clone of u0).
@@ -66,7 +66,10 @@ def _solver_time(op, u0, f, n):
         timed = _TimedOperator(op)
         energy = DataFidelity(timed, f)
         t0 = _clock()
-        res = descend(energy, u0, line=LineSearch(initial="lipschitz"), stop=StopRule(max_iter=its))
+        if method == "cg":
+            res = descend(energy, u0, ConjugateDirections(), line=LineSearch(initial="exact"), stop=StopRule(max_iter=its))
+        else:
+            res = descend(energy, u0, negative_gradient, line=LineSearch(initial="lipschitz"), stop=StopRule(max_iter=its))
         total.append(_clock() - t0)
         inside.append(timed.seconds)
         assert res.iterations == its, "the run stopped early; use a problem that needs more iterations"
@@ -92,6 +95,7 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=50)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--method", choices=("gd", "cg"), default="gd", help="gd (Landweber) or cg (CGLS)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -103,8 +107,8 @@ def main() -> None:
         f = op(x) + 0.01 * torch.randn((1, *op.out_shape))
         u0 = torch.zeros(shape)
         op.opnorm()
-        _solver_time(op, u0, f, 3)  # warm-up (caches, threads)
-        runs = [_solver_time(op, u0, f, args.iterations) for _ in range(args.repeat)]
+        _solver_time(op, u0, f, 3, args.method)  # warm-up (caches, threads)
+        runs = [_solver_time(op, u0, f, args.iterations, args.method) for _ in range(args.repeat)]
         s = statistics.median(r[0] for r in runs)
         b = statistics.median(r[1] for r in runs)
         over = statistics.median((r[0] - r[1]) / r[0] for r in runs)

@@ -80,8 +80,9 @@ class ConjugateDirections:
     ``u0 + span{g_0, (A^T A) g_0, ..., (A^T A)^(k-1) g_0}``, so the residual is never above
     Landweber's after as many steps, and stopped at δ it is a regularisation method like
     Landweber's early stopping (Hanke 1995). A direction that is not a descent direction (after
-    an inexact step or round-off) restarts that sample at ``-g``. Keeps the previous direction:
-    one instance per run.
+    an inexact step or round-off) restarts that sample at ``-g``. Keeps the previous direction
+    and builds the next one in its memory (a returned direction is overwritten by the next call;
+    :func:`descend` holds none across steps): one instance per run.
     """
 
     def __init__(self) -> None:
@@ -94,7 +95,8 @@ class ConjugateDirections:
             d = -grad
         else:
             beta = torch.where(self._gg > 0, gg / self._gg.clamp_min(1e-38), torch.zeros_like(gg))
-            d = _bcast(beta, grad) * self._d - grad
+            # in the memory of the previous direction (the solver holds no direction across steps)
+            d = self._d.mul_(_bcast(beta, grad)).sub_(grad)
             restart = fast_dot(d, grad) >= 0
             if bool(restart.any()):
                 d = torch.where(_bcast(restart, d), -grad, d)
