@@ -89,16 +89,46 @@ def test_exact_initial_step_on_steepest_descent_is_the_cauchy_step():
     assert res.trace[1].step == pytest.approx(cauchy, rel=1e-5)
 
 
-def test_conjugate_directions_restart_when_not_a_descent_direction():
+def test_conjugate_directions_are_fletcher_reeves_and_restart_from_what_the_solver_used():
     cg = ConjugateDirections()
     g0 = torch.randn(2, 4, 4)
     d0 = cg(torch.zeros_like(g0), g0, 0)
     assert torch.equal(d0, -g0)
-    g1 = g0.clone()
-    g1[1] = -g0[1]  # sample 1: beta = 1 and d = -g0 + g0 = 0, not a descent direction
+    g1 = 0.5 * g0  # beta = 1/4 for both samples
     d1 = cg(torch.zeros_like(g0), g1, 1)
-    assert torch.allclose(d1[0], -2 * g0[0])  # sample 0: beta = 1, d = d0 - g1 = -2 g0
-    assert torch.equal(d1[1], -g1[1])  # restarted
+    assert torch.allclose(d1, -0.25 * g0 - g1)
+    taken = -g1.clone()
+    cg.used(taken)  # the solver restarted both samples at -g1
+    d2 = cg(torch.zeros_like(g0), g1, 2, torch.full((2,), float((g1[0] ** 2).sum())))
+    assert torch.allclose(d2[0], -2 * g1[0])  # beta = ||g1||^2 / ||g1||^2 = 1 from the given norms
+
+
+def test_solver_restarts_cg_where_its_direction_is_not_a_descent_direction():
+    """A non-descent direction is replaced by -grad (counted), and CG continues from it."""
+
+    class AscentAtStepOne(ConjugateDirections):
+        def __init__(self):
+            super().__init__()
+            self.grad1 = None
+            self.taken = []
+
+        def __call__(self, u, grad, k, grad_norm_sq=None):
+            d = super().__call__(u, grad, k, grad_norm_sq)
+            if k == 1:
+                self.grad1 = grad.clone()
+                return -d  # an ascent direction
+            return d
+
+        def used(self, d):
+            self.taken.append(d.clone())
+            super().used(d)
+
+    x, op, f = _deblur(seed=2)
+    provider = AscentAtStepOne()
+    res = descend(DataFidelity(op, f), torch.zeros_like(x), provider, line=LineSearch(initial="exact"), stop=StopRule(max_iter=6))
+    assert res.samples[0].fallback_steps == 1 and len(provider.taken) == 1
+    assert torch.equal(provider.taken[0], -provider.grad1)
+    assert res.energy_monotone and res.iterations == 6
 
 
 def test_exact_is_a_valid_initial_step_and_others_are_refused():

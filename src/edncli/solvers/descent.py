@@ -56,7 +56,10 @@ class DirectionProvider(Protocol):
 
     A provider may also define ``initial_step(k) -> Optional[str]``: the line search's first
     trial for step ``k`` (one of :class:`LineSearch`'s ``initial`` values; None keeps the
-    line search's own), e.g. unit steps for network directions, then exact ones for CG.
+    line search's own), e.g. unit steps for network directions, then exact ones for CG;
+    ``wants_grad_norm_sq = True`` to be called as ``(u, grad, k, grad_norm_sq)`` with the
+    solver's per-sample ``||grad||^2`` ``(B,)``; and ``used(d)``, called with the direction actually
+    taken when the solver replaced a non-descent direction by ``-grad`` for some samples.
     """
 
     def __call__(self, u: torch.Tensor, grad: torch.Tensor, k: int) -> torch.Tensor: ...
@@ -80,28 +83,32 @@ class ConjugateDirections:
     ``u0 + span{g_0, (A^T A) g_0, ..., (A^T A)^(k-1) g_0}``, so the residual is never above
     Landweber's after as many steps, and stopped at δ it is a regularisation method like
     Landweber's early stopping (Hanke 1995). A direction that is not a descent direction (after
-    an inexact step or round-off) restarts that sample at ``-g``. Keeps the previous direction
-    and builds the next one in its memory (a returned direction is overwritten by the next call;
-    :func:`descend` holds none across steps): one instance per run.
+    an inexact step or round-off) is replaced by ``-g`` for that sample by :func:`descend`, which
+    reports it through :meth:`used` (a CG restart; counted as a fallback step). Keeps the previous
+    direction and builds the next one in its memory (a returned direction is overwritten by the
+    next call; :func:`descend` holds none across steps): one instance per run.
     """
+
+    wants_grad_norm_sq = True
 
     def __init__(self) -> None:
         self._d: Optional[torch.Tensor] = None
         self._gg: Optional[torch.Tensor] = None
 
-    def __call__(self, u: torch.Tensor, grad: torch.Tensor, k: int) -> torch.Tensor:
-        gg = fast_dot(grad, grad)
+    def __call__(self, u: torch.Tensor, grad: torch.Tensor, k: int, grad_norm_sq: Optional[torch.Tensor] = None) -> torch.Tensor:
+        gg = fast_dot(grad, grad) if grad_norm_sq is None else grad_norm_sq
         if k == 0 or self._d is None or self._gg is None:
             d = -grad
         else:
             beta = torch.where(self._gg > 0, gg / self._gg.clamp_min(1e-38), torch.zeros_like(gg))
             # in the memory of the previous direction (the solver holds no direction across steps)
             d = self._d.mul_(_bcast(beta, grad)).sub_(grad)
-            restart = fast_dot(d, grad) >= 0
-            if bool(restart.any()):
-                d = torch.where(_bcast(restart, d), -grad, d)
         self._d, self._gg = d, gg
         return d
+
+    def used(self, d: torch.Tensor) -> None:
+        """The direction the solver took instead (``-g`` for the samples it restarted)."""
+        self._d = d
 
 
 @dataclass
@@ -209,6 +216,8 @@ def descend(
     delta = per_sample_deltas(stop.delta, batch)
     # A provider may choose the first trial step per iteration (e.g. network steps, then CG).
     initial_step: Optional[Callable[[int], Optional[str]]] = getattr(direction, "initial_step", None)
+    wants_gg = bool(getattr(direction, "wants_grad_norm_sq", False))
+    used: Optional[Callable[[torch.Tensor], None]] = getattr(direction, "used", None)
     lipschitz = energy.lipschitz if (line.initial != "unit" or initial_step is not None) else None
     if line.initial != "unit" and not lipschitz:
         raise ValueError(f"initial step {line.initial!r} needs an energy with a known Lipschitz constant")
@@ -281,9 +290,15 @@ def descend(
         if steepest:
             d, sign = g, -1.0
         else:
-            d, sign = direction(u, g, k - 1).float(), 1.0
-        # For d = grad E = A^T r, <r, A d> = ||grad E||^2: known, no pass needed.
-        phi = energy.along(u, d, e, rad=gg) if (steepest and data_only) else energy.along(u, d, e)
+            d = direction(u, g, k - 1, gg) if wants_gg else direction(u, g, k - 1)  # type: ignore[call-arg]
+            d, sign = d.float(), 1.0
+        # For the data term <r, A d> = <A^T r, d> = <grad E, d>: for d = grad E that is ||grad E||^2
+        # (known), otherwise the slope's own inner product serves the line as well (one pass).
+        dg = None if steepest else fast_dot(d, g)
+        if data_only:
+            phi = energy.along(u, d, e, rad=gg if steepest else dg)
+        else:
+            phi = energy.along(u, d, e)
         e = None  # used by the line only; stale once u moves
         quad = getattr(phi, "quadratic", None)
         bb_pull = (None, None)
@@ -294,7 +309,7 @@ def descend(
             s, y = u - prev_u, g - prev_g
             bb_pull = (fast_dot(s, y), fast_dot(s, s))
         dg_h, a1_h, a2_h, dd_h, sy_h, ss_h = _host(
-            None if steepest else fast_dot(d, g),
+            dg,
             None if quad is None else quad[0],
             None if quad is None else quad[1],
             fast_dot(d, d) if (not steepest and (initial == "lipschitz" or (initial == "exact" and quad is None))) else None,
@@ -308,6 +323,8 @@ def descend(
         if any(bad):
             mask = torch.tensor(bad, device=device)
             d = torch.where(_bcast(mask, d), -g, d)
+            if used is not None:
+                used(d)
             phi = energy.along(u, d, e)
             quad = getattr(phi, "quadratic", None)
             a1_h, a2_h, dd_n = _host(

@@ -51,19 +51,27 @@ class NetworkThen:
     first trial steps) or ``"gd"`` (``-grad/L`` with unit steps, i.e. Landweber's ``1/||A||^2``).
     """
 
+    wants_grad_norm_sq = True
+
     def __init__(self, net: torch.nn.Module, L: float, data: torch.Tensor, learned: int, then: str = "cg"):
         if then not in AFTER_LEARNED:
             raise UsageError(f"--handover must be one of {', '.join(AFTER_LEARNED)}, got {then!r}")
         self.net, self.L, self.data, self.learned = net, L, data, learned
         self._cg = ConjugateDirections() if then == "cg" else None
+        self._in_cg = False
 
     @torch.no_grad()
-    def __call__(self, u: torch.Tensor, grad: torch.Tensor, k: int) -> torch.Tensor:
+    def __call__(self, u: torch.Tensor, grad: torch.Tensor, k: int, grad_norm_sq: Optional[torch.Tensor] = None) -> torch.Tensor:
+        self._in_cg = self._cg is not None and k >= self.learned
         if k < self.learned:
             return self.net(u, -grad / self.L, self.data)
         if self._cg is not None:
-            return self._cg(u, grad, k - self.learned)
+            return self._cg(u, grad, k - self.learned, grad_norm_sq)
         return -grad / self.L
+
+    def used(self, d: torch.Tensor) -> None:
+        if self._in_cg:
+            self._cg.used(d)  # type: ignore[union-attr]
 
     def initial_step(self, k: int) -> Optional[str]:
         return "exact" if self._cg is not None and k >= self.learned else None
