@@ -319,3 +319,6 @@ def test_train_in_bf16_writes_a_float32_checkpoint_that_keeps_the_guarantee(tmp_
     code, _, err = edn(monkeypatch, capsys, *args, "--out", "c", "--precision", "fp16")
     assert code == 2 and "--precision for training must be fp32 or bf16" in err and "Traceback" not in err
     assert not Path("c.safetensors").exists()
+    code, _, err = edn(monkeypatch, capsys, "train", "--task", "denoiser", "--arch", "dncnn", "--images", "imgs",
+                       "--out", "d", "--precision", "bf16")
+    assert code == 2 and "--precision is for --task sr|ct|deblur" in err

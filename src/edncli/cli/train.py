@@ -87,6 +87,8 @@ def train(
         if threads < 1:
             raise UsageError(f"--threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
+    if precision != "fp32" and task in ("sudoku", "denoiser"):
+        raise UsageError(f"--precision is for --task sr|ct|deblur; --task {task} trains in fp32")
     if task == "sudoku":
         from .sudoku import train_command
 
