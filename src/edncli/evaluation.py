@@ -21,7 +21,7 @@ import torch
 from .errors import UsageError
 from .metrics import psnr, ssim
 from .networks.inference import InferenceConfig
-from .solvers.methods import MethodOptions, Problem, solve
+from .solvers.methods import MethodOptions, Problem, check_handover, solve
 from .solvers.stopping import DeltaChoice
 from .tasks import TaskSpec
 
@@ -108,8 +108,7 @@ def run_eval(
         raise UsageError("--noise-sigma must be > 0 to stop at δ; or give --iterations for a fixed count")
     if cfg.learned_steps is not None and cfg.learned_steps < 0:
         raise UsageError(f"--learned-steps must be >= 0, got {cfg.learned_steps}")
-    if cfg.handover not in ("gd", "cg"):
-        raise UsageError(f"--handover must be gd or cg, got {cfg.handover!r}")
+    check_handover(cfg.handover)
     InferenceConfig(precision=cfg.precision)  # a bad --precision is a usage error before any work
     files = list(files)[: cfg.limit] if cfg.limit else list(files)
     rows: List[dict] = []

@@ -55,8 +55,6 @@ def _options(
         raise UsageError(f"--min-iter must be >= 0, got {min_iter}")
     if learned_steps is not None and learned_steps < 0:
         raise UsageError(f"--learned-steps must be >= 0, got {learned_steps}")
-    if handover is not None and handover not in ("gd", "cg"):
-        raise UsageError(f"--handover must be gd or cg, got {handover!r}")
     return MethodOptions(
         learned_steps=learned_steps,
         handover=handover or MethodOptions.handover,

@@ -97,10 +97,10 @@ class ConjugateDirections:
 
     def __call__(self, u: torch.Tensor, grad: torch.Tensor, k: int, grad_norm_sq: Optional[torch.Tensor] = None) -> torch.Tensor:
         gg = fast_dot(grad, grad) if grad_norm_sq is None else grad_norm_sq
-        if k == 0 or self._d is None or self._gg is None:
+        if k == 0 or self._d is None:
             d = -grad
         else:
-            beta = torch.where(self._gg > 0, gg / self._gg.clamp_min(1e-38), torch.zeros_like(gg))
+            beta = torch.where(self._gg > 0, gg / self._gg.clamp_min(1e-38), torch.zeros_like(gg))  # type: ignore[operator]
             # in the memory of the previous direction (the solver holds no direction across steps)
             d = self._d.mul_(_bcast(beta, grad)).sub_(grad)
         self._d, self._gg = d, gg

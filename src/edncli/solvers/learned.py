@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 import torch
 
 from ..energies import DataFidelity, HuberTV
-from ..errors import CheckpointError, UsageError
+from ..errors import CheckpointError
 from ..io.checkpoints import load_checkpoint
 from ..io.weights import resolve_weights
 from ..metrics import quality_each
@@ -23,7 +23,7 @@ from ..networks.direction import build_network, network_inputs
 from ..networks.inference import InferenceConfig
 from ..tasks import TaskSpec
 from .descent import ConjugateDirections, LineSearch, StopRule, descend
-from .methods import Callback, MethodOptions, Problem, register_method
+from .methods import Callback, MethodOptions, Problem, check_handover, register_method
 from .trace import IterationRecord, SampleVerdict, SolveResult
 
 DEFAULT_WEIGHTS = {
@@ -54,8 +54,7 @@ class NetworkThen:
     wants_grad_norm_sq = True
 
     def __init__(self, net: torch.nn.Module, L: float, data: torch.Tensor, learned: int, then: str = "cg"):
-        if then not in AFTER_LEARNED:
-            raise UsageError(f"--handover must be one of {', '.join(AFTER_LEARNED)}, got {then!r}")
+        check_handover(then)
         self.net, self.L, self.data, self.learned = net, L, data, learned
         self._cg = ConjugateDirections() if then == "cg" else None
         self._in_cg = False

@@ -74,6 +74,19 @@ class Problem:
         )
 
 
+#: What ``edn`` may continue with after its network steps (``--handover``).
+HANDOVERS = ("cg", "gd")
+
+
+def check_handover(name: str) -> str:
+    """``name`` if it is one of :data:`HANDOVERS`, else a one-line usage error."""
+    if name not in HANDOVERS:
+        from ..errors import UsageError
+
+        raise UsageError(f"--handover must be gd or cg, got {name!r}")
+    return name
+
+
 @dataclass
 class MethodOptions:
     """Options shared by the methods; each method reads the ones it needs."""
@@ -97,6 +110,9 @@ class MethodOptions:
     #: How networks are evaluated: an ``edncli.networks.inference.InferenceConfig`` (tiles,
     #: precision); ``None`` = whole image, float32. Methods without a network ignore it.
     inference: Optional["InferenceConfig"] = None
+
+    def __post_init__(self) -> None:
+        check_handover(self.handover)
 
 
 Callback = Optional[Callable[[IterationRecord], None]]
