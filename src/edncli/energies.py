@@ -169,6 +169,9 @@ class DataFidelity(Energy):
     def moved(self, u_new: torch.Tensor, u: torch.Tensor, d: torch.Tensor, tau: "torch.Tensor | float") -> bool:
         """Tell the energy ``u_new = u + tau d``: its residual becomes ``r + tau A d``, no new ``A u``.
 
+        Reads neither ``u_new`` nor ``d`` (the solver calls it before it writes ``u_new``, which
+        may be ``d``'s memory): ``u_new`` is kept by identity, as the tensor the residual is of.
+
         ``tau``: per-sample steps ``(B,)``, or one float for a batch of one (a new tensor, not
         in place: an operator such as the identity may hand ``r`` back as the gradient). Returns
         True when the residual was updated this way, so ``E(u_new)`` is the line's closed form at

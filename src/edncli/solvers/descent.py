@@ -385,18 +385,20 @@ def descend(
         tau = [0.0 if (stalled[i] or not active[i]) else tau[i] for i in range(batch)]
 
         prev_u, prev_g = u, (None if reuse_grad else g)
-        out = d if reuse_grad else None
-        if batch == 1:
-            t_step: "torch.Tensor | float" = sign * tau[0]
-            u = torch.add(u, d, alpha=t_step, out=out)
-        else:
+        u_new = d if reuse_grad else torch.empty_like(u)
+        t_step: "torch.Tensor | float" = sign * tau[0]
+        if batch > 1:
             t_step = torch.tensor([sign * v for v in tau], device=device, dtype=u.dtype)
-            u = torch.addcmul(u, _bcast(t_step, u), d, out=out)
         # For E = 1/2||Au - f||^2 alone whose residual moved to r + tau A d, E(u_new) is the
         # line's closed form at the accepted step: evaluated on the host in float64, no pass
         # over the data. Every REFRESH_EVERY steps the residual is recomputed from A u and E
-        # evaluated from it, and the guard below compares that exact value.
-        closed = bool(energy.moved(u, prev_u, d, t_step)) if has_moved else False  # type: ignore[attr-defined]
+        # evaluated from it, and the guard below compares that exact value. The residual moves
+        # first, while ``A d`` is still in the cache.
+        closed = bool(energy.moved(u_new, prev_u, d, t_step)) if has_moved else False  # type: ignore[attr-defined]
+        if batch == 1:
+            u = torch.add(u, d, alpha=t_step, out=u_new)
+        else:
+            u = torch.addcmul(u, _bcast(t_step, u), d, out=u_new)
         closed = closed and data_only and quad is not None
         if closed:
             # Only where the step lowers E by a small fraction: the closed form's rounding error
@@ -527,8 +529,11 @@ def _landweber_single(
         if not ok:
             tau = 0.0
         prev_u, prev_g = u, (None if reuse_grad else g)
-        u = torch.add(u, g, alpha=-tau, out=g if reuse_grad else None)
-        closed = bool(energy.moved(u, prev_u, g, -tau))  # type: ignore[attr-defined]
+        # The residual moves first, while ``A d`` is still in the cache (~1 point of overhead on
+        # image-sized data); the new iterate's tensor is named before it is written.
+        u_new = g if reuse_grad else torch.empty_like(u)
+        closed = bool(energy.moved(u_new, prev_u, g, -tau))  # type: ignore[attr-defined]
+        u = torch.add(u, g, alpha=-tau, out=u_new)
         drop = a1 * -tau + 0.5 * a2 * tau * tau
         closed = closed and abs(drop) <= CLOSED_FORM_MAX_DROP * e_h
         e_t = None if closed else energy.value(u)
