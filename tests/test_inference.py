@@ -16,7 +16,7 @@ from edncli.errors import UsageError
 from edncli.io.images import read_image
 from edncli.networks.backbones import BackboneConfig, DnCNN
 from edncli.networks.direction import BaselineNet, DirectionNet, DirectionNetConfig
-from edncli.networks.inference import InferenceConfig, axis_windows, run_network
+from edncli.networks.inference import InferenceConfig, axis_windows, dihedral, dihedral_inverse, run_network
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -143,6 +143,54 @@ def test_bf16_on_cpu_stays_in_set_and_close_to_fp32():
     assert float((d16 - d32).norm() / d32.norm()) < 0.03
 
 
+# ------------------------------------------------------------------------------ self-ensemble
+def test_dihedral_transforms_are_the_eight_symmetries_and_invert():
+    x = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).view(2, 3, 4, 5)
+    images = {tuple(dihedral(x, k).flatten().tolist()) + tuple(dihedral(x, k).shape) for k in range(8)}
+    assert len(images) == 8  # all distinct (a non-symmetric input)
+    for k in range(8):
+        assert torch.equal(dihedral_inverse(dihedral(x, k), k), x)
+
+
+def test_ensemble_averages_the_back_transformed_outputs():
+    net = _backbone(depth=3, width=4, cin=3)
+    x = torch.rand(2, 3, 20, 12, generator=torch.Generator().manual_seed(1))  # not square: rotations swap H, W
+    with torch.no_grad():
+        got = run_network(net, x, InferenceConfig(ensemble=8))
+        want = sum(dihedral_inverse(net(dihedral(x, k).contiguous()), k) for k in range(8)) / 8
+        plain = net(x)
+    assert got.shape == plain.shape and torch.allclose(got, want, atol=1e-6)
+    assert not torch.allclose(got, plain, atol=1e-4)  # a random network is not equivariant
+    # an equivariant map (a pixelwise function of the channels) is its own ensemble
+    pointwise = torch.nn.Conv2d(3, 1, 1)
+    with torch.no_grad():
+        assert torch.allclose(run_network(pointwise, x, InferenceConfig(ensemble=8)), pointwise(x), atol=1e-6)
+
+
+@settings(max_examples=10, deadline=None)
+@given(h=st.integers(6, 30), w=st.integers(6, 30), seed=st.integers(0, 2**16), tiled=st.booleans())
+def test_ensembled_direction_is_in_the_descent_set(h, w, seed, tiled):
+    net = _direction_net()
+    net.inference = InferenceConfig(ensemble=8, tile=8 if tiled else None, tile_overlap=6 if tiled else None)
+    gen = torch.Generator().manual_seed(seed)
+    u, g, data = (torch.randn(2, h, w, generator=gen) for _ in range(3))
+    g[1] *= 1e-3
+    with torch.no_grad():
+        d = net(u, g, data)
+    assert d.shape == u.shape
+    _in_cone_ball(d, g, net.cfg.zeta1, net.cfg.zeta2)
+
+
+def test_sr_with_ensemble_is_monotone_meets_delta_and_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _edn(monkeypatch, capsys, "sr", "--scale", "4", EXAMPLES / "camera_lr_x4.tif", "-o", "out.png",
+                        "--ensemble", "8", "--report", "r.json", "-q")
+    assert code == 0, err
+    report = json.loads(Path("r.json").read_text())
+    assert report["energy_monotone"] is True and report["delta_reached"] is True
+    assert report["inference"]["ensemble"] == 8
+
+
 # ------------------------------------------------------------------------------ settings
 @pytest.mark.parametrize(
     "kwargs, words",
@@ -151,6 +199,7 @@ def test_bf16_on_cpu_stays_in_set_and_close_to_fp32():
         ({"tile": 64, "tile_overlap": -1}, ["--tile-overlap", "-1"]),
         ({"tile": 0}, ["--tile", "0"]),
         ({"precision": "fp8"}, ["--precision", "fp8", "bf16"]),
+        ({"ensemble": 4}, ["--ensemble", "4", "8"]),
     ],
 )
 def test_bad_settings_name_option_value_and_fix(kwargs, words):
@@ -210,6 +259,8 @@ def test_sr_with_tiles_keeps_energy_monotone(tmp_path, monkeypatch, capsys):
         (["--precision", "fp16", "--device", "cpu"], ["fp16", "bf16"]),
         (["--precision", "half"], ["--precision", "half"]),
         (["--tile", "64", "--method", "potential"], ["--tile 64", "potential"]),
+        (["--ensemble", "2"], ["--ensemble", "2"]),
+        (["--ensemble", "8", "--method", "potential"], ["--ensemble 8", "potential"]),
     ],
 )
 def test_bad_options_exit_2_with_one_line(tmp_path, monkeypatch, capsys, args, words):

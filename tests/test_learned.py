@@ -200,6 +200,37 @@ def test_eval_paper_protocol_fixed_iterations_with_learned_steps(tiny_sr, tmp_pa
         assert code == 2 and msg in err and "Traceback" not in err, err
 
 
+def test_eval_luma_conventions(tmp_path, monkeypatch, capsys):
+    # --luma ycbcr (the "Y channel" of SR benchmark tables) spans 219/255 of the full range: for
+    # gd, which commutes with y -> a y + b (average pooling and bicubic upsampling keep
+    # constants; Armijo steps do not depend on scale), the same reconstruction reads exactly
+    # 20 log10(255/219) dB higher; images are kept inside [0.2, 0.8] so the [0, 1] clamp never acts.
+    monkeypatch.chdir(tmp_path)
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(5)
+    Path("rgb").mkdir()
+    for i in range(2):
+        img = gaussian_filter(rng.random((32, 32, 3)), (2, 2, 0))
+        img = 0.2 + 0.6 * (img - img.min()) / (img.max() - img.min())
+        Image.fromarray(np.round(img * 255).astype(np.uint8), "RGB").save(f"rgb/im{i}.png")
+    _images(tmp_path / "gray", n=1, size=32)
+    base = ["eval", "sr", "--methods", "gd", "--noise-sigma", "0", "--iterations", "3"]
+    psnr = {}
+    for luma in ("full", "ycbcr"):
+        for folder in ("rgb", "gray"):
+            code, _, err = edn(monkeypatch, capsys, *base, "--images", folder, "--luma", luma, "--json", f"{folder}-{luma}.json")
+            assert code == 0, err
+            doc = json.loads(Path(f"{folder}-{luma}.json").read_text())
+            assert doc["protocol"]["luma"] == luma and luma in ("full", "ycbcr")
+            psnr[folder, luma] = [r["psnr"] for r in doc["rows"]]
+    shift = 20 * math.log10(255 / 219)
+    assert all(abs((y - f) - shift) < 2e-3 for f, y in zip(psnr["rgb", "full"], psnr["rgb", "ycbcr"])), psnr
+    assert psnr["gray", "full"] == psnr["gray", "ycbcr"]  # gray images are used as they are
+    code, _, err = edn(monkeypatch, capsys, *base, "--images", "rgb", "--luma", "yuv")
+    assert code == 2 and "--luma must be one of full, ycbcr" in err and "Traceback" not in err
+
+
 @pytest.mark.slow
 def test_data_parallel_training_with_torchrun(tmp_path):
     imgs = _images(tmp_path / "imgs")

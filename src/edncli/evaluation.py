@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .errors import UsageError
+from .io.images import LUMAS
 from .metrics import psnr, ssim
 from .networks.inference import InferenceConfig
 from .solvers.methods import MethodOptions, Problem, check_handover, solve
@@ -49,6 +50,18 @@ class EvalConfig:
     handover: str = "cg"
     #: Networks: autocast dtype (``"fp32"``, ``"bf16"``, ``"fp16"``), as ``--precision``.
     precision: str = "fp32"
+    #: RGB to gray: ``"full"`` (BT.601 luma on [0, 1]) or ``"ycbcr"`` (studio-swing Y, the SR
+    #: benchmark convention); see :data:`edncli.io.images.LUMAS`.
+    luma: str = "full"
+    #: Networks: 1, or 8 for the geometric self-ensemble (``--ensemble``).
+    ensemble: int = 1
+
+
+#: How the protocol names each ``luma`` convention (RGB images; gray images pass through).
+LUMA_TEXT = {
+    "full": "BT.601 luma 0.299R+0.587G+0.114B in [0, 1]",
+    "ycbcr": "Y of BT.601 Y'CbCr, studio swing (16+219*luma)/255 (MATLAB rgb2ycbcr; SR benchmark convention)",
+}
 
 
 def parse_methods(spec: str) -> List[str]:
@@ -69,7 +82,7 @@ def prepare_image(arr: np.ndarray, cfg: EvalConfig) -> np.ndarray:
     """Luminance in [0, 1], cropped so the forward model applies (sr: sides divisible by the scale)."""
     from .io.images import to_luminance
 
-    x = to_luminance(arr)
+    x = to_luminance(arr, cfg.luma)
     if cfg.spec.task == "sr":
         s = cfg.spec.scale
         h, w = x.shape
@@ -109,7 +122,9 @@ def run_eval(
     if cfg.learned_steps is not None and cfg.learned_steps < 0:
         raise UsageError(f"--learned-steps must be >= 0, got {cfg.learned_steps}")
     check_handover(cfg.handover)
-    InferenceConfig(precision=cfg.precision)  # a bad --precision is a usage error before any work
+    InferenceConfig(precision=cfg.precision, ensemble=cfg.ensemble)  # bad values: usage errors before any work
+    if cfg.luma not in LUMAS:
+        raise UsageError(f"--luma must be one of {', '.join(LUMAS)}, got {cfg.luma!r}")
     files = list(files)[: cfg.limit] if cfg.limit else list(files)
     rows: List[dict] = []
     op_cache: dict = {}
@@ -126,7 +141,7 @@ def run_eval(
             name, weights = _split(method)
             opts = MethodOptions(max_iter=cfg.iterations if cfg.iterations is not None else cfg.max_iter, weights=weights,
                                  learned_steps=cfg.learned_steps, handover=cfg.handover,
-                                 inference=InferenceConfig(precision=cfg.precision))
+                                 inference=InferenceConfig(precision=cfg.precision, ensemble=cfg.ensemble))
             if cfg.iterations is not None:
                 opts.min_iter = cfg.iterations
                 opts.extra["fixed_iterations"] = True
@@ -179,9 +194,11 @@ def run_eval(
             "learned_steps": cfg.learned_steps,
             "handover": cfg.handover,
             "precision": cfg.precision,
+            "ensemble": cfg.ensemble,
             "border": cfg.border,
             "images": [Path(p).name for p in files],
-            "grayscale": "BT.601 luminance in [0, 1]",
+            "luma": cfg.luma,
+            "grayscale": LUMA_TEXT[cfg.luma],
             "residual_sq": "||A u - f||^2 per image (sum of squares)",
         },
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "device": str(device)},

@@ -123,6 +123,7 @@ def ct(
     tile_overlap: c.TileOverlap = None,
     precision: c.Precision = "fp32",
     channels_last: c.ChannelsLast = None,
+    ensemble: c.Ensemble = 1,
 ) -> None:
     """CT: find u with ||A u - f|| <= δ, A the Radon transform (astra; parallel or fan beam).
 
@@ -159,7 +160,7 @@ def ct(
             options = _options(
                 max_iter, min_iter, alpha, weights, reference,
                 tile=tile, tile_overlap=tile_overlap, precision=precision, channels_last=channels_last,
-                learned_steps=learned_steps, handover=handover,
+                learned_steps=learned_steps, handover=handover, ensemble=ensemble,
             )
             dev = rank_device(c.resolve_device(device), launch)
         with ShardGroup(launch, dev) as group:

@@ -43,7 +43,7 @@ def _check_method(method: str) -> str:
 
 def _options(
     max_iter, min_iter, alpha, weights, reference, lam=None, mu=None, box=False, preset=None,
-    tile=None, tile_overlap=None, precision="fp32", channels_last=None, learned_steps=None, handover=None,
+    tile=None, tile_overlap=None, precision="fp32", channels_last=None, learned_steps=None, handover=None, ensemble=1,
 ):
     """:class:`~edncli.solvers.methods.MethodOptions` from the command's options (bad values: UsageError)."""
     from ..networks.inference import InferenceConfig
@@ -64,7 +64,8 @@ def _options(
         weights=weights,
         record_ssim=reference is not None,
         extra={"lam": lam, "mu": mu, "box": box, "preset": preset} if preset else {"lam": lam, "mu": mu, "box": box},
-        inference=InferenceConfig(tile=tile, tile_overlap=tile_overlap, precision=precision, channels_last=channels_last),
+        inference=InferenceConfig(tile=tile, tile_overlap=tile_overlap, precision=precision, channels_last=channels_last,
+                                  ensemble=ensemble),
     )
 
 
@@ -268,6 +269,7 @@ def sr(
     tile_overlap: c.TileOverlap = None,
     precision: c.Precision = "fp32",
     channels_last: c.ChannelsLast = None,
+    ensemble: c.Ensemble = 1,
 ) -> None:
     """Super-resolve: find u with ||A u - f|| <= δ, A = downsampling by --scale.
 
@@ -287,7 +289,7 @@ def sr(
         delta = None
     options = _options(
         max_iter, min_iter, alpha, weights, reference, lam, mu, box, preset, tile, tile_overlap, precision, channels_last,
-        learned_steps, handover,
+        learned_steps, handover, ensemble,
     )
     inputs = c.expand_inputs(input)
     outputs = c.plan_outputs(inputs, output, output_dir, fmt)
@@ -357,6 +359,7 @@ def deblur(
     tile_overlap: c.TileOverlap = None,
     precision: c.Precision = "fp32",
     channels_last: c.ChannelsLast = None,
+    ensemble: c.Ensemble = 1,
 ) -> None:
     """Deblur: find u with ||k * u - f|| <= δ for a Gaussian (--kernel-sigma) or file (--kernel) blur.
 
@@ -377,7 +380,7 @@ def deblur(
         delta = None
     options = _options(
         max_iter, min_iter, alpha, weights, reference, lam, mu, box, preset, tile, tile_overlap, precision, channels_last,
-        learned_steps, handover,
+        learned_steps, handover, ensemble,
     )
     inputs = c.expand_inputs(input)
     outputs = c.plan_outputs(inputs, output, output_dir, fmt)

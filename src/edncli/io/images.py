@@ -253,9 +253,28 @@ def write_image(path: str, arr: np.ndarray, fmt: Optional[str] = None, bit_depth
     write_bytes(path, encode_image(arr, output_format(path, fmt), bit_depth), force=force)
 
 
-def to_luminance(arr: np.ndarray) -> np.ndarray:
-    """ITU-R BT.601 luma ``Y`` in [0, 1] of a ``(3, H, W)`` RGB image; gray images pass through."""
+#: How an RGB image becomes the gray image a method sees (``edn eval --luma``):
+#: ``full``: ITU-R BT.601 luma ``Y = 0.299 R + 0.587 G + 0.114 B``, spanning [0, 1];
+#: ``ycbcr``: the Y' of BT.601 Y'CbCr with studio swing, ``(16 + 219 Y) / 255`` in [16/255, 235/255]
+#: (MATLAB's ``rgb2ycbcr``), the "Y channel" on which super-resolution benchmark tables (Set5,
+#: Set14, ...) report PSNR. Its range is 219/255 of the full one, so the same relative error
+#: reads 20 log10(255/219) = 1.32 dB higher.
+LUMAS = ("full", "ycbcr")
+
+
+def to_luminance(arr: np.ndarray, luma: str = "full") -> np.ndarray:
+    """Luma in [0, 1] of a ``(3, H, W)`` RGB image by the convention ``luma`` (see :data:`LUMAS`).
+
+    Gray images pass through unchanged in both conventions (as SR benchmark code leaves them).
+    """
+    if luma not in LUMAS:
+        from ..errors import UsageError
+
+        raise UsageError(f"--luma must be one of {', '.join(LUMAS)}, got {luma!r}")
     if arr.ndim == 2:
         return arr
     r, g, b = arr[0], arr[1], arr[2]
-    return (0.299 * r + 0.587 * g + 0.114 * b).astype(np.float32)
+    y = 0.299 * r + 0.587 * g + 0.114 * b
+    if luma == "ycbcr":
+        y = (16.0 + 219.0 * y) / 255.0
+    return y.astype(np.float32)

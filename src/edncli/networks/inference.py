@@ -39,6 +39,21 @@ from ..errors import UsageError
 
 #: Precision names and their autocast dtypes (``None``: no autocast, plain float32).
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: Self-ensemble sizes: off, or the 8 elements of the dihedral group of the square.
+ENSEMBLES = (1, 8)
+
+
+def dihedral(t: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k``-th (0..7) symmetry of the square on the last two axes: ``k % 4`` quarter turns,
+    then a left-right flip for ``k >= 4``."""
+    t = torch.rot90(t, k % 4, dims=(-2, -1)) if k % 4 else t
+    return t.flip(-1) if k >= 4 else t
+
+
+def dihedral_inverse(t: torch.Tensor, k: int) -> torch.Tensor:
+    """Undo :func:`dihedral` ``k``."""
+    t = t.flip(-1) if k >= 4 else t
+    return torch.rot90(t, -(k % 4), dims=(-2, -1)) if k % 4 else t
 
 
 @dataclass(frozen=True)
@@ -55,6 +70,10 @@ class InferenceConfig:
         network; outputs are returned as float32. ``fp16`` needs a GPU.
     channels_last: feed the network NHWC (``torch.channels_last``) tensors; ``None`` (auto):
         decided per device by :meth:`resolved` (NHWC on CPU, NCHW on CUDA).
+    ensemble: 1, or 8 for the geometric self-ensemble: the network is evaluated on the 8 flips
+        and 90° rotations of its input and the back-transformed outputs are averaged (8x the
+        network's time). For a direction network the average is the backbone's output, which the
+        descent-set layer then projects, so the guarantee is untouched.
 
     Values that cannot work raise :class:`~edncli.errors.UsageError` here; the checks that need the
     network or the device are :meth:`check_for` and :meth:`check_device`.
@@ -64,10 +83,13 @@ class InferenceConfig:
     tile_overlap: Optional[int] = None
     precision: str = "fp32"
     channels_last: Optional[bool] = None
+    ensemble: int = 1
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.ensemble not in ENSEMBLES:
+            raise UsageError(f"--ensemble must be 1 (off) or 8 (flips and 90° rotations), got {self.ensemble}")
         if self.tile_overlap is not None and self.tile_overlap < 0:
             raise UsageError(f"--tile-overlap must be >= 0, got {self.tile_overlap}")
         if self.tile is not None:
@@ -103,7 +125,7 @@ class InferenceConfig:
     @property
     def is_default(self) -> bool:
         """Whole image, float32, NCHW: the network is called exactly as without this config."""
-        return self.tile is None and self.precision == "fp32" and not self.channels_last
+        return self.tile is None and self.precision == "fp32" and not self.channels_last and self.ensemble == 1
 
     def check_for(self, receptive_field: int, what: str = "the network") -> "InferenceConfig":
         """Refuse a tile smaller than the receptive field ``2r + 1`` of ``what``; returns ``self``."""
@@ -209,6 +231,14 @@ def run_network(
     """
     if config is None or config.is_default:
         return fn(x)
+    if config.ensemble > 1:
+        # Mean of the network on the 8 symmetries of the input, each mapped back (eq. of the
+        # geometric self-ensemble); each call is whole or tiled, at the configured precision.
+        single = replace(config, ensemble=1)
+        total = run_network(fn, x, single, receptive_field, align)
+        for k in range(1, config.ensemble):
+            total = total + dihedral_inverse(run_network(fn, dihedral(x, k).contiguous(), single, receptive_field, align), k)
+        return total / config.ensemble
     dtype = config.dtype
 
     def call(t: torch.Tensor) -> torch.Tensor:
@@ -241,4 +271,4 @@ def run_network(
     return out / weight
 
 
-__all__ = ["PRECISIONS", "InferenceConfig", "run_network", "tile_starts", "axis_windows", "receptive_radius"]
+__all__ = ["PRECISIONS", "ENSEMBLES", "dihedral", "dihedral_inverse", "InferenceConfig", "run_network", "tile_starts", "axis_windows", "receptive_radius"]

@@ -426,11 +426,12 @@ def _with_inference(method: str, model: torch.nn.Module, meta: Dict[str, Any], c
             (f"--tile {config.tile}", config.tile is not None),
             (f"--precision {config.precision}", config.precision != "fp32"),
             ("--channels-last", config.channels_last),
+            (f"--ensemble {config.ensemble}", config.ensemble > 1),
         ) if on
     )
     if method == "potential":
         raise UsageError(
-            f"{asked}: not available for method potential (tiling or low precision would change the energy "
+            f"{asked}: not available for method potential (tiling, low precision or an ensemble would change the energy "
             "F = f + λ g_θ whose descent is checked); leave them out, or use --method red/pnp/edn"
         )
     if getattr(model, "has_potential", False) or not hasattr(model, "net"):
