@@ -14,10 +14,14 @@ from edncli.networks.direction import build_network
 from edncli.networks.inference import InferenceConfig, axis_windows, run_network
 
 
-def _net(depth=3, width=8, shuffle=4, cin=2, seed=0) -> DnCNN:
+def _net(depth=3, width=8, shuffle=4, cin=2, seed=0, residual=False) -> DnCNN:
     torch.manual_seed(seed)
-    net = DnCNN(BackboneConfig(in_channels=cin, out_channels=1, depth=depth, width=width, batchnorm=False, shuffle=shuffle))
+    net = DnCNN(BackboneConfig(in_channels=cin, out_channels=1, depth=depth, width=width, batchnorm=False, shuffle=shuffle,
+                               residual=residual))
     torch.nn.init.normal_(net.body[-1].weight, std=0.2)  # the default init zeroes the last layer
+    for m in net.modules():  # and each residual block's second convolution
+        if m.__class__.__name__ == "_ResBlock":
+            torch.nn.init.normal_(m.conv2.weight, std=0.2)
     return net.eval()
 
 
@@ -38,11 +42,13 @@ def test_block_multiple_is_pixel_shuffle_of_the_plain_stack():
     assert net.body[0].in_channels == 2 * 16 and net.body[-1].out_channels == 16
 
 
-@pytest.mark.parametrize("depth, shuffle", [(3, 1), (3, 2), (2, 4), (4, 4)])
-def test_receptive_field_bounds_the_reach_of_one_pixel(depth, shuffle):
+@pytest.mark.parametrize("depth, shuffle, residual", [(3, 1, False), (3, 2, False), (2, 4, False), (4, 4, False),
+                                                     (4, 1, True), (6, 2, True)])
+def test_receptive_field_bounds_the_reach_of_one_pixel(depth, shuffle, residual):
     # A change at one pixel moves outputs only within the stated radius, and the bound is tight
-    # somewhere (a pixel at a block edge reaches exactly r = s (depth + 1) - 1 away).
-    net = _net(depth=depth, shuffle=shuffle, width=6)
+    # somewhere (a pixel at a block edge reaches exactly r = s (depth + 1) - 1 away); residual
+    # blocks have the same convolutions, so the same field.
+    net = _net(depth=depth, shuffle=shuffle, width=6, residual=residual)
     rf = net.cfg.receptive_field
     r = rf // 2
     size = rf + 2 * shuffle * 4
@@ -109,3 +115,26 @@ def test_he_initialisation_keeps_activations_at_scale():
                 first = float(h.std()) if first is None else first
     assert float(h.std()) > 0.2 * first
     assert float(net.body[-1].weight.detach().abs().max()) == 0.0
+
+
+def test_residual_backbone_starts_as_the_first_layer_features_and_rebuilds_from_its_arch():
+    # Zero-initialised second convolutions make every block the identity at the start, so the
+    # stack is head -> 2x skip -> tail; configurations it cannot build are refused.
+    torch.manual_seed(0)
+    cfg = BackboneConfig(in_channels=2, out_channels=1, depth=8, width=8, batchnorm=False, shuffle=2, residual=True)
+    net = DnCNN(cfg)
+    torch.nn.init.normal_(net.body[-1].weight, std=0.2)
+    x = F.pixel_unshuffle(torch.rand(2, 2, 16, 16), 2)
+    with torch.no_grad():
+        head = net.body[1](net.body[0](x))
+        want = F.pixel_shuffle(net.body[-1](2 * head), 2)
+        assert torch.allclose(net(F.pixel_shuffle(x, 2)), want, atol=1e-6)
+    assert sum(p.numel() for p in net.parameters()) == sum(
+        p.numel() for p in DnCNN(BackboneConfig(in_channels=2, out_channels=1, depth=8, width=8, batchnorm=False,
+                                                shuffle=2)).parameters())  # the same convolutions
+    base = build_network({"batchnorm": False, "depth": 8, "in_channels": 2, "out_channels": 1, "width": 8, "shuffle": 2,
+                          "residual": True, "kind": "baseline"})
+    assert base.cfg.residual and len(base.state_dict()) == len(net.state_dict())
+    for bad in (dict(depth=7), dict(depth=8, batchnorm=True)):
+        with pytest.raises(ValueError, match="residual"):
+            DnCNN(BackboneConfig(**{**cfg.as_dict(), **bad}))

@@ -151,6 +151,9 @@ def test_train_cli_bad_input(tmp_path, monkeypatch, capsys):
     assert code == 2
     code, _, err = edn(monkeypatch, capsys, "train", "--task", "sr", "--images", "small", "--out", "m", "--shuffle", "0")
     assert code == 2 and "--shuffle must be >= 1" in err and "Traceback" not in err
+    code, _, err = edn(monkeypatch, capsys, "train", "--task", "sr", "--images", "small", "--out", "m", "--residual",
+                       "--depth", "7")
+    assert code == 2 and "--residual needs" in err and "--depth 7" in err and "Traceback" not in err
     assert not list(tmp_path.glob("m*.safetensors"))
 
 
@@ -198,6 +201,28 @@ def test_eval_paper_protocol_fixed_iterations_with_learned_steps(tiny_sr, tmp_pa
     for bad, msg in ((["--precision", "fp8"], "--precision must be one of"), (["--handover", "lbfgs"], "--handover must be gd or cg")):
         code, _, err = edn(monkeypatch, capsys, *args, *bad)
         assert code == 2 and msg in err and "Traceback" not in err, err
+
+
+def test_residual_backbone_trains_warm_starts_and_solves(tmp_path):
+    # a residual baseline, then a residual edn warm-started from it (the shipped chain's shape);
+    # a plain network cannot start from it, and the edn run keeps the energy monotone and meets δ
+    from edncli.errors import UsageError
+
+    imgs = _images(tmp_path / "imgs")
+    common = dict(spec=TaskSpec("sr", scale=4), images=str(imgs), val_images=str(imgs), depth=4, width=8, patch=24,
+                  batch=4, steps=3, val_every=3, val_size=32, shuffle=4, residual=True)
+    base = train(TrainConfig(kind="baseline", **common), tmp_path / "b.safetensors", command="pytest",
+                 device=torch.device("cpu"), quiet=True)
+    assert read_metadata(base)["arch"]["residual"] is True
+    out = train(TrainConfig(kind="edn", init_from=str(base), lag_every=2, max_lag_steps=1, min_iter=2, **common),
+                tmp_path / "e.safetensors", command="pytest", device=torch.device("cpu"), quiet=True)
+    with pytest.raises(UsageError, match="residual True does not match"):
+        train(TrainConfig(kind="edn", init_from=str(base), **{**common, "residual": False}), tmp_path / "p.safetensors",
+              command="pytest", device=torch.device("cpu"), quiet=True)
+    x, op, f, u0 = _sr_problem()
+    res = solve(Problem(op=op, f=f, u0=u0, delta=DeltaChoice(0.01 * 8, "given"), task="sr"), "edn",
+                MethodOptions(weights=str(out)))
+    assert res.energy_monotone and res.delta_reached
 
 
 def test_eval_luma_conventions(tmp_path, monkeypatch, capsys):

@@ -47,6 +47,7 @@ def train(
     shuffle: Annotated[int, typer.Option("--shuffle", help="sr/ct/deblur: space-to-depth factor of the backbone (1: plain DnCNN; 4 for SR x4 runs the convolutions on 4x4 blocks, 16x cheaper per layer).")] = 1,
     threads: Annotated[Optional[int], typer.Option("--threads", help="torch CPU threads (default: torch's choice).")] = None,
     precision: Annotated[str, typer.Option("--precision", help="sr/ct/deblur: fp32 or bf16 autocast for the backbone (bf16: ~3x faster on CPUs with AMX and on GPUs; the descent-set layer, loss and optimiser stay float32).")] = "fp32",
+    residual: Annotated[bool, typer.Option("--residual/--plain", help="sr/ct/deblur: group the backbone's middle convolutions into residual blocks (EDSR-style; even depth - 2, no batch norm) instead of a plain chain.")] = False,
     batchnorm: Annotated[bool, typer.Option("--batchnorm/--no-batchnorm", help="Batch norm in the backbone (paper: on; off trains more reliably with the lagged scheme's shifting inputs).")] = False,
     layer: Annotated[str, typer.Option("--layer", help="Descent layer: cone_ball (eq. 22) or halfspace (eq. 21).")] = "cone_ball",
     zeta1: Annotated[float, typer.Option("--zeta1", help="eq. 22 ζ1 (on the normalised gradient).")] = 0.05,
@@ -137,7 +138,7 @@ def train(
         raise UsageError(f"--kind must be edn or baseline, got {kind!r}")
     default_name = f"{'edn' if kind == 'edn' else 'baseline'}-{task}" + (f"-x{scale}" if task == "sr" else "")
     cfg = TrainConfig(
-        spec=spec, kind=kind, images=images, val_images=val_images, depth=depth or 8, width=width or 32, batchnorm=batchnorm, shuffle=shuffle, layer=layer,
+        spec=spec, kind=kind, images=images, val_images=val_images, depth=depth or 8, width=width or 32, batchnorm=batchnorm, shuffle=shuffle, residual=residual, layer=layer,
         zeta1=zeta1, zeta2=zeta2, zeta=zeta, patch=patch, batch=batch, steps=steps, lr=lr, lag_every=lag_every,
         max_lag_steps=max_lag_steps, min_iter=min_iter, val_every=val_every, seed=seed, init_from=init_from,
         precision=precision,
@@ -146,6 +147,8 @@ def train(
         raise UsageError(f"--steps must be >= 1, got {steps}")
     if shuffle < 1:
         raise UsageError(f"--shuffle must be >= 1, got {shuffle}")
+    if residual and (batchnorm or (cfg.depth - 2) % 2):
+        raise UsageError(f"--residual needs --no-batchnorm and an even --depth (blocks of 2 convolutions after the first), got --depth {cfg.depth}")
     path = _out_path(out, default_name)
     torch.manual_seed(seed)
     written = run_train(cfg, path, command=command, device=dev, quiet=quiet, force=force, resume=resume,

@@ -53,6 +53,8 @@ class TrainConfig:
     batchnorm: bool = False
     #: Space-to-depth factor of the backbone (1: plain DnCNN; see ``networks/backbones.py``).
     shuffle: int = 1
+    #: Residual blocks instead of a plain chain (``BackboneConfig.residual``).
+    residual: bool = False
     layer: str = "cone_ball"
     zeta1: float = 0.05
     zeta2: float = 20.0
@@ -241,7 +243,7 @@ def train(cfg: TrainConfig, out: Path, *, command: str, device: torch.device, qu
     val_x = _validation_set(cfg, cfg.seed) if rank == 0 else None
 
     bb = BackboneConfig(in_channels=3 if cfg.kind == "edn" else 2, out_channels=1, depth=cfg.depth, width=cfg.width,
-                        batchnorm=cfg.batchnorm, shuffle=cfg.shuffle)
+                        batchnorm=cfg.batchnorm, shuffle=cfg.shuffle, residual=cfg.residual)
     if cfg.kind == "edn":
         net_cfg = DirectionNetConfig(backbone=bb, layer=cfg.layer, zeta1=cfg.zeta1, zeta2=cfg.zeta2, zeta=cfg.zeta)
         net: torch.nn.Module = DirectionNet(net_cfg)
@@ -386,11 +388,12 @@ def warm_start(net: torch.nn.Module, cfg: TrainConfig, name_or_path: str) -> Non
     src_kind = meta["task"].split("-", 1)[0]
     arch = meta.get("arch", {})
     src_bb = arch.get("backbone", arch)
-    src_shape = (src_bb.get("depth"), src_bb.get("width"), src_bb.get("shuffle", 1))
-    if src_shape != (cfg.depth, cfg.width, cfg.shuffle):
+    src_shape = (src_bb.get("depth"), src_bb.get("width"), src_bb.get("shuffle", 1), bool(src_bb.get("residual", False)))
+    if src_shape != (cfg.depth, cfg.width, cfg.shuffle, cfg.residual):
         raise UsageError(
-            f"--init-from {path.name}: backbone depth {src_shape[0]}, width {src_shape[1]}, shuffle {src_shape[2]} does "
-            f"not match --depth {cfg.depth} --width {cfg.width} --shuffle {cfg.shuffle}"
+            f"--init-from {path.name}: backbone depth {src_shape[0]}, width {src_shape[1]}, shuffle {src_shape[2]}, "
+            f"residual {src_shape[3]} does not match --depth {cfg.depth} --width {cfg.width} --shuffle {cfg.shuffle}"
+            f" {'--residual' if cfg.residual else '--plain'}"
         )
     own = net.state_dict()
     first = "backbone.body.0.weight"
@@ -432,6 +435,7 @@ def _card_body(cfg: TrainConfig, world: int) -> str:
         "",
         f"- Network: {'direction network with the ' + ('eq. 22 cone-and-ball' if cfg.layer == 'cone_ball' else 'eq. 21 half-space') + ' layer' if cfg.kind == 'edn' else 'baseline feed-forward network (no guarantee)'}; "
         f"DnCNN backbone depth {cfg.depth}, width {cfg.width}, batch norm {cfg.batchnorm}"
+        + (f", {(cfg.depth - 2) // 2} residual blocks" if cfg.residual else "")
         + (f", space-to-depth by {cfg.shuffle} (convolutions on {cfg.shuffle}x{cfg.shuffle} blocks)" if cfg.shuffle > 1 else "")
         + ".",
         f"- Forward model: {json.dumps(s.as_dict())}.",
