@@ -323,7 +323,7 @@ def test_warm_start_from_a_baseline_gives_its_correction_as_the_first_raw_output
         warm_start(DirectionNet(DirectionNetConfig(backbone=BackboneConfig(3, 1, 4, 8, False, shuffle))),
                    TrainConfig(kind="edn", **{**common, "depth": 4}), str(base))
     other = 3 - shuffle
-    with pytest.raises(Exception, match=f"shuffle {shuffle} does not match --depth 3 --width 8 --shuffle {other}"):
+    with pytest.raises(Exception, match=f"shuffle {shuffle}, residual False does not match --depth 3 --width 8 --shuffle {other}"):
         warm_start(DirectionNet(DirectionNetConfig(backbone=BackboneConfig(3, 1, 3, 8, False, other))),
                    TrainConfig(kind="edn", **{**common, "shuffle": other}), str(base))
 
