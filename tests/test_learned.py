@@ -154,6 +154,8 @@ def test_train_cli_bad_input(tmp_path, monkeypatch, capsys):
     code, _, err = edn(monkeypatch, capsys, "train", "--task", "sr", "--images", "small", "--out", "m", "--residual",
                        "--depth", "7")
     assert code == 2 and "--residual needs" in err and "--depth 7" in err and "Traceback" not in err
+    code, _, err = edn(monkeypatch, capsys, "train", "--task", "denoiser", "--residual")
+    assert code == 2 and "--residual is for --task sr|ct|deblur" in err and "Traceback" not in err
     assert not list(tmp_path.glob("m*.safetensors"))
 
 

@@ -90,6 +90,8 @@ def train(
         torch.set_num_threads(threads)
     if precision != "fp32" and task in ("sudoku", "denoiser"):
         raise UsageError(f"--precision is for --task sr|ct|deblur; --task {task} trains in fp32")
+    if residual and task in ("sudoku", "denoiser"):
+        raise UsageError(f"--residual is for --task sr|ct|deblur; --task {task} has its own architecture")
     if task == "sudoku":
         from .sudoku import train_command
 
