@@ -23,8 +23,7 @@ the stopping tests and the trace run on those host numbers, so the solver adds n
 launches or device synchronisations. For a batch of more than one sample each trace record keeps
 those per-sample numbers too, so that the result can be split per image
 (:meth:`~edncli.solvers.trace.SolveResult.split`). Gradient descent on the data term alone for one
-sample on the CPU (method ``gd``) runs a
-shorter loop with the same arithmetic (:func:`_landweber_single`; ``tests/test_landweber_path.py``
+sample on the CPU (method ``gd``) runs a shorter loop with the same arithmetic (:func:`_landweber_single`; ``tests/test_landweber_path.py``
 checks that both give the same iterates and trace, bit for bit).
 """
 
@@ -386,9 +385,9 @@ def descend(
 
         prev_u, prev_g = u, (None if reuse_grad else g)
         u_new = d if reuse_grad else torch.empty_like(u)
-        t_step: "torch.Tensor | float" = sign * tau[0]
-        if batch > 1:
-            t_step = torch.tensor([sign * v for v in tau], device=device, dtype=u.dtype)
+        t_step: "torch.Tensor | float" = (
+            sign * tau[0] if batch == 1 else torch.tensor([sign * v for v in tau], device=device, dtype=u.dtype)
+        )
         # For E = 1/2||Au - f||^2 alone whose residual moved to r + tau A d, E(u_new) is the
         # line's closed form at the accepted step: evaluated on the host in float64, no pass
         # over the data. Every REFRESH_EVERY steps the residual is recomputed from A u and E
