@@ -20,6 +20,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # ---------------------------------------------------------------------------- option groups
 Output = Annotated[str, typer.Option("--output", "-o", help="Output file ('-' for stdout); .png, .tif, .npy or .h5.")]
+SinogramOutput = Annotated[
+    str, typer.Option("--output", "-o", help="Output sinogram file: DXchange HDF5 (.h5 or .hdf5); no other format.")
+]
 OutputDir = Annotated[
     Optional[Path], typer.Option("--output-dir", help="Folder for outputs when the input is a folder or a glob.")
 ]
@@ -203,7 +206,7 @@ def plan_outputs(inputs: List[str], output: Optional[str], output_dir: Optional[
         raise UsageError(f"{len(inputs)} inputs: pass --output-dir DIR instead of -o")
     if output not in (None, "") and len(inputs) > 1:
         raise UsageError("with several inputs use --output-dir, not -o")
-    output_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(output_dir, "--output-dir:")
     ext = {"tif": ".tif", "npy": ".npy", "h5": ".h5", "png": ".png", None: None}[fmt]
     outs = []
     for path in inputs:
@@ -220,8 +223,18 @@ def side_path(base: Optional[str], n_inputs: int, input_path: str, suffix: str) 
     if n_inputs == 1:
         return base
     folder = Path(base)
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder, f"with {n_inputs} inputs, --report/--plot name a folder:")
     return str(folder / f"{Path(input_path).stem}{suffix}")
+
+
+def make_folder(folder: Path, what: str) -> None:
+    """Create an output folder (and its parents): one line, exit 2 or 4, when it cannot be."""
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{what} {folder} exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{what} cannot create the folder {folder} ({exc.strerror or exc})") from None
 
 
 def to_tensor(arr: Any, device) -> "Any":
@@ -241,9 +254,46 @@ def from_tensor(t, like_ndim: int):
     return a[0] if like_ndim == 2 else a
 
 
-def check_exists_for_write(paths: List[Optional[str]], force: bool) -> None:
+def check_exists_for_write(
+    paths: List[Optional[str]], force: bool, labels: Optional[List[str]] = None, json_stdout: bool = False
+) -> None:
+    """Before any work: every planned output can be written (see
+    :func:`~edncli.io.images.check_writable`), no two of them are the same file, and at most one
+    thing goes to stdout (``-`` outputs, and the ``--json`` summary when ``json_stdout``).
+
+    ``labels`` (one per path) name the outputs in the error, e.g. ``the report of a.png``.
+    """
+    import os
+
     from ..io.images import check_writable
 
+    seen: dict = {}
+    stdout = ["--json"] if json_stdout else []
+    for i, p in enumerate(paths):
+        if p is None:
+            continue
+        label = labels[i] if labels is not None else p
+        if p == "-":
+            stdout.append(label)
+            continue
+        key = os.path.realpath(p)
+        if key in seen:
+            raise UsageError(f"{p} would be written twice in one run ({seen[key]} and {label}); give them distinct names")
+        seen[key] = label
+    if len(stdout) > 1:
+        both = "both" if len(stdout) == 2 else "all"
+        raise UsageError(f"{' and '.join(stdout)} would {both} write to stdout; send all but one of them to a file")
     for p in paths:
         if p is not None:
             check_writable(p, force)
+
+
+def check_dataset(dataset: Optional[str], inputs: List[str]) -> None:
+    """``--dataset`` names an HDF5 dataset: a usage error with an input that is not HDF5."""
+    if dataset is None:
+        return
+    from ..io.images import sniff_format
+
+    for path in inputs:
+        if path != "-" and sniff_format(path) != "h5":
+            raise UsageError(f"--dataset {dataset} applies to HDF5 inputs only, and {path} is not HDF5; drop it")

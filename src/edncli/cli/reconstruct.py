@@ -35,9 +35,13 @@ PresetOpt = Annotated[Optional[str], typer.Option("--preset", help="potential/re
 InitOpt = Annotated[Optional[str], typer.Option("--init", help="Initial guess (see each command's help).")]
 
 
-def _check_method(method: str) -> str:
+def _check_method(method: str, weights: Optional[str] = None) -> str:
+    """A usage error for an unknown method, or for ``--weights`` given to a method that loads none."""
     if method not in METHOD_NAMES:
         raise UsageError(f"--method must be one of {', '.join(METHOD_NAMES)}, got {method!r}")
+    from ..solvers.learned import check_weights_option
+
+    check_weights_option(method, weights)
     return method
 
 
@@ -104,6 +108,34 @@ def _batches(jobs: List[_Job], build: Callable[[str, object], tuple], device, si
         yield group
 
 
+def plan_jobs(
+    inputs: List[str], outputs: List[str], report: Optional[str], plot: Optional[str], force: bool, as_json: bool,
+    fmt: Optional[str], bit_depth: int, check: bool = True, check_formats: bool = True,
+) -> List[_Job]:
+    """Each input's output, report and plot, with ``check`` all checked before any work: writable,
+    not there (or ``force``), no two the same file, at most one thing on stdout (``as_json`` is
+    one), and (``check_formats``) a known output format and PNG bit depth. Errors are usage errors
+    (exit 2) or, for a folder that cannot be written, input/output errors (exit 4)."""
+    from ..io.images import output_format
+
+    jobs = [
+        _Job(path, out, c.side_path(report, len(inputs), path, ".json"), c.side_path(plot, len(inputs), path, ".png"))
+        for path, out in zip(inputs, outputs)
+    ]
+    if not check:
+        return jobs
+    if len(jobs) == 1:
+        labels = [f"-o {jobs[0].out}", f"--report {jobs[0].rep}", f"--plot {jobs[0].plt}"]
+    else:
+        labels = [f"the {kind} of {job.path}" for job in jobs for kind in ("output", "report", "plot")]
+    c.check_exists_for_write([p for job in jobs for p in (job.out, job.rep, job.plt)], force, labels, json_stdout=as_json)
+    if check_formats:
+        formats = {output_format(job.out, fmt) for job in jobs}
+        if "png" in formats and bit_depth not in (8, 16):
+            raise UsageError(f"--bit-depth must be 8 or 16, got {bit_depth}")
+    return jobs
+
+
 def run_problems(
     *,
     inputs: List[str],
@@ -131,28 +163,26 @@ def run_problems(
     (:meth:`~edncli.solvers.methods.Problem.stack`, then
     :meth:`~edncli.solvers.trace.SolveResult.split`); each report then gets a ``batch`` key.
     """
-    from ..io.images import write_image
-    from ..io.reports import build_report, plot_report, write_report
+    from ..io.images import encode_image, output_format, write_together
+    from ..io.reports import build_report, plot_bytes, report_bytes
     from ..solvers.methods import Problem, solve
 
     solve = solver or solve
 
-    jobs = []
-    for path, out in zip(inputs, outputs):
-        rep = c.side_path(report, len(inputs), path, ".json")
-        plt = c.side_path(plot, len(inputs), path, ".png")
-        c.check_exists_for_write([out, rep, plt], force)
-        jobs.append(_Job(path, out, rep, plt))
+    # Under torchrun (``solver`` given) the other ranks already wait in the solve, so a failed
+    # check here would leave them hanging: ``edn ct`` checks its outputs in its argument stage.
+    jobs = plan_jobs(inputs, outputs, report, plot, force, as_json, fmt, bit_depth,
+                     check=solver is None, check_formats=write_result is None)
 
     summaries = []
 
     def finish(job: _Job, built: tuple, result, batch: Optional[dict]) -> None:
-        """Write one input's output, report and plot, and its summary line."""
+        """Write one input's output, report and plot (all or none), and its summary line."""
         problem, ndim, context = built
-        if write_result is not None:
-            write_result(job.out, result, context)
-        else:
-            write_image(job.out, c.from_tensor(result.u, ndim), fmt=fmt, bit_depth=bit_depth, force=force)
+        files = []
+        if write_result is None:
+            image = encode_image(c.from_tensor(result.u, ndim), output_format(job.out, fmt), bit_depth)
+            files.append((job.out, image))
         doc = build_report(
             result,
             device=str(device),
@@ -165,9 +195,12 @@ def run_problems(
         if batch is not None:
             doc["batch"] = batch
         if job.rep is not None:
-            write_report(job.rep, doc, force=force)
+            files.append((job.rep, report_bytes(doc)))
         if job.plt is not None:
-            plot_report(job.plt, doc, force=force)
+            files.append((job.plt, plot_bytes(doc)))
+        if write_result is not None:
+            write_result(job.out, result, context)
+        write_together(files, force=force)
         reached = result.delta_reached
         summaries.append(
             {
@@ -280,7 +313,7 @@ def sr(
     from ..solvers.methods import Problem
 
     scale = check_scale(scale)
-    _check_method(method)
+    _check_method(method, weights)
     c.check_batch_size(batch_size)
     init = init or "bicubic"
     if init not in ("bicubic", "bilinear", "nearest", "adjoint"):
@@ -292,6 +325,7 @@ def sr(
         learned_steps, handover, ensemble,
     )
     inputs = c.expand_inputs(input)
+    c.check_dataset(dataset, inputs)
     outputs = c.plan_outputs(inputs, output, output_dir, fmt)
     dev = c.resolve_device(device)
     import torch
@@ -368,7 +402,7 @@ def deblur(
     from ..operators.blur import Blur, gaussian_kernel, read_kernel
     from ..solvers.methods import Problem
 
-    _check_method(method)
+    _check_method(method, weights)
     c.check_batch_size(batch_size)
     if (kernel_sigma is None) == (kernel is None):
         raise UsageError("give exactly one of --kernel-sigma (Gaussian) or --kernel FILE")
@@ -383,6 +417,7 @@ def deblur(
         learned_steps, handover, ensemble,
     )
     inputs = c.expand_inputs(input)
+    c.check_dataset(dataset, inputs)
     outputs = c.plan_outputs(inputs, output, output_dir, fmt)
     dev = c.resolve_device(device)
     import torch

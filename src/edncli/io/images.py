@@ -2,17 +2,23 @@
 
 Inside edn, images are float32 arrays in [0, 1] (integer formats are divided by their type's
 maximum, never by the largest pixel value). Shapes: ``(H, W)`` gray or ``(C, H, W)`` colour.
-Outputs are written to a temporary file in the target folder and renamed into place, and an
-existing file is only replaced with ``force=True``.
+Outputs are written to a temporary file in the target folder and renamed into place
+(:func:`write_together` does so for the several files of one result, all or none), and an
+existing file is only replaced with ``force=True``, and only when it is a regular file.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import stat
+import struct
 import sys
+import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -82,6 +88,38 @@ def _channels_first(arr: np.ndarray, source: str) -> np.ndarray:
     raise InputError(f"{source}: expected a 2D image (or 3D with colour channels), got shape {arr.shape}")
 
 
+#: Pillow's raw modes for 16-bit colour PNGs, which it reads as 8-bit (each sample's high byte),
+#: and the little-endian raw modes that, applied to the same big-endian data, keep the low bytes.
+_PNG16_LOW = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L"}
+
+
+def _png16_colour(im, source) -> Optional[np.ndarray]:
+    """The full 16-bit samples ``(H, W, C)`` of a 16-bit RGB/RGBA PNG, or None for other images.
+
+    The PNG is decoded twice: as Pillow does (high bytes), then with the little-endian raw mode
+    (low bytes). Both undo the PNG filters on whole 6- or 8-byte pixels, so the two halves are exact.
+    """
+    from PIL import Image
+
+    if im.format != "PNG" or len(im.tile) != 1:
+        return None
+    tile = im.tile[0]
+    rawmode = tile[3][0] if isinstance(tile[3], tuple) else tile[3]
+    if rawmode not in _PNG16_LOW:
+        return None
+    high = np.asarray(im)
+    if isinstance(source, io.BytesIO):
+        source.seek(0)
+    with Image.open(source) as again:
+        name, extents, offset, args = again.tile[0]
+        args = (_PNG16_LOW[rawmode], *args[1:]) if isinstance(args, tuple) else _PNG16_LOW[rawmode]
+        again.tile = [(name, extents, offset, args)]
+        low = np.asarray(again)
+    if low.shape != high.shape:
+        return None
+    return (high.astype(np.uint16) << 8) | low.astype(np.uint16)
+
+
 def read_image_array(path: str | Path, dataset: Optional[str] = None) -> np.ndarray:
     """The raw array stored in an image file (no scaling)."""
     arr, _ = _read_raw(str(path), dataset)
@@ -109,6 +147,8 @@ def _read_raw(path: str, dataset: Optional[str]) -> tuple[np.ndarray, str]:
             fmt = _format_from_suffix(p) if _format_from_suffix(p) != "pillow" else "pillow"
         source = p
         label = str(p)
+    if dataset is not None and fmt != "h5":
+        raise UsageError(f"--dataset {dataset} applies to HDF5 inputs only, and {label} is not HDF5; drop it")
     try:
         if fmt == "npy":
             arr = np.load(source, allow_pickle=False)
@@ -129,7 +169,10 @@ def _read_raw(path: str, dataset: Optional[str]) -> tuple[np.ndarray, str]:
 
             try:
                 with Image.open(source) as im:
-                    if im.mode in ("I;16", "I;16B", "I;16L"):
+                    full = _png16_colour(im, source) if im.mode in ("RGB", "RGBA") else None
+                    if full is not None:
+                        arr = full
+                    elif im.mode in ("I;16", "I;16B", "I;16L"):
                         arr = np.asarray(im, dtype=np.uint16)
                     elif im.mode == "I":
                         arr = np.asarray(im).astype(np.int64)
@@ -186,10 +229,40 @@ def output_format(path: str, fmt: Optional[str] = None) -> str:
     return f
 
 
+def sniff_format(path: str) -> str:
+    """The format of an input file by its first bytes, else by its suffix (``pillow`` for others)."""
+    try:
+        with open(path, "rb") as fh:
+            fmt = _format_from_magic(fh.read(8))
+    except OSError:
+        fmt = "pillow"
+    return fmt if fmt != "pillow" else _format_from_suffix(Path(path))
+
+
+def _png16(hwc: np.ndarray) -> bytes:
+    """A 16-bit PNG of ``(H, W, C)`` uint16 samples, C = 2, 3 or 4 (gray+alpha, RGB, RGBA).
+
+    Pillow writes 16-bit PNGs for gray images only; this writes the colour types itself
+    (PNG spec: IHDR, one zlib IDAT with the "Up" filter on every row, IEND).
+    """
+    h, w, ch = hwc.shape
+    rows = np.ascontiguousarray(hwc, dtype=">u2").reshape(h, w * ch).view(np.uint8)
+    up = np.diff(rows, axis=0, prepend=np.zeros((1, rows.shape[1]), np.uint8))  # uint8: wraps mod 256
+    raw = np.concatenate([np.full((h, 1), 2, np.uint8), up], axis=1).tobytes()
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    colour_type = {2: 4, 3: 2, 4: 6}[ch]
+    header = struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
+
+
 def encode_image(arr: np.ndarray, fmt: str, bit_depth: int = 16, dataset: str = "image") -> bytes:
     """Encode a float image (``(H, W)`` or ``(C, H, W)``) to bytes in ``fmt``.
 
-    PNG clips to [0, 1] and quantises to ``bit_depth`` (8 or 16); TIFF, NPY and HDF5 keep float32.
+    PNG clips to [0, 1] and quantises to ``bit_depth`` (8 or 16, gray and colour alike);
+    TIFF, NPY and HDF5 keep float32.
     """
     arr = np.asarray(arr, dtype=np.float32)
     buf = io.BytesIO()
@@ -198,11 +271,16 @@ def encode_image(arr: np.ndarray, fmt: str, bit_depth: int = 16, dataset: str = 
 
         if bit_depth not in (8, 16):
             raise UsageError(f"--bit-depth must be 8 or 16, got {bit_depth}")
+        if arr.ndim == 3 and not 1 <= arr.shape[0] <= 4:
+            raise UsageError(f"PNG holds 1 to 4 channels, the result has {arr.shape[0]}; write .tif, .npy or .h5")
         hwc = np.moveaxis(arr, 0, -1) if arr.ndim == 3 else arr
+        if hwc.ndim == 3 and hwc.shape[-1] == 1:
+            hwc = hwc[..., 0]
         clipped = np.clip(hwc, 0.0, 1.0)
-        if bit_depth == 8 or (hwc.ndim == 3):
-            # Pillow cannot write 16-bit colour PNGs; colour PNG output is 8-bit.
+        if bit_depth == 8:
             img = Image.fromarray(np.round(clipped * 255).astype(np.uint8))
+        elif hwc.ndim == 3:
+            return _png16(np.round(clipped * 65535).astype(np.uint16))
         else:
             img = Image.fromarray(np.round(clipped * 65535).astype(np.uint16))
         img.save(buf, format="PNG")
@@ -223,29 +301,84 @@ def encode_image(arr: np.ndarray, fmt: str, bit_depth: int = 16, dataset: str = 
 
 
 def check_writable(path: str, force: bool) -> None:
-    """Fail early (before any work) when ``path`` exists and ``force`` is not set."""
+    """Fail early (before any work) unless ``path`` can be written.
+
+    Refused: a folder or another non-regular file (device, pipe, socket; even with ``force``),
+    an existing file without ``force`` (exit 2), a missing folder (exit 2), and a folder that
+    cannot be written to (tried with a temporary file; exit 4). ``-`` (stdout) always passes.
+    """
     if path == "-":
         return
     p = Path(path)
-    if p.exists() and not force:
-        raise UsageError(f"{path} exists; pass --force to overwrite it")
     if p.is_dir():
         raise UsageError(f"{path} is a folder; give a file name")
+    try:
+        mode = os.stat(p).st_mode
+    except OSError:
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode):
+        raise UsageError(
+            f"{path} exists and is not a regular file; edn replaces only regular files, even with --force "
+            "('-' writes to stdout)"
+        )
+    if mode is not None and not force:
+        raise UsageError(f"{path} exists; pass --force to overwrite it")
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.exists():
         raise UsageError(f"{path}: folder {parent} does not exist")
+    if not parent.is_dir():
+        raise UsageError(f"{path}: {parent} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write to the folder {parent} ({exc.strerror or exc})") from None
+
+
+def write_together(files: Sequence[tuple[str, bytes]], force: bool = False) -> None:
+    """Write several outputs (``(path, data)``) as one: all of them or none.
+
+    Each file goes to a temporary file beside its target; only when all are written are they
+    renamed into place. If a write fails, the temporary files are removed and no target is
+    touched (InputError, exit 4). ``-`` goes to stdout, last.
+    """
+    from .checkpoints import _umask
+
+    for path, _ in files:
+        check_writable(path, force)
+    staged: list[tuple[str, str]] = []
+    renamed = 0
+    try:
+        for path, data in files:
+            if path == "-":
+                continue
+            fd, tmp = tempfile.mkstemp(prefix=f".{Path(path).name}.", suffix=".tmp", dir=Path(path).parent)
+            staged.append((tmp, path))
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.chmod(tmp, 0o666 & ~_umask())
+        for tmp, path in staged:
+            os.replace(tmp, path)
+            renamed += 1
+    except OSError as exc:
+        note = "" if renamed else "; nothing of this result was written"
+        raise InputError(f"{path}: cannot write ({exc.strerror or exc}){note}") from None
+    finally:
+        for tmp, _ in staged[renamed:]:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+    for path, data in files:
+        if path == "-":
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
 
 
 def write_bytes(path: str, data: bytes, force: bool = False) -> None:
     """Write atomically (temp file in the target folder, then rename); ``-`` writes to stdout."""
-    if path == "-":
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-        return
-    check_writable(path, force)
-    from .checkpoints import atomic_write_bytes
-
-    atomic_write_bytes(path, data)
+    write_together([(path, data)], force=force)
 
 
 def write_image(path: str, arr: np.ndarray, fmt: Optional[str] = None, bit_depth: int = 16, force: bool = False) -> None:

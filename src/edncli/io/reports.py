@@ -8,7 +8,6 @@ import sys
 from typing import Any, Dict, Optional
 
 from ..solvers.trace import SolveResult
-from .checkpoints import atomic_write_bytes
 
 
 def versions() -> Dict[str, Optional[str]]:
@@ -34,8 +33,10 @@ def build_report(
 ) -> Dict[str, Any]:
     """The report of one run (DESIGN §7): verdict, provenance and the per-iteration trace.
 
-    ``final_discrepancy`` and each trace ``discrepancy`` are ``||A u - f||`` over the whole
-    batch; ``samples`` holds the per-sample verdicts (one per image, colour channel or slice).
+    ``final_discrepancy`` is the worst sample's ``||A u - f||`` (largest ratio to its own δ), so
+    ``delta_reached`` is ``final_discrepancy <= delta``; each trace ``discrepancy`` is the norm
+    over the whole batch; ``samples`` holds the per-sample verdicts (one per image, colour
+    channel or slice).
     """
     per_sample_delta = delta["delta"] if delta else None
     report: Dict[str, Any] = {
@@ -63,11 +64,16 @@ def build_report(
     return report
 
 
+def report_bytes(report: Dict[str, Any]) -> bytes:
+    """The JSON report as the bytes :func:`write_report` writes."""
+    return (json.dumps(report, indent=2, default=_jsonable) + "\n").encode()
+
+
 def write_report(path: str, report: Dict[str, Any], force: bool = False) -> None:
     """Write the JSON report atomically (``-`` for stdout)."""
     from .images import write_bytes
 
-    write_bytes(path, (json.dumps(report, indent=2, default=_jsonable) + "\n").encode(), force=force)
+    write_bytes(path, report_bytes(report), force=force)
 
 
 def _jsonable(obj):
@@ -84,6 +90,14 @@ def _jsonable(obj):
 
 
 def plot_report(path: str, report: Dict[str, Any], force: bool = False) -> None:
+    """Write the PNG of :func:`plot_bytes` atomically (``-`` for stdout)."""
+    from .images import check_writable, write_bytes
+
+    check_writable(path, force)
+    write_bytes(path, plot_bytes(report), force=force)
+
+
+def plot_bytes(report: Dict[str, Any]) -> bytes:
     """PNG with energy, discrepancy (and δ) and, when known, PSNR per iteration."""
     import io
 
@@ -92,9 +106,6 @@ def plot_report(path: str, report: Dict[str, Any], force: bool = False) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .images import check_writable
-
-    check_writable(path, force)
     trace = report["trace"]
     its = [r["iter"] for r in trace]
     has_psnr = any("psnr" in r for r in trace)
@@ -119,4 +130,4 @@ def plot_report(path: str, report: Dict[str, Any], force: bool = False) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
