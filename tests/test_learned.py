@@ -380,3 +380,44 @@ def test_train_in_bf16_writes_a_float32_checkpoint_that_keeps_the_guarantee(tmp_
     code, _, err = edn(monkeypatch, capsys, "train", "--task", "denoiser", "--arch", "dncnn", "--images", "imgs",
                        "--out", "d", "--precision", "bf16")
     assert code == 2 and "--precision is for --task sr|ct|deblur" in err
+
+
+def test_warm_start_is_validated_first_and_kept_when_no_step_beats_it(tmp_path, monkeypatch):
+    # --init-from: the warm start is validated as step 0 before any update; when no later step
+    # validates higher (here the validation is made to fall), the checkpoint holds the warm start.
+    import edncli.training.lagged as lagged
+    from edncli.io.checkpoints import load_checkpoint
+    from edncli.training.lagged import warm_start
+
+    imgs = _images(tmp_path / "imgs")
+    common = dict(spec=TaskSpec("sr", scale=4), images=str(imgs), val_images=str(imgs), depth=3, width=8, patch=24,
+                  batch=4, val_size=32, shuffle=1)
+    base = train(TrainConfig(kind="baseline", steps=3, val_every=3, **common), tmp_path / "b.safetensors",
+                 command="pytest", device=torch.device("cpu"), quiet=True, log_path=tmp_path / "b.train.jsonl")
+    # no warm start, no step 0
+    assert [json.loads(line)["step"] for line in Path(tmp_path / "b.train.jsonl").read_text().splitlines()] == [3]
+    real, calls = lagged.evaluate, []
+
+    def falling(*args, **kwargs):
+        calls.append(1)
+        return {**real(*args, **kwargs), "val_psnr": 30.0 - len(calls)}
+
+    monkeypatch.setattr(lagged, "evaluate", falling)
+    cfg = TrainConfig(kind="edn", init_from=str(base), lr=1e-2, steps=2, val_every=1, lag_every=2, max_lag_steps=1,
+                      min_iter=1, **common)
+    out = train(cfg, tmp_path / "e.safetensors", command="pytest", device=torch.device("cpu"), quiet=True,
+                log_path=tmp_path / "e.train.jsonl")
+    rows = [json.loads(line) for line in Path(tmp_path / "e.train.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2] and rows[0]["loss"] is None
+    meta = read_metadata(out)
+    assert meta["metrics"]["best"]["step"] == 0
+    tensors, _ = load_checkpoint(out)
+    start = DirectionNet(DirectionNetConfig(backbone=BackboneConfig(3, 1, 3, 8, False, 1)))
+    warm_start(start, cfg, str(base))
+    for name, value in start.state_dict().items():
+        assert torch.equal(tensors[name], value), name
+    # when a trained step validates higher, it is kept instead
+    monkeypatch.setattr(lagged, "evaluate", lambda *a, **k: {**real(*a, **k), "val_psnr": 20.0 + len(calls.append(1) or calls)})
+    out = train(cfg, tmp_path / "e2.safetensors", command="pytest", device=torch.device("cpu"), quiet=True)
+    assert read_metadata(out)["metrics"]["best"]["step"] == 2
+    assert not torch.equal(load_checkpoint(out)[0]["backbone.body.0.weight"], start.state_dict()["backbone.body.0.weight"])

@@ -77,6 +77,48 @@ def _split(method: str) -> tuple[str, Optional[str]]:
     return method, None
 
 
+def check_methods(methods: Sequence[str]) -> None:
+    """A usage error for an unknown method, or ``method:weights`` on a method that loads no checkpoint."""
+    from .solvers import learned, potential  # noqa: F401  (they register the learned methods)
+    from .solvers.learned import CHECKPOINT_METHODS
+    from .solvers.methods import METHODS
+
+    for method in methods:
+        name, weights = _split(method)
+        if name not in METHODS:
+            raise UsageError(f"--methods: unknown method {name!r}; choose from {', '.join(sorted(METHODS))}")
+        if weights is not None and name not in CHECKPOINT_METHODS:
+            raise UsageError(f"--methods {method}: method {name} uses no checkpoint; name:weights is for "
+                             f"{', '.join(CHECKPOINT_METHODS)}")
+        if weights is not None and not weights.strip():
+            raise UsageError(f"--methods {method}: empty checkpoint name after ':'")
+
+
+def check_config(cfg: EvalConfig) -> None:
+    """Raise :class:`UsageError` for a setting that cannot work; called before any image is read."""
+    if cfg.noise_sigma < 0:
+        raise UsageError(f"--noise-sigma must be >= 0, got {cfg.noise_sigma}")
+    if cfg.noise_sigma == 0 and cfg.iterations is None:
+        raise UsageError("--noise-sigma must be > 0 to stop at δ; or give --iterations for a fixed count")
+    if not cfg.tau > 0:
+        raise UsageError(f"--tau must be > 0, got {cfg.tau}")
+    if cfg.iterations is not None and cfg.iterations < 0:
+        raise UsageError(f"--iterations must be >= 0, got {cfg.iterations}")
+    if cfg.max_iter < 0:
+        raise UsageError(f"--max-iter must be >= 0, got {cfg.max_iter}")
+    if cfg.learned_steps is not None and cfg.learned_steps < 0:
+        raise UsageError(f"--learned-steps must be >= 0, got {cfg.learned_steps}")
+    if cfg.limit is not None and cfg.limit < 1:
+        raise UsageError(f"--limit must be >= 1, got {cfg.limit}")
+    if cfg.border < 0:
+        raise UsageError(f"--border must be >= 0, got {cfg.border}")
+    if cfg.luma not in LUMA_TEXT:
+        raise UsageError(f"--luma must be one of {', '.join(LUMA_TEXT)}, got {cfg.luma!r}")
+    check_handover(cfg.handover)
+    InferenceConfig(precision=cfg.precision, ensemble=cfg.ensemble)  # bad values: usage errors
+    check_methods(cfg.methods)
+
+
 def prepare_image(arr: np.ndarray, cfg: EvalConfig) -> np.ndarray:
     """Luminance in [0, 1], cropped so the forward model applies (sr: sides divisible by the scale)."""
     from .io.images import to_luminance
@@ -116,18 +158,19 @@ def run_eval(
     """Evaluate every method on every image; returns the table document (see module doc)."""
     from .io.images import read_image
 
-    if cfg.noise_sigma <= 0 and cfg.iterations is None:
-        raise UsageError("--noise-sigma must be > 0 to stop at δ; or give --iterations for a fixed count")
-    if cfg.learned_steps is not None and cfg.learned_steps < 0:
-        raise UsageError(f"--learned-steps must be >= 0, got {cfg.learned_steps}")
-    check_handover(cfg.handover)
-    InferenceConfig(precision=cfg.precision, ensemble=cfg.ensemble)  # bad values: usage errors before any work
-    files = list(files)[: cfg.limit] if cfg.limit else list(files)
+    check_config(cfg)
+    files = list(files)[: cfg.limit] if cfg.limit is not None else list(files)
+    clean = []  # every image is read and checked before any method runs
+    for path in files:
+        arr, _ = read_image(path)
+        x = prepare_image(arr, cfg)
+        if 2 * cfg.border >= min(x.shape):
+            raise UsageError(f"--border {cfg.border} leaves no pixels of {Path(path).name} ({x.shape[0]}x{x.shape[1]} as evaluated)")
+        clean.append(x)
     rows: List[dict] = []
     op_cache: dict = {}
-    for index, path in enumerate(files):
-        arr, _ = read_image(path)
-        x = torch.from_numpy(prepare_image(arr, cfg))[None].to(device)
+    for index, (path, image) in enumerate(zip(files, clean)):
+        x = torch.from_numpy(image)[None].to(device)
         op, f = simulate(x, cfg, index, device, op_cache)
         m = int(f[0].numel())
         delta = None

@@ -49,8 +49,9 @@ class TaskSpec:
         self.kernel_sigma = tuple(self.kernel_sigma)  # type: ignore[assignment]
         self.noise_sigma = tuple(self.noise_sigma)  # type: ignore[assignment]
         self.angle_choices = tuple(int(a) for a in self.angle_choices)
-        if any(a < 1 for a in (self.angles, *self.angle_choices)):
-            raise UsageError(f"--angles must be >= 1, got {(self.angles, *self.angle_choices)}")
+        bad = [a for a in (self.angles, *self.angle_choices) if a < 1]
+        if bad:
+            raise UsageError(f"--angles must be >= 1, got {bad[0]}")
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -33,16 +33,17 @@ Luma = Annotated[str, typer.Option(
 def _run(spec, images, methods, noise_sigma, seed, tau, iterations, max_iter, border, limit, json_out, device, quiet,
          force, size=None, kernel_sigma=1.6, extra=None, learned_steps=None, handover=None, precision="fp32", luma="full",
          ensemble=1):
-    from ..evaluation import EvalConfig, format_table, parse_methods, run_eval
+    from ..evaluation import EvalConfig, check_config, format_table, parse_methods, run_eval
     from ..io.images import IMAGE_SUFFIXES, write_bytes
 
-    files = c.expand_inputs(images, exts=IMAGE_SUFFIXES)
-    if json_out is not None:
-        c.check_exists_for_write([json_out], force)
     cfg = EvalConfig(spec=spec, methods=parse_methods(methods), noise_sigma=noise_sigma, seed=seed, tau=tau,
                      iterations=iterations, max_iter=max_iter, border=border, limit=limit, size=size,
                      kernel_sigma=kernel_sigma, extra=extra or {}, learned_steps=learned_steps,
                      handover=handover or EvalConfig.handover, precision=precision, luma=luma, ensemble=ensemble)
+    check_config(cfg)  # option values first: usage errors before any file is looked at
+    files = c.expand_inputs(images, exts=IMAGE_SUFFIXES)
+    if json_out is not None:
+        c.check_exists_for_write([json_out], force)
     dev = c.resolve_device(device)
     doc = run_eval([Path(f) for f in files], cfg, dev, progress=None if quiet else (lambda m: c.say(m, False)))
     print(format_table(doc))

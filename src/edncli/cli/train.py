@@ -19,8 +19,7 @@ from . import common as c
 TASKS = ("sr", "ct", "deblur", "denoiser", "sudoku")
 
 
-def _out_path(out: Optional[str], default: str) -> Path:
-    name = out or default
+def _out_path(name: str) -> Path:
     p = Path(name)
     if p.suffix != ".safetensors":
         p = p.with_suffix(".safetensors") if p.suffix == "" else Path(str(p) + ".safetensors")
@@ -31,7 +30,7 @@ def _out_path(out: Optional[str], default: str) -> Path:
 
 def train(
     task: Annotated[str, typer.Option("--task", help=f"One of: {', '.join(TASKS)}.")],
-    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Checkpoint name or path (.safetensors added); a model card .md is written beside it.")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Checkpoint name or path (.safetensors added); a model card .md (and a training log) is written beside it. Required: there is no default, so a run never writes under a shipped checkpoint's name.")] = None,
     images: Annotated[Optional[str], typer.Option("--images", help="Folder of training images.")] = None,
     val_images: Annotated[Optional[str], typer.Option("--val-images", help="Folder of validation images.")] = None,
     kind: Annotated[str, typer.Option("--kind", help="sr/ct/deblur: edn (direction network) or baseline.")] = "edn",
@@ -42,8 +41,8 @@ def train(
     angles: Annotated[str, typer.Option("--angles", help="ct: parallel-beam angles over 180° at training size; a list such as 90,60,120,180 draws one per mini-batch (validation at the first).")] = "90",
     noise: Annotated[str, typer.Option("--noise-sigma", help="Training noise std range lo:hi (per sample).")] = "0:0.02",
     init: Annotated[Optional[str], typer.Option("--init", help="Initial guess: zero (default for edn) or classic (bicubic/data/FBP; default for baseline).")] = None,
-    depth: Annotated[Optional[int], typer.Option("--depth", help="Backbone depth (paper: 17-20; default 8, denoisers: per architecture).")] = None,
-    width: Annotated[Optional[int], typer.Option("--width", help="Backbone channels (paper: 64; default 32).")] = None,
+    depth: Annotated[Optional[int], typer.Option("--depth", help="Backbone depth, >= 2 (paper: 17-20; default 8, denoisers: per architecture; with --residual even and >= 4).")] = None,
+    width: Annotated[Optional[int], typer.Option("--width", help="Backbone channels, >= 1 (paper: 64; default 32).")] = None,
     shuffle: Annotated[int, typer.Option("--shuffle", help="sr/ct/deblur: space-to-depth factor of the backbone (1: plain DnCNN; 4 for SR x4 runs the convolutions on 4x4 blocks, 16x cheaper per layer).")] = 1,
     threads: Annotated[Optional[int], typer.Option("--threads", help="torch CPU threads (default: torch's choice).")] = None,
     precision: Annotated[str, typer.Option("--precision", help="sr/ct/deblur: fp32 or bf16 autocast for the backbone (bf16: ~3x faster on CPUs with AMX and on GPUs; the descent-set layer, loss and optimiser stay float32).")] = "fp32",
@@ -92,13 +91,13 @@ def train(
         raise UsageError(f"--precision is for --task sr|ct|deblur; --task {task} trains in fp32")
     if residual and task in ("sudoku", "denoiser"):
         raise UsageError(f"--residual is for --task sr|ct|deblur; --task {task} has its own architecture")
+    if not out:
+        raise UsageError("--out is required: the name or path of the checkpoint to write, e.g. --out my-" + task)
     if task == "sudoku":
         from .sudoku import train_command
 
         kwargs = {"puzzles": Path(puzzles) if puzzles else None, "seed": seed, "device": str(dev), "quiet": quiet,
-                  "force": force, "baseline": baseline, "command": command}
-        if out is not None:
-            kwargs["out"] = Path(out)
+                  "force": force, "baseline": baseline, "command": command, "out": Path(out)}
         if epochs is not None:
             kwargs["epochs"] = epochs
         if time_limit is not None:
@@ -119,10 +118,11 @@ def train(
             depth=depth, width=width, patch_size=patch, batch_size=batch, steps=steps, lr=lr, seed=seed,
             time_limit_s=time_limit, device=str(dev), threads=threads, force=force,
         )
-        train_denoiser(cfg, out or arch, command=command, quiet=quiet)
+        train_denoiser(cfg, out, command=command, quiet=quiet)
         return
 
     from ..tasks import TaskSpec
+    from ..training.data import list_images
     from ..training.lagged import TrainConfig, train as run_train
 
     try:
@@ -136,22 +136,19 @@ def train(
         noise_sigma=parse_range(noise, "--noise-sigma"),
         init=init or ("zero" if kind == "edn" else "classic"),
     )
-    if kind not in ("edn", "baseline"):
-        raise UsageError(f"--kind must be edn or baseline, got {kind!r}")
-    default_name = f"{'edn' if kind == 'edn' else 'baseline'}-{task}" + (f"-x{scale}" if task == "sr" else "")
     cfg = TrainConfig(
-        spec=spec, kind=kind, images=images, val_images=val_images, depth=depth or 8, width=width or 32, batchnorm=batchnorm, shuffle=shuffle, residual=residual, layer=layer,
+        spec=spec, kind=kind, images=images, val_images=val_images, depth=8 if depth is None else depth,
+        width=32 if width is None else width, batchnorm=batchnorm, shuffle=shuffle, residual=residual, layer=layer,
         zeta1=zeta1, zeta2=zeta2, zeta=zeta, patch=patch, batch=batch, steps=steps, lr=lr, lag_every=lag_every,
         max_lag_steps=max_lag_steps, min_iter=min_iter, val_every=val_every, seed=seed, init_from=init_from,
         precision=precision,
     )
-    if steps < 1:
-        raise UsageError(f"--steps must be >= 1, got {steps}")
-    if shuffle < 1:
-        raise UsageError(f"--shuffle must be >= 1, got {shuffle}")
-    if residual and (batchnorm or (cfg.depth - 2) % 2):
-        raise UsageError(f"--residual needs --no-batchnorm and an even --depth (blocks of 2 convolutions after the first), got --depth {cfg.depth}")
-    path = _out_path(out, default_name)
+    cfg.check()  # every option value before any data is read or any file written
+    if images is not None:
+        list_images(images, "--images")
+    if val_images is not None:
+        list_images(val_images, "--val-images")
+    path = _out_path(out)
     torch.manual_seed(seed)
     written = run_train(cfg, path, command=command, device=dev, quiet=quiet, force=force, resume=resume,
                         log_path=path.with_suffix(".train.jsonl"))

@@ -91,13 +91,37 @@ def read_metadata(path: str | Path) -> Dict[str, Any]:
         raise CheckpointError(f"checkpoint {path}: its edn metadata is not valid JSON") from None
     if not isinstance(meta, dict) or "task" not in meta or "arch" not in meta:
         raise CheckpointError(f"checkpoint {path}: its edn metadata lacks 'task' or 'arch'")
+    problem = _metadata_problem(meta)
+    if problem is not None:
+        raise CheckpointError(f"checkpoint {path}: corrupt edn metadata ({problem})")
     return meta
+
+
+def _metadata_problem(meta: Dict[str, Any]) -> Optional[str]:
+    """What is wrong with the types of the shared metadata fields loaders read, or ``None``."""
+    if not isinstance(meta["task"], str) or not meta["task"]:
+        return f"'task' must be a non-empty string, got {meta['task']!r}"
+    if not isinstance(meta["arch"], dict):
+        return f"'arch' must be an object, got {meta['arch']!r}"
+    if "operator" in meta and not isinstance(meta["operator"], dict):
+        return f"'operator' must be an object, got {meta['operator']!r}"
+    min_iter = meta.get("min_iter", 0)
+    if not isinstance(min_iter, int) or isinstance(min_iter, bool) or min_iter < 0:
+        return f"'min_iter' must be an integer >= 0, got {min_iter!r}"
+    if not isinstance(meta.get("metrics", {}), dict):
+        return f"'metrics' must be an object, got {meta['metrics']!r}"
+    return None
 
 
 def load_checkpoint(
     path: str | Path, expect_task: Optional[str | Tuple[str, ...]] = None, device: str = "cpu"
 ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    """Load ``(state_dict, metadata)``; with ``expect_task``, a checkpoint for another task is an error."""
+    """Load ``(state_dict, metadata)``; with ``expect_task``, a checkpoint for another task is an error.
+
+    Metadata of the wrong types and tensors holding NaN or Inf are :class:`CheckpointError` too.
+    """
+    import torch
+
     meta = read_metadata(path)
     if expect_task is not None:
         tasks = (expect_task,) if isinstance(expect_task, str) else tuple(expect_task)
@@ -111,6 +135,9 @@ def load_checkpoint(
         tensors = load_file(str(path), device=device)
     except Exception as exc:
         raise CheckpointError(f"checkpoint {path}: cannot read its tensors ({exc})") from None
+    for name, t in tensors.items():
+        if not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"checkpoint {path}: corrupt, tensor {name!r} holds NaN or Inf values")
     meta["sha256"] = sha256_of(path)
     meta["file"] = str(path)
     return tensors, meta

@@ -223,7 +223,10 @@ def load_denoiser(name_or_path: str, device: str | torch.device = "cpu") -> Tupl
 
     path = resolve_weights(name_or_path)
     state, meta = load_checkpoint(path, expect_task=TASK, device="cpu")
-    model = build_denoiser(meta["arch"])
+    try:
+        model = build_denoiser(meta["arch"])
+    except (KeyError, TypeError, ValueError) as exc:  # a malformed arch dict (read_metadata checks it is a dict)
+        raise CheckpointError(f"checkpoint {path}: corrupt architecture metadata ({str(exc).splitlines()[0]})") from None
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

@@ -10,13 +10,14 @@ no energy, no guarantee; its report states whether the result happens to meet δ
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Optional, Tuple
 
 import torch
 
 from ..energies import DataFidelity, HuberTV
-from ..errors import CheckpointError
-from ..io.checkpoints import load_checkpoint
+from ..errors import CheckpointError, UsageError
+from ..io.checkpoints import load_checkpoint, read_metadata
 from ..io.weights import resolve_weights
 from ..metrics import quality_each
 from ..networks.direction import build_network, network_inputs
@@ -76,21 +77,86 @@ class NetworkThen:
         return "exact" if self._cg is not None and k >= self.learned else None
 
 
+#: Methods that load a checkpoint (``--weights``); the others have none to choose.
+CHECKPOINT_METHODS = ("edn", "baseline", "potential", "red", "pnp")
+
+
+def check_weights_option(method: str, weights: Optional[str], option: str = "--weights") -> None:
+    """A usage error when ``weights`` is given for a method that loads no checkpoint (it would be ignored)."""
+    if weights is not None and method not in CHECKPOINT_METHODS:
+        raise UsageError(
+            f"{option} {weights}: method {method} uses no checkpoint; {option} is for {', '.join(CHECKPOINT_METHODS)}"
+        )
+
+
+#: Integer fields of a backbone (``BackboneConfig``) and their smallest sensible values.
+_BACKBONE_INTS = {"in_channels": 1, "out_channels": 1, "depth": 2, "width": 1, "shuffle": 1}
+
+
+def _arch_problem(arch: dict, kind: str) -> Optional[str]:
+    """What is wrong with a direction/baseline ``arch`` dict of a checkpoint, or ``None``."""
+    want = "direction" if kind == "edn" else "baseline"
+    if arch.get("kind") != want:
+        return f"arch kind {arch.get('kind')!r}, expected {want!r}"
+    bb = arch.get("backbone") if want == "direction" else arch
+    if not isinstance(bb, dict):
+        return f"backbone must be an object, got {bb!r}"
+    for key, low in _BACKBONE_INTS.items():
+        value = bb.get(key, low)
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            return f"{key} must be an integer >= {low}, got {value!r}"
+    for key in ("batchnorm", "residual"):
+        if not isinstance(bb.get(key, False), bool):
+            return f"{key} must be true or false, got {bb[key]!r}"
+    if want == "direction":
+        for key in ("zeta", "zeta1", "zeta2"):
+            value = arch.get(key, 1.0)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+                return f"{key} must be a number > 0, got {value!r}"
+    return None
+
+
+def checkpoint_spec(meta: dict) -> TaskSpec:
+    """The forward model a checkpoint was trained for (``meta["operator"]``); malformed: :class:`CheckpointError`."""
+    name = Path(str(meta.get("file", meta.get("name")))).name
+    op = meta.get("operator")
+    try:
+        if not isinstance(op, dict):
+            raise TypeError(f"'operator' must be an object, got {op!r}")
+        spec = TaskSpec.from_dict(op)
+        for key in ("scale", "kernel_size", "angles"):
+            value = getattr(spec, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
+        if not isinstance(spec.downsampler, str):
+            raise ValueError(f"downsampler must be a string, got {spec.downsampler!r}")
+    except (TypeError, ValueError) as exc:  # UsageError is a ValueError: here the file is at fault
+        raise CheckpointError(f"checkpoint {name}: corrupt operator metadata ({str(exc).splitlines()[0]})") from None
+    return spec
+
+
 def load_learned(kind: str, name_or_path: str, device) -> Tuple[torch.nn.Module, dict]:
-    """Load a direction (``kind="edn"``) or baseline network; wrong-kind checkpoints are errors."""
+    """Load a direction (``kind="edn"``) or baseline network; wrong-kind or malformed checkpoints are errors."""
     path = resolve_weights(name_or_path)
     tasks = tuple(f"{kind}-{t}" for t in ("sr", "ct", "deblur"))
-    try:
-        state, meta = load_checkpoint(path, expect_task=tasks, device="cpu")
-    except CheckpointError as err:
-        raise CheckpointError(f"{err} (method {kind} needs a {kind} checkpoint)") from None
+    task = read_metadata(path)["task"]
+    if task not in tasks:
+        article = "an" if kind == "edn" else "a"
+        raise CheckpointError(
+            f"checkpoint {path.name} is for task {task!r}; method {kind} needs {article} {kind} checkpoint ({', '.join(tasks)})"
+        )
+    state, meta = load_checkpoint(path, expect_task=tasks, device="cpu")
+    meta["name"] = path.stem
+    problem = _arch_problem(meta["arch"], kind)
+    if problem is not None:
+        raise CheckpointError(f"checkpoint {path.name}: corrupt architecture metadata ({problem})")
+    checkpoint_spec(meta)
     try:
         net = build_network(meta["arch"])
         net.load_state_dict(state)
     except (ValueError, KeyError, RuntimeError, TypeError) as exc:
         raise CheckpointError(f"checkpoint {path.name}: does not match its architecture ({str(exc).splitlines()[0]})") from None
     net.eval().to(device)
-    meta["name"] = path.stem
     return net, meta
 
 
@@ -132,7 +198,7 @@ def solve_edn(problem: Problem, options: MethodOptions, callback: Callback = Non
     if name is None:
         raise CheckpointError(f"method edn has no shipped network for task {problem.task!r}; pass --weights")
     net, meta = load_learned("edn", name, device)
-    spec = TaskSpec.from_dict(meta["operator"])
+    spec = checkpoint_spec(meta)
     spec.check_compatible(_problem_spec(problem), meta["name"])
     inference = _apply_inference(net, options, device, meta)
     op = problem.op
@@ -144,7 +210,7 @@ def solve_edn(problem: Problem, options: MethodOptions, callback: Callback = Non
     if options.alpha is not None:  # the classical safeguard E + α R (paper 001 §4.3)
         energy = energy + options.alpha * HuberTV(options.huber_eps)
 
-    min_iter = options.min_iter if options.min_iter is not None else int(meta.get("min_iter", 15))
+    min_iter = options.min_iter if options.min_iter is not None else meta.get("min_iter", 15)  # type-checked on load
     # Networks are trained on short paths (the lagged scheme's 0-10 steps); far beyond them their
     # directions are out of distribution. After `learned_steps` network steps, a sample that has
     # not met δ continues with conjugate gradients (CGLS, exact steps) or Landweber steps
@@ -182,7 +248,7 @@ def solve_baseline(problem: Problem, options: MethodOptions, callback: Callback 
     if name is None:
         raise CheckpointError(f"method baseline has no shipped network for task {problem.task!r}; pass --weights")
     net, meta = load_learned("baseline", name, device)
-    TaskSpec.from_dict(meta["operator"]).check_compatible(_problem_spec(problem), meta["name"])
+    checkpoint_spec(meta).check_compatible(_problem_spec(problem), meta["name"])
     inference = _apply_inference(net, options, device, meta)
     op = problem.op
     data = network_inputs(op, problem.f)

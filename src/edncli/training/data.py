@@ -13,14 +13,14 @@ from ..errors import InputError, UsageError
 IMAGE_EXTS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".pgm", ".npy")
 
 
-def list_images(folder: str | Path) -> List[Path]:
-    """Image files in ``folder`` (sorted); a clear error if there are none."""
+def list_images(folder: str | Path, option: str = "--images") -> List[Path]:
+    """Image files in ``folder`` (sorted); a clear error naming ``option`` if there are none."""
     p = Path(folder)
     if not p.is_dir():
-        raise InputError(f"--images {folder}: not a folder")
+        raise InputError(f"{option} {folder}: not a folder")
     files = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_EXTS and q.is_file())
     if not files:
-        raise InputError(f"--images {folder}: the folder holds no images ({', '.join(IMAGE_EXTS)})")
+        raise InputError(f"{option} {folder}: the folder holds no images ({', '.join(IMAGE_EXTS)})")
     return files
 
 

@@ -66,10 +66,11 @@ class DenoiserTrainConfig:
 
     def check(self) -> None:
         """Raise :class:`UsageError` (one line naming the option) for impossible settings."""
-        from ..networks.potentials import ARCHS
+        from ..networks.potentials import ARCHS, default_arch
 
         if self.arch not in ARCHS:
             raise UsageError(f"--arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+        default_arch(self.arch, self.depth, self.width)  # --depth >= 2, --width >= 1
         lo, hi = self.sigma
         if not (0 <= lo <= hi and hi > 0):
             raise UsageError(f"--sigma must be lo:hi with 0 <= lo <= hi and hi > 0, got {lo}:{hi}")
@@ -102,7 +103,7 @@ def _validation_set(folder: str, crop: int, sigmas: Tuple[float, ...], seed: int
     """``[(σ, clean (N, c, c), noisy (N, c, c))]`` from central crops; fixed noise per seed."""
     from .data import list_images, load_gray_images
 
-    ims = load_gray_images(list_images(folder))
+    ims = load_gray_images(list_images(folder, "--val-images"))
     crops = []
     for im in ims:
         c = min(crop, *im.shape)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..energies import DataFidelity
-from ..errors import UsageError
+from ..errors import CheckpointError, UsageError
 from ..io.checkpoints import save_checkpoint, write_model_card
 from ..metrics import psnr
 from ..networks.backbones import BackboneConfig
@@ -82,6 +82,54 @@ class TrainConfig:
         d = asdict(self)
         d["spec"] = self.spec.as_dict()
         return d
+
+    def check(self) -> None:
+        """Raise :class:`UsageError` (one line naming the option) for a setting that cannot work.
+
+        Called before any file is written or any data is read.
+        """
+        if self.kind not in ("edn", "baseline"):
+            raise UsageError(f"--kind must be edn or baseline, got {self.kind!r}")
+        if self.precision not in ("fp32", "bf16"):
+            raise UsageError(f"--precision for training must be fp32 or bf16, got {self.precision!r}")
+        if self.layer not in ("cone_ball", "halfspace"):
+            raise UsageError(f"--layer must be cone_ball or halfspace, got {self.layer!r}")
+        if self.layer == "cone_ball" and not 0 < self.zeta1 <= self.zeta2:
+            raise UsageError(f"--zeta1 and --zeta2 need 0 < zeta1 <= zeta2, got {self.zeta1} and {self.zeta2}")
+        if self.layer == "halfspace" and not self.zeta > 0:
+            raise UsageError(f"--zeta must be > 0, got {self.zeta}")
+        for name, value, low in (("--depth", self.depth, 2), ("--width", self.width, 1), ("--shuffle", self.shuffle, 1),
+                                 ("--patch-size", self.patch, 1), ("--batch-size", self.batch, 1),
+                                 ("--steps", self.steps, 1), ("--lag-every", self.lag_every, 1),
+                                 ("--val-every", self.val_every, 1), ("--max-lag-steps", self.max_lag_steps, 0),
+                                 ("--min-iter", self.min_iter, 0)):
+            if value < low:
+                raise UsageError(f"{name} must be >= {low}, got {value}")
+        if self.residual and (self.batchnorm or self.depth < 4 or self.depth % 2):
+            raise UsageError(
+                "--residual needs --no-batchnorm and an even --depth >= 4 (a first and a last convolution around "
+                f"blocks of 2), got --depth {self.depth}" + (" with --batchnorm" if self.batchnorm else "")
+            )
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise UsageError(f"--lr must be > 0, got {self.lr}")
+        spec = self.spec
+        if spec.task == "sr":
+            from ..operators.downsample import check_scale
+
+            check_scale(spec.scale)
+            if spec.downsampler not in ("average", "bicubic"):
+                raise UsageError(f"--downsampler must be average or bicubic, got {spec.downsampler!r}")
+            if self.patch % spec.scale:
+                raise UsageError(f"--patch-size {self.patch} must be divisible by --scale {spec.scale}")
+        if spec.task == "deblur":
+            from ..operators.blur import gaussian_kernel
+
+            gaussian_kernel(spec.kernel_sigma[0], spec.kernel_size)  # σ > 0, odd size: usage errors
+            if spec.boundary == "reflect" and spec.kernel_size // 2 >= self.patch:
+                raise UsageError(
+                    f"--patch-size {self.patch} is too small for --kernel-size {spec.kernel_size} "
+                    f"(reflect boundary: the patch must be larger than {spec.kernel_size // 2})"
+                )
 
 
 @dataclass
@@ -170,7 +218,7 @@ def _validation_set(cfg: TrainConfig, seed: int) -> torch.Tensor:
     s = cfg.val_size
     rng = np.random.default_rng(seed + 1234)
     if cfg.val_images:
-        imgs = load_gray_images(list_images(cfg.val_images)[: cfg.val_count])
+        imgs = load_gray_images(list_images(cfg.val_images, "--val-images")[: cfg.val_count])
         crops = []
         for im in imgs:
             if min(im.shape) < s:
@@ -225,15 +273,10 @@ def train(cfg: TrainConfig, out: Path, *, command: str, device: torch.device, qu
 
     Returns the checkpoint path on rank 0 (``None`` on other ranks).
     """
+    cfg.check()
     world, rank = _init_distributed(device)
     if out.exists() and not force and resume is None:
         raise UsageError(f"{out} exists; pass --force to overwrite it (or --resume {out})")
-    if cfg.kind not in ("edn", "baseline"):
-        raise UsageError(f"unknown network kind {cfg.kind!r}")
-    if cfg.precision not in ("fp32", "bf16"):
-        raise UsageError(f"--precision for training must be fp32 or bf16, got {cfg.precision!r}")
-    if cfg.patch % (cfg.spec.scale if cfg.spec.task == "sr" else 1):
-        raise UsageError(f"--patch-size {cfg.patch} must be divisible by --scale {cfg.spec.scale}")
     torch.manual_seed(cfg.seed + rank)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     images = load_gray_images(list_images(cfg.images), min_size=cfg.patch) if cfg.images else []
@@ -258,8 +301,17 @@ def train(cfg: TrainConfig, out: Path, *, command: str, device: torch.device, qu
         from ..io.checkpoints import load_checkpoint
 
         tensors, meta = load_checkpoint(resume, expect_task=f"{cfg.kind}-{cfg.spec.task}")
-        net.load_state_dict(tensors)
-        state.step = int(meta.get("metrics", {}).get("steps", 0))
+        try:
+            net.load_state_dict(tensors)
+        except RuntimeError as exc:
+            raise CheckpointError(
+                f"--resume {resume}: its tensors do not fit this network (--depth {cfg.depth} --width {cfg.width} "
+                f"--shuffle {cfg.shuffle}): {str(exc).splitlines()[0]}"
+            ) from None
+        steps = meta.get("metrics", {}).get("steps", 0)
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+            raise CheckpointError(f"--resume {resume}: corrupt edn metadata (metrics.steps must be an integer >= 0, got {steps!r})")
+        state.step = steps
     net.to(device).train()
     if cfg.precision != "fp32":
         # autocast around the backbone only (networks/inference.py); NHWC where it pays (CPU)
@@ -289,8 +341,28 @@ def train(cfg: TrainConfig, out: Path, *, command: str, device: torch.device, qu
     metrics: dict = {}
     interrupted = False
     _raise_on_sigterm()
+
+    def validate(loss: Optional[float]) -> dict:
+        """Validate, log a row, keep the state if it is the best so far (rank 0 only)."""
+        nonlocal best_state
+        row_metrics = evaluate(cfg, net, val_x, device)  # type: ignore[arg-type]
+        row = {"step": state.step, "loss": loss, "time_s": time.perf_counter() - t0, **row_metrics}
+        state.history.append(row)
+        if log_fh is not None:
+            log_fh.write(json.dumps(row) + "\n")
+            log_fh.flush()
+        if row_metrics["val_psnr"] > state.best_val:
+            state.best_val = row_metrics["val_psnr"]
+            best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+        if quiet is False and bar is None:
+            print(json.dumps(row), file=sys.stderr)
+        return row_metrics
+
     try:
         try:
+            if rank == 0 and cfg.init_from is not None and resume is None and state.step == 0:
+                # The warm start is a candidate too: training keeps it if no later step validates higher.
+                metrics = validate(None)
             while state.step < cfg.steps:
                 if cfg.kind == "edn" and state.step >= cfg.lag_every and state.step % cfg.lag_every == 0:
                     lagged = copy.deepcopy(net).eval()
@@ -320,17 +392,7 @@ def train(cfg: TrainConfig, out: Path, *, command: str, device: torch.device, qu
                     bar.update(1)
                     bar.set_postfix_str(f"loss={float(loss.detach()):.3g}", refresh=False)
                 if rank == 0 and (state.step % cfg.val_every == 0 or state.step == cfg.steps):
-                    metrics = evaluate(cfg, net, val_x, device)  # type: ignore[arg-type]
-                    row = {"step": state.step, "loss": float(loss.detach()), "time_s": time.perf_counter() - t0, **metrics}
-                    state.history.append(row)
-                    if log_fh is not None:
-                        log_fh.write(json.dumps(row) + "\n")
-                        log_fh.flush()
-                    if metrics["val_psnr"] > state.best_val:
-                        state.best_val = metrics["val_psnr"]
-                        best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-                    if quiet is False and bar is None:
-                        print(json.dumps(row), file=sys.stderr)
+                    metrics = validate(float(loss.detach()))
         except KeyboardInterrupt:
             # Ctrl-C ends training early but keeps the work: the best validated state is written,
             # and the card says it was interrupted.
@@ -386,8 +448,10 @@ def warm_start(net: torch.nn.Module, cfg: TrainConfig, name_or_path: str) -> Non
     path = resolve_weights(name_or_path)
     tensors, meta = load_checkpoint(path, expect_task=(f"edn-{cfg.spec.task}", f"baseline-{cfg.spec.task}"))
     src_kind = meta["task"].split("-", 1)[0]
-    arch = meta.get("arch", {})
+    arch = meta["arch"]  # a dict (read_metadata checks)
     src_bb = arch.get("backbone", arch)
+    if not isinstance(src_bb, dict):
+        raise CheckpointError(f"checkpoint {path.name}: corrupt architecture metadata (backbone must be an object)")
     src_shape = (src_bb.get("depth"), src_bb.get("width"), src_bb.get("shuffle", 1), bool(src_bb.get("residual", False)))
     if src_shape != (cfg.depth, cfg.width, cfg.shuffle, cfg.residual):
         raise UsageError(
@@ -455,5 +519,8 @@ def _card_body(cfg: TrainConfig, world: int) -> str:
             f"Algorithm 1 with a copy of the network refreshed every {cfg.lag_every} mini-batches, 0–{cfg.max_lag_steps} steps."
         )
         lines.append(f"- Default minimum iterations before the δ test: {cfg.min_iter}.")
-    lines.append("- Validation: mean PSNR (dB) after the default iterations at noise std 0.01; the best step is kept.")
+    lines.append(
+        "- Validation: mean PSNR (dB) after the default iterations at noise std 0.01; the best step is kept"
+        + (" (step 0, the warm start, validated before training, included)." if cfg.init_from else ".")
+    )
     return "\n".join(lines)
