@@ -96,7 +96,7 @@ def test_argument_is_string_or_file(tmp_path: Path):
     assert len(puzzles_from_argument(EASY)) == 1
     with pytest.raises(InputError, match="neither an 81-character puzzle string nor an existing file"):
         puzzles_from_argument(str(tmp_path / "missing.csv"))
-    with pytest.raises(InputError, match="has 5 characters"):
+    with pytest.raises(UsageError, match="has 5 characters"):  # a bad argument value, not a bad file
         puzzles_from_argument("53007")
 
 
@@ -159,7 +159,7 @@ def test_cli_solve_exit_3_when_not_solved(tmp_path: Path):
     out, js = tmp_path / "s.csv", tmp_path / "r.json"
     res, code = invoke(["solve", EASY, "--method", "gd", "--iterations", "2", "--out", str(out), "--json", str(js)])
     assert code == 3, res.output
-    assert "not solved" in res.output
+    assert "(not solved: " in res.output  # the rounded grid is marked, with a rule it breaks
     assert out.read_text().splitlines()[1].endswith("not solved")
     doc = json.loads(js.read_text())
     assert doc["summary"]["solved"] == 0 and doc["puzzles"][0]["energy_monotone"]
@@ -170,8 +170,9 @@ def test_cli_solve_exit_3_when_not_solved(tmp_path: Path):
 @pytest.mark.parametrize(
     "arg, code, fragment",
     [
-        (EASY[:-2], 4, "has 79 characters"),
-        (DUPLICATE, 4, "infeasible: digit 5 twice in row 1"),
+        (EASY[:-2], 2, "has 79 characters"),
+        (EASY[:-1], 2, "has 80 characters"),
+        (DUPLICATE, 2, "infeasible: digit 5 twice in row 1"),
         ("nope.csv", 4, "neither an 81-character puzzle string nor an existing file"),
     ],
 )
@@ -180,6 +181,14 @@ def test_cli_bad_input(arg, code, fragment):
     assert got == code
     assert fragment in str(res.exception)
     assert "\n" not in str(res.exception)
+    assert res.stdout == ""  # no grid or summary line before the error
+
+
+def test_cli_infeasible_puzzle_in_a_file_is_an_input_error(tmp_path: Path):
+    p = tmp_path / "ps.csv"
+    p.write_text(f"puzzle\n{DUPLICATE}\n")
+    res, code = invoke(["solve", str(p), "--method", "gd", "--iterations", "5"])
+    assert code == 4 and "infeasible: digit 5 twice in row 1" in str(res.exception)
 
 
 def test_cli_bad_method_and_missing_weights(tmp_path: Path):

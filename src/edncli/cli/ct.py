@@ -12,8 +12,16 @@ from typing_extensions import Annotated
 
 from ..errors import UsageError
 from . import common as c
-from .reconstruct import AlphaOpt, MethodOpt, WeightsOpt, _check_method, _delta, _options, run_problems
+from .reconstruct import METHOD_NAMES, AlphaOpt, WeightsOpt, _check_method, _delta, _options, run_problems
 
+MethodOpt = Annotated[
+    str,
+    typer.Option(
+        "--method", "-m",
+        help=f"One of: {', '.join(METHOD_NAMES)}. baseline needs a --weights checkpoint: none is shipped for CT "
+        "(train one with edn train --task ct --kind baseline).",
+    ),
+]
 Sinogram = Annotated[str, typer.Option("--sinogram", help="Sinogram file: DXchange HDF5, .npy, .tif or 16-bit .png.")]
 Size = Annotated[Optional[int], typer.Option("--size", help="Reconstruction size N (N x N pixels of side 1).")]
 Angles = Annotated[
@@ -46,6 +54,20 @@ def parse_slices(spec: Optional[str]) -> Optional[List[int]]:
         raise UsageError(f"--slices must be like '5', '0:16' or '3,7,9', got {spec!r}") from None
 
 
+def _check_baseline_weights() -> None:
+    """``--method baseline`` without ``--weights``: refuse up front unless a ``baseline-ct`` is found."""
+    from ..errors import CheckpointError
+    from ..io.weights import resolve_weights
+
+    try:
+        resolve_weights("baseline-ct")
+    except CheckpointError:
+        raise UsageError(
+            "--method baseline for ct needs --weights CHECKPOINT: no baseline-ct checkpoint is shipped "
+            "(train one with edn train --task ct --kind baseline)"
+        ) from None
+
+
 def _geometry(sino, size, beam, spacing, source_origin, origin_detector, center, quiet):
     """The CTGeometry for a sinogram and the CLI options; the centre rule is stated in the report."""
     import numpy as np
@@ -75,6 +97,10 @@ def _geometry(sino, size, beam, spacing, source_origin, origin_detector, center,
             value = float(center)
         except ValueError:
             raise UsageError(f"--center must be a number, 'middle' or 'auto', got {center!r}") from None
+        if not math.isfinite(value):
+            raise UsageError(f"--center must be a finite number of detector pixels, got {center!r}")
+        if not -0.5 <= value <= det - 0.5:  # the rotation axis must project onto the detector
+            raise UsageError(f"--center {center} is outside the detector: give a position in 0..{det - 1} (detector pixels)")
     geom = CTGeometry(
         size=size, angles=sino.theta, detectors=det, detector_spacing=spacing, beam=beam,
         source_origin=source_origin, origin_detector=origin_detector, center=value,
@@ -143,7 +169,9 @@ def ct(
     launch = Launch.from_env()
     try:
         with launch.unanimous():  # every rank checks the same arguments: rank 0 alone reports
-            _check_method(method)
+            _check_method(method, weights)
+            if method == "baseline" and weights is None:
+                _check_baseline_weights()
             if output is None:
                 raise UsageError("missing -o/--output: where should the slice(s) go?")
             if output == "-" and launch.distributed:
@@ -255,7 +283,7 @@ def _run_main_rank(group, built, run: dict) -> None:
 
 def simulate_ct(
     input: Annotated[str, typer.Argument(help="Clean square image (the attenuation map).")],
-    output: c.Output,
+    output: c.SinogramOutput,
     angles: Annotated[int, typer.Option("--angles", help="Number of angles over 180° (parallel) or 360° (fan).")] = 180,
     detectors: Annotated[Optional[int], typer.Option("--detectors", help="Detector count (default ceil(N sqrt 2)).")] = None,
     beam: Beam = "parallel",

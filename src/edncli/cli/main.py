@@ -61,15 +61,22 @@ def _register_optional() -> None:
 _register_optional()
 
 
-@app.callback()
-def _main(
-    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
-) -> None:
-    if version:
+def _print_version(value: bool) -> None:
+    """``--version``: print and exit while parsing (eager), so that no command is needed."""
+    if value:
         from .. import __version__
 
         print(f"edn {__version__}")
         raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", help="Print the version and exit.", is_eager=True, callback=_print_version
+    ),
+) -> None:
+    """Options of ``edn`` itself (the commands have their own)."""
 
 
 def run() -> None:
@@ -82,8 +89,8 @@ def run() -> None:
         code = app(standalone_mode=False)
     except Exit as exc:
         sys.exit(exc.exit_code)
-    except ClickException as exc:  # usage errors from option parsing: exit 2
-        exc.show()
+    except ClickException as exc:  # usage errors from option parsing: exit 2, one line
+        show_click_error(exc)
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, Abort):
         print("edn: interrupted", file=sys.stderr)
@@ -102,6 +109,18 @@ def run() -> None:
         print(f"edn: error: out of GPU memory ({detail}); {hint}", file=sys.stderr)
         sys.exit(4)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def show_click_error(exc: BaseException) -> None:
+    """Print a Click parsing error as one line ``edn: error: ...`` on stderr (a bare command
+    group still shows its help, as Click's ``no_args_is_help`` does)."""
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        exc.show()  # type: ignore[attr-defined]
+        return
+    message = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
+    ctx = getattr(exc, "ctx", None)
+    hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    print(f"edn: error: {message}{hint}", file=sys.stderr)
 
 
 def is_gpu_oom(exc: BaseException) -> bool:

@@ -1,8 +1,9 @@
 """``edn sudoku solve``, ``edn eval sudoku`` and ``edn train --task sudoku``: parse, call
 :mod:`edncli.sudoku`, format. torch is imported inside the commands only (``edn --help`` stays fast).
 
-Exit codes: 0 all puzzles solved, 3 some not solved (results still written), 2 usage error,
-4 input or checkpoint error (also: a puzzle whose givens break the rules).
+Exit codes: 0 all puzzles solved, 3 some not solved (results still written), 2 usage error
+(also: a malformed or infeasible puzzle string), 4 input or checkpoint error (also: a puzzle in
+a file whose givens break the rules).
 """
 
 from __future__ import annotations
@@ -80,25 +81,33 @@ def solve(
 ) -> None:
     """Solve puzzles; report solved / not solved per puzzle (checked against the rules and givens).
 
-    Exit code 0 when every puzzle is solved, 3 when some are not (results are still written),
-    4 when a puzzle's givens break the rules (reported as infeasible) or the input is unreadable.
+    Exit code 0 when every puzzle is solved, 3 when some are not (results are still written;
+    an unsolved grid is printed with "(not solved: ...)"), 2 for a malformed or infeasible puzzle
+    string, 4 when a file's puzzle has givens that break the rules (reported as infeasible) or
+    the file is unreadable.
     """
-    from ..sudoku.puzzles import puzzles_from_argument, write_solutions_csv
-    from ..sudoku.solve import solve_table
+    from ..sudoku.puzzles import find_conflicts, puzzles_from_argument, write_solutions_csv
+    from ..sudoku.solve import infeasible_energy, solve_table
 
     _check_outputs([out, json_out], force)
     table = puzzles_from_argument(puzzle)
+    single = len(table) == 1 and table.source == "argument"
+    conflicts = find_conflicts(table.puzzles[0]) if single else []
+    if conflicts:  # a bad argument value: refused before any work
+        raise UsageError(
+            f"argument PUZZLE: infeasible: {conflicts[0]}; energy >= {infeasible_energy(table.puzzles[0]):.3g} > 0 "
+            "for every u; fix the givens"
+        )
     report = solve_table(table, method, iterations, weights, batch_size, _device(device))
     if out is not None:
         write_solutions_csv(out, table.ids, table.puzzles, report.rows)
     if json_out is not None:
         _write_json(json_out, report.as_dict())
-    single = len(table) == 1 and table.source == "argument"
     for r in report.rows:
         if r["status"] == "infeasible":
             continue
         if single:
-            _echo(r["grid"] if r["solved"] else f"{r['grid']}  (not solved)", quiet)
+            _echo(r["grid"] if r["solved"] else f"{r['grid']}  (not solved: {r['problems'][0]})", quiet)
         else:
             _echo(f"{r['id']}: {r['status']} ({r['iterations']} it)" + ("" if r["solved"] else f": {r['problems'][0]}"), quiet)
     s = report.summary()
@@ -109,9 +118,9 @@ def solve(
         quiet,
     )
     infeasible = [r for r in report.rows if r["status"] == "infeasible"]
-    if infeasible:
+    if infeasible:  # only from a file (a single puzzle argument was checked up front)
         r = infeasible[0]
-        where = "" if single else f"puzzle {r['id']}: "
+        where = f"puzzle {r['id']}: "
         more = f" (and {len(infeasible) - 1} more infeasible puzzles)" if len(infeasible) > 1 else ""
         raise InputError(
             f"{where}infeasible: {r['problems'][0]}; energy >= {r['energy']:.3g} > 0 for every u{more}; fix the givens"

@@ -10,8 +10,13 @@ from typing_extensions import Annotated
 app = typer.Typer(help="List and inspect checkpoints (shipped in weights/ or in $EDN_WEIGHTS_DIR).", no_args_is_help=True)
 
 
+JsonList = Annotated[
+    bool, typer.Option("--json", help="Print a JSON array on stdout: one object (name, task, bytes, sha256, path) per checkpoint.")
+]
+
+
 @app.command("list")
-def list_cmd(as_json: Annotated[bool, typer.Option("--json", help="One JSON object per checkpoint.")] = False) -> None:
+def list_cmd(as_json: JsonList = False) -> None:
     """List checkpoints with task, size and sha256."""
     from ..io.checkpoints import read_metadata, sha256_of
     from ..io.weights import list_weights

@@ -171,6 +171,20 @@ def _field(f, name: str, rows: Optional[list[int]], path: str) -> np.ndarray:
     return arr
 
 
+def _check_flat_field(gain: np.ndarray, path: str) -> None:
+    """Refuse a flat field that is not above the dark field for most detector pixels.
+
+    ``gain`` is ``white - dark``; a few dead pixels (``<= 0``) are tolerated (their values are
+    clipped), but when at least half are, normalising would clip nearly everything.
+    """
+    bad = int(np.count_nonzero(~(gain > 0)))
+    if 2 * bad >= gain.size:
+        raise InputError(
+            f"{path}: unusable flat field: /exchange/data_white is not above /exchange/data_dark (0 if absent) at "
+            f"{bad} of {gain.size} detector pixels; check the flat and dark fields"
+        )
+
+
 def _resolve_theta(
     theta: Optional[Sequence[float] | np.ndarray],
     angle_file: Optional[str | os.PathLike],
@@ -316,6 +330,7 @@ def read_sinogram(
         w = white[:, None, :] if np.ndim(white) == 2 else white
         dk_b = dk[:, None, :] if np.ndim(dk) == 2 else dk
         denom = w - dk_b
+        _check_flat_field(white - dk, str(p))
         trans = (raw - dk_b) / np.where(np.abs(denom) > 0, denom, np.inf)
         clipped = int(np.count_nonzero(trans < floor))
         trans = np.maximum(trans, floor)

@@ -32,7 +32,8 @@ def gaussian_kernel(sigma: float, size: int | None = None) -> torch.Tensor:
 def check_kernel(kernel: np.ndarray, source: str = "kernel") -> torch.Tensor:
     """Validate a blur kernel (2D, finite, positive sum) and normalise it to sum 1."""
     k = np.asarray(kernel, dtype=np.float64)
-    k = np.squeeze(k)
+    while k.ndim > 2 and (k.shape[0] == 1 or k.shape[-1] == 1):  # (1, 1, h, w) or (h, w, 1); keep 1 x N
+        k = k[0] if k.shape[0] == 1 else k[..., 0]
     if k.ndim != 2:
         raise UsageError(f"{source}: a blur kernel must be a 2D array, got shape {k.shape}")
     if not np.all(np.isfinite(k)):
@@ -60,6 +61,8 @@ def read_kernel(path: str | Path) -> torch.Tensor:
             arr = read_image_array(p)
     except (OSError, ValueError) as exc:
         raise InputError(f"--kernel {p}: cannot read a kernel ({exc})") from None
+    if np.asarray(arr).dtype.kind in "fc" and not np.all(np.isfinite(arr)):
+        raise InputError(f"--kernel {p}: the kernel holds NaN or Inf values")
     return check_kernel(arr, f"--kernel {p}")
 
 

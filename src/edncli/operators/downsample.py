@@ -21,6 +21,8 @@ def check_scale(scale: int) -> int:
 
 def _check_divisible(shape: Sequence[int], scale: int) -> None:
     h, w = shape[-2:]
+    if h < scale or w < scale:
+        raise UsageError(f"image size {h}x{w} is smaller than --scale {scale}; give an image of at least {scale}x{scale} pixels")
     if h % scale or w % scale:
         raise UsageError(
             f"image size {h}x{w} is not divisible by --scale {scale}; crop it to "

@@ -154,6 +154,20 @@ class CTGeometry:
             self.center = float(self.center)
             if not math.isfinite(self.center):
                 raise UsageError(f"center={self.center!r} must be finite (detector pixels) or None for the middle")
+            reach = self._footprint_half_width()
+            if self.center - reach > self.detectors - 0.5 or self.center + reach < -0.5:
+                raise UsageError(
+                    f"center={self.center:g} puts the {self.size}x{self.size} image outside the detector "
+                    f"(pixels 0..{self.detectors - 1}); give the rotation axis in detector pixels"
+                )
+
+    def _footprint_half_width(self) -> float:
+        """Half-width, in detector pixels, of the shadow of the image's circumscribed disc."""
+        r = self.size / math.sqrt(2)
+        if self.beam == "fan":
+            so, od = float(self.source_origin), float(self.origin_detector)  # type: ignore[arg-type]
+            r = (so + od) * r / math.sqrt(so * so - r * r)
+        return r / self.detector_spacing
 
     # -- derived -----------------------------------------------------------------------------
     @property

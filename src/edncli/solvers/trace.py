@@ -212,7 +212,17 @@ class SolveResult:
 
     @property
     def final_discrepancy(self) -> Optional[float]:
-        return self.trace[-1].discrepancy if self.trace else None
+        """``||A u - f||`` the verdict is judged on: a single sample's, or for a batch the worst
+        sample's (largest ``||A u_i - f_i|| / δ_i``, or largest value without δ), so that
+        ``delta_reached`` is ``final_discrepancy <= delta`` whenever the samples share one δ.
+        The trace's ``discrepancy`` stays the norm over the whole batch."""
+        discs = [s.final_discrepancy for s in self.samples]
+        if len(discs) < 2 or any(d is None for d in discs):
+            return self.trace[-1].discrepancy if self.trace else None
+        deltas = [s.delta for s in self.samples]
+        if all(d is not None and d > 0 for d in deltas):
+            return max(zip(discs, deltas), key=lambda p: p[0] / p[1])[0]  # type: ignore[operator]
+        return max(discs)  # type: ignore[type-var]
 
     def split(self, sizes: Sequence[int]) -> List["SolveResult"]:
         """One result per group of consecutive samples, ``sizes[j]`` samples in group ``j``.

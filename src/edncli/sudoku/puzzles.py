@@ -176,10 +176,17 @@ def read_puzzles(path: str | Path) -> PuzzleTable:
 
 
 def puzzles_from_argument(arg: str) -> PuzzleTable:
-    """The ``PUZZLE`` argument of ``edn sudoku solve``: a puzzle string, or a file of puzzles."""
+    """The ``PUZZLE`` argument of ``edn sudoku solve``: a puzzle string, or a file of puzzles.
+
+    A malformed puzzle string is a bad argument value (:class:`UsageError`); problems in a file
+    are input errors (:class:`InputError`).
+    """
     p = Path(arg)
     if looks_like_puzzle(arg) and not p.is_file():
-        grid = parse_grid(arg, where="argument PUZZLE: ")
+        try:
+            grid = parse_grid(arg, where="argument PUZZLE: ")
+        except InputError as exc:
+            raise UsageError(str(exc)) from None
         return PuzzleTable(ids=["1"], puzzles=grid[None], source="argument", lines=[0])
     if not p.exists():
         raise InputError(

@@ -82,8 +82,8 @@ def load_network(spec: Optional[str], method: str, device: str = "cpu") -> Tuple
     try:
         net = build_network(meta["arch"])
         net.load_state_dict(tensors)
-    except (ValueError, KeyError, RuntimeError) as exc:
-        msg = str(exc).splitlines()[0]
+    except (ValueError, KeyError, RuntimeError, TypeError, AttributeError) as exc:
+        msg = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(f"checkpoint {path.name}: its tensors do not fit its architecture ({msg})") from None
     return net.to(device).eval(), meta
 
@@ -231,6 +231,15 @@ class SudokuReport:
         return {"summary": self.summary(), "checkpoint": self.checkpoint, "puzzles": self.rows}
 
 
+def infeasible_energy(puzzle: np.ndarray, device: str = "cpu") -> float:
+    """The energy at the initial point of a puzzle whose givens break the rules.
+
+    C5 and C1-C4 are disjoint then: E > 0 at every u, and this value is a witness.
+    """
+    e = SudokuEnergy(torch.tensor(puzzle, dtype=torch.long, device=device).view(1, 9, 9))
+    return float(e.value(e.initial_point()))
+
+
 def solve_table(
     table: PuzzleTable,
     method: str = "edn",
@@ -272,8 +281,6 @@ def solve_table(
     start = time.perf_counter()
     for i in range(n):
         if conflicts[i]:
-            g = torch.tensor(table.puzzles[i], dtype=torch.long, device=device).view(1, 9, 9)
-            e = SudokuEnergy(g)
             rows[i] = {
                 "id": table.ids[i],
                 "puzzle": grid_to_string(table.puzzles[i]),
@@ -281,8 +288,7 @@ def solve_table(
                 "solved": False,
                 "status": "infeasible",
                 "problems": conflicts[i],
-                # C5 and C1-C4 are disjoint here: E > 0 at every u; the value at u0 is a witness.
-                "energy": float(e.value(e.initial_point())),
+                "energy": infeasible_energy(table.puzzles[i], device),
                 "iterations": 0,
                 "energy_monotone": True,
                 "cell_accuracy": None,
