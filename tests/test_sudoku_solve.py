@@ -124,6 +124,22 @@ def test_gd_solves_known_easy_puzzle_with_monotone_energy():
     assert all(b <= a * (1 + 1e-5) + 1e-12 for a, b in zip(energies, energies[1:]))
 
 
+def test_stop_when_solved_ends_each_puzzle_at_its_first_solution():
+    # a batch of the README's easy puzzle (solved by edn at iteration 1) and the classic one
+    # (averaged projections need 1754 iterations): with the stop, the first ends at its solution
+    # and the second runs on to the cap; without it, both run to the cap
+    from edncli.sudoku.solve import load_network
+
+    readme_easy = "007000325000900100040528090870004600609307050000100008100430067003006240020759030"
+    g = torch.tensor(np.stack([parse_grid(readme_easy), parse_grid(EASY)]), dtype=torch.long).view(2, 9, 9)
+    net, _ = load_network(None, "edn")
+    out = run_descent(g, 20, net, stop_when_solved=True)
+    assert out.iterations.tolist() == [int(out.first_solved[0]), 20] and 1 <= int(out.first_solved[0]) < 20
+    assert bool(solved_mask(out.u, g)[0]) and all(out.energy_monotone)
+    full = run_descent(g, 20, net)
+    assert full.iterations.tolist() == [20, 20] and int(full.first_solved[0]) == int(out.first_solved[0])
+
+
 def test_edn_energy_monotone_for_any_network():
     """The guarantee does not depend on training: an untrained network still only descends."""
     torch.manual_seed(0)

@@ -75,6 +75,14 @@ def solve(
     json_out: JsonOut = None,
     weights: Weights = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Puzzles solved together.")] = 256,
+    stop_when_solved: Annotated[
+        bool,
+        typer.Option(
+            "--stop-when-solved/--run-to-cap",
+            help="Stop each puzzle at the first iterate whose rounding is a solution (default), or run every "
+            "puzzle to the iteration cap (the paper's protocol; edn sudoku eval does this).",
+        ),
+    ] = True,
     device: DeviceOpt = "cpu",
     quiet: Quiet = False,
     force: Force = False,
@@ -98,7 +106,7 @@ def solve(
             f"argument PUZZLE: infeasible: {conflicts[0]}; energy >= {infeasible_energy(table.puzzles[0]):.3g} > 0 "
             "for every u; fix the givens"
         )
-    report = solve_table(table, method, iterations, weights, batch_size, _device(device))
+    report = solve_table(table, method, iterations, weights, batch_size, _device(device), stop_when_solved=stop_when_solved)
     if out is not None:
         write_solutions_csv(out, table.ids, table.puzzles, report.rows)
     if json_out is not None:

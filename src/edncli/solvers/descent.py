@@ -145,6 +145,10 @@ class StopRule:
     min_iter: int = 0
     max_iter: int = 100
     grad_tol: float = 0.0
+    #: A per-sample test of the iterate, ``u (B, ...) -> (B,)`` bool: a sample whose iterate passes
+    #: it stops (reason ``"done"``) once ``min_iter`` steps are taken — e.g. a Sudoku whose
+    #: rounding is a solution. Checked after the δ test.
+    done: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
 
     def __post_init__(self):
         if self.delta is not None:
@@ -228,7 +232,8 @@ def descend(
     # the old gradient is recomputed in the rare case that the guard needs it. Barzilai-Borwein
     # steps need the old gradient every iteration, so they keep the out-of-place update.
     reuse_grad = steepest and line.initial != "bb" and bool(getattr(energy, "grad_returns_new", False))
-    if steepest and data_only and batch == 1 and line.initial in ("unit", "lipschitz") and device.type == "cpu" and not _GENERAL_ONLY:
+    if (steepest and data_only and batch == 1 and line.initial in ("unit", "lipschitz") and device.type == "cpu"
+            and stop.done is None and not _GENERAL_ONLY):
         return _landweber_single(
             energy, u, line, stop, method, reference, callback, record_ssim, start, lipschitz, delta, reuse_grad
         )
@@ -264,12 +269,15 @@ def descend(
             callback(rec)
 
     def update_active(k: int) -> None:
+        done_h = stop.done(u).tolist() if stop.done is not None and k >= stop.min_iter else None
         for i in range(batch):
             if not active[i]:
                 continue
             reached = delta is not None and disc_h is not None and disc_h[i] <= delta[i]
             if k >= stop.min_iter and reached:
                 reasons[i] = "delta"
+            elif done_h is not None and done_h[i]:
+                reasons[i] = "done"
             elif math.sqrt(max(gn2_h[i], 0.0)) <= stop.grad_tol:
                 reasons[i] = "grad_tol"
             elif k >= stop.max_iter:
