@@ -64,3 +64,12 @@ def test_existing_output_needs_force(tmp_path, image_folder):
 def test_bad_settings_are_usage_errors(tmp_path, image_folder, kw, match):
     with pytest.raises(UsageError, match=match):
         train_denoiser(_cfg(image_folder, **kw), tmp_path / "bad", quiet=True)
+
+
+def test_bare_out_name_goes_to_the_current_folder_not_weights():
+    # as for every edn train task: a bare --out never lands beside (or over) a shipped checkpoint
+    from pathlib import Path
+
+    ckpt, card, log = output_paths("gradncnn")
+    assert (ckpt, card, log) == (Path("gradncnn.safetensors"), Path("gradncnn.md"), Path("gradncnn.train.jsonl"))
+    assert output_paths("w/x.safetensors")[0] == Path("w/x.safetensors")

@@ -6,14 +6,13 @@ network. σ is drawn uniformly per patch from a range, so one blind denoiser ser
 Validation: PSNR of the denoised central crops of a folder of test images at fixed noise levels.
 
 Outputs, written atomically: ``<out>.safetensors`` (task ``"denoiser"``, the ``arch`` dict, σ range,
-command, data, metrics), the model card ``<out>.md``, and a JSON-lines log ``<out>.log.jsonl``.
+command, data, metrics), the model card ``<out>.md``, and a JSON-lines log ``<out>.train.jsonl``.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import time
 from dataclasses import asdict, dataclass
@@ -84,19 +83,14 @@ class DenoiserTrainConfig:
 
 
 def output_paths(out: str | Path) -> Tuple[Path, Path, Path]:
-    """``(checkpoint, card, log)`` for ``out``: a path (``.safetensors`` or with a folder) or a name.
-
-    A bare name goes to the first weights folder (``$EDN_WEIGHTS_DIR`` or the repository's ``weights/``).
-    """
-    from ..io.weights import SUFFIX, weights_dirs
+    """``(checkpoint, card, log)`` for ``out``, a path or a name (``.safetensors`` added), as for
+    every ``edn train`` task: a bare name is written to the current folder, never into ``weights/``."""
+    from ..io.weights import SUFFIX
 
     s = str(out)
-    if s.endswith(SUFFIX) or os.sep in s or "/" in s:
-        ckpt = Path(s if s.endswith(SUFFIX) else s + SUFFIX)
-    else:
-        ckpt = weights_dirs()[0] / f"{s}{SUFFIX}"
+    ckpt = Path(s if s.endswith(SUFFIX) else s + SUFFIX)
     stem = ckpt.with_suffix("")
-    return ckpt, stem.with_suffix(".md"), Path(str(stem) + ".log.jsonl")
+    return ckpt, stem.with_suffix(".md"), Path(str(stem) + ".train.jsonl")
 
 
 def _validation_set(folder: str, crop: int, sigmas: Tuple[float, ...], seed: int) -> List[Tuple[float, torch.Tensor, torch.Tensor]]:
@@ -146,7 +140,7 @@ def train_denoiser(cfg: DenoiserTrainConfig, out: str | Path, command: str = "",
     Parameters
     ----------
     cfg: the settings (checked first; a bad value is a :class:`UsageError`).
-    out: output name (into ``weights/``) or path; an existing file is an error unless ``cfg.force``.
+    out: output path or name (current folder); an existing file is an error unless ``cfg.force``.
     command: the command line that started the run, stored in the metadata and the card.
     quiet: no progress lines on stderr.
     """
