@@ -261,3 +261,9 @@ def test_weights_list_json_is_an_array_as_its_help_says(monkeypatch, capsys):
 
     help_text = " ".join(CliRunner().invoke(app, ["weights", "list", "--help"], env={"COLUMNS": "300"}).output.split())
     assert "JSON array" in help_text and "One JSON object per checkpoint" not in help_text
+
+
+def test_sinogram_from_stdin_is_a_usage_error(ctdir, monkeypatch, capsys):
+    code, _, err = edn(monkeypatch, capsys, "ct", "--sinogram", "-", "-o", "x.tif", "--angles", "60", "--size", "48")
+    assert code == 2 and "not stdin" in err and len(err.strip().splitlines()) == 1, err
+    assert not Path("x.tif").exists()

@@ -421,3 +421,29 @@ def test_warm_start_is_validated_first_and_kept_when_no_step_beats_it(tmp_path, 
     out = train(cfg, tmp_path / "e2.safetensors", command="pytest", device=torch.device("cpu"), quiet=True)
     assert read_metadata(out)["metrics"]["best"]["step"] == 2
     assert not torch.equal(load_checkpoint(out)[0]["backbone.body.0.weight"], start.state_dict()["backbone.body.0.weight"])
+
+
+def test_resume_continues_the_step_count_quietly_and_refuses_nothing_to_do(tmp_path):
+    # --resume: training goes on from the checkpoint's step (its schedule fast-forwarded without
+    # torch's "scheduler before optimizer" warning); a --steps the checkpoint already reached is a
+    # usage error before any file is written
+    import warnings
+
+    from edncli.errors import UsageError
+
+    imgs = _images(tmp_path / "imgs")
+    common = dict(spec=TaskSpec("sr", scale=4), images=str(imgs), val_images=str(imgs), depth=3, width=8, patch=24,
+                  batch=4, val_size=32, val_every=2, kind="baseline")
+    first = train(TrainConfig(steps=2, **common), tmp_path / "a.safetensors", command="pytest",
+                  device=torch.device("cpu"), quiet=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        more = train(TrainConfig(steps=4, **common), tmp_path / "b.safetensors", command="pytest",
+                     device=torch.device("cpu"), quiet=True, resume=first, log_path=tmp_path / "b.train.jsonl")
+    assert not [w for w in caught if "lr_scheduler" in str(w.message)]
+    assert read_metadata(more)["metrics"]["steps"] == 4
+    assert [json.loads(r)["step"] for r in (tmp_path / "b.train.jsonl").read_text().splitlines()] == [4]
+    with pytest.raises(UsageError, match="leaves nothing to do"):
+        train(TrainConfig(steps=4, **common), tmp_path / "c.safetensors", command="pytest", device=torch.device("cpu"),
+              quiet=True, resume=more, log_path=tmp_path / "c.train.jsonl")
+    assert not list(tmp_path.glob("c.*"))

@@ -195,6 +195,8 @@ def ct(
             # Decisions over all slices (centre, δ) are made on the whole scan by every rank, so
             # that a sharded run equals a single-process one; then each rank takes its chunk.
             with group.stage():
+                if sinogram == "-":
+                    raise UsageError("--sinogram -: sinograms are read from a file (HDF5, NPY, TIFF or PNG), not stdin")
                 if not Path(sinogram).exists():
                     from ..errors import InputError
 

@@ -28,8 +28,8 @@ AlphaOpt = Annotated[
     Optional[float], typer.Option("--alpha", help="tv: regularisation weight α (default: by the discrepancy principle).")
 ]
 WeightsOpt = Annotated[Optional[str], typer.Option("--weights", help="Checkpoint name (in weights/) or path.")]
-LamOpt = Annotated[Optional[float], typer.Option("--lam", help="potential/red: regularisation weight λ (default: the paper's preset).")]
-MuOpt = Annotated[Optional[float], typer.Option("--mu", help="red/pnp: step size µ (default: the paper's preset).")]
+LamOpt = Annotated[Optional[float], typer.Option("--lam", help="potential/red: regularisation weight λ (default: the --preset's, i.e. this task's validation-tuned value).")]
+MuOpt = Annotated[Optional[float], typer.Option("--mu", help="red/pnp: step size µ (default: the --preset's, i.e. this task's validation-tuned value).")]
 BoxOpt = Annotated[bool, typer.Option("--box", help="potential/red/pnp: keep iterates in [0, 1] (proximal variant).")]
 PresetOpt = Annotated[Optional[str], typer.Option("--preset", help="potential/red/pnp: settings of task sr or deblur (validation-tuned), or paper-sr / paper-deblur (paper 000 Table 2) (default: this task).")]
 InitOpt = Annotated[Optional[str], typer.Option("--init", help="Initial guess (see each command's help).")]

@@ -19,6 +19,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import List, Optional
@@ -312,6 +313,11 @@ def train(cfg: TrainConfig, out: Path, *, command: str, device: torch.device, qu
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
             raise CheckpointError(f"--resume {resume}: corrupt edn metadata (metrics.steps must be an integer >= 0, got {steps!r})")
         state.step = steps
+        if steps >= cfg.steps:
+            raise UsageError(
+                f"--resume {resume}: it has trained {steps} steps already, so --steps {cfg.steps} leaves nothing "
+                f"to do; give --steps above {steps}"
+            )
     net.to(device).train()
     if cfg.precision != "fp32":
         # autocast around the backbone only (networks/inference.py); NHWC where it pays (CPU)
@@ -325,8 +331,10 @@ def train(cfg: TrainConfig, out: Path, *, command: str, device: torch.device, qu
         model = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.steps, 1), eta_min=cfg.lr * 0.02)
-    for _ in range(state.step):
-        sched.step()
+    with warnings.catch_warnings():  # fast-forwarding a resumed schedule "before optimizer.step()" is intended
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(state.step):
+            sched.step()
 
     lagged = None
     op_cache: dict = {}
