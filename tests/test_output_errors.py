@@ -104,7 +104,7 @@ def test_two_inputs_with_one_output_name_fail_before_any_work(workdir, monkeypat
                        "--report", "reps", *GD, *extra)
     assert code == 2, err
     assert _one_line(err) and "written twice" in err and "dup/a.png" in err and "dup/a.tif" in err
-    assert not list(Path("out").glob("*")) and not list(Path("reps").glob("*"))
+    assert not Path("out").exists() and not Path("reps").exists()  # the folders it made are gone too
 
 
 def test_two_inputs_with_one_report_name_fail_before_any_work(workdir, monkeypatch, capsys):
@@ -112,7 +112,10 @@ def test_two_inputs_with_one_report_name_fail_before_any_work(workdir, monkeypat
     code, _, err = edn(monkeypatch, capsys, "sr", "--scale", "4", "dup", "--output-dir", "out", "--report", "r3.json", *GD)
     assert code == 2, err
     assert _one_line(err) and "r3.json/a.json" in err and "written twice" in err
-    assert not list(Path("out").glob("*"))
+    assert not Path("out").exists() and not Path("r3.json").exists()
+    Path("keep").mkdir()  # a folder that was there before is kept
+    code, _, err = edn(monkeypatch, capsys, "sr", "--scale", "4", "dup", "--output-dir", "keep", "--report", "r3.json", *GD)
+    assert code == 2 and Path("keep").is_dir()
 
 
 def test_output_and_report_on_one_file_is_a_usage_error(workdir, monkeypatch, capsys):

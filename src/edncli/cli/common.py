@@ -227,14 +227,30 @@ def side_path(base: Optional[str], n_inputs: int, input_path: str, suffix: str) 
     return str(folder / f"{Path(input_path).stem}{suffix}")
 
 
+#: Folders :func:`make_folder` created in this process, outermost first (see :func:`remove_created_folders`).
+_CREATED: List[Path] = []
+
+
 def make_folder(folder: Path, what: str) -> None:
     """Create an output folder (and its parents): one line, exit 2 or 4, when it cannot be."""
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"{what} {folder} exists and is not a folder")
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"{what} cannot create the folder {folder} ({exc.strerror or exc})") from None
+    _CREATED.extend(reversed(missing))
+
+
+def remove_created_folders() -> None:
+    """Remove the folders this run created that are still empty: a run refused after planning
+    its outputs leaves no empty output folders behind."""
+    while _CREATED:
+        try:
+            _CREATED.pop().rmdir()
+        except OSError:  # not empty (something was written there) or already gone
+            pass
 
 
 def to_tensor(arr: Any, device) -> "Any":

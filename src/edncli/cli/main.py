@@ -85,6 +85,9 @@ def run() -> None:
 
     from .._click_compat import Abort, ClickException, Exit
 
+    from . import common
+
+    common._CREATED.clear()  # folders made by an earlier in-process run are not this run's
     try:
         code = app(standalone_mode=False)
     except Exit as exc:
@@ -96,6 +99,9 @@ def run() -> None:
         print("edn: interrupted", file=sys.stderr)
         sys.exit(130)
     except EdnError as err:
+        from .common import remove_created_folders
+
+        remove_created_folders()
         print(f"edn: error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
     except MemoryError:
