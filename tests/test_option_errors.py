@@ -101,6 +101,27 @@ def test_malformed_checkpoint_metadata_is_one_line_exit_4(lr_tif, monkeypatch, c
     assert not Path("out.tif").exists()
 
 
+@pytest.mark.parametrize(
+    "edit, ok",
+    [
+        ({"layer": "cone_ball", "zeta": 0.0}, True),  # zeta belongs to the half-space layer: unused here
+        ({"layer": "halfspace", "zeta1": 0.0, "zeta": 1e-3}, True),  # zeta1/zeta2 unused by eq. 21
+        ({"layer": "halfspace", "zeta": 0.0}, False),
+        ({"layer": "cone_ball", "zeta1": 2.0, "zeta2": 1.0}, False),
+        ({"layer": "sphere"}, False),
+    ],
+)
+def test_descent_layer_settings_are_checked_as_training_checks_them(lr_tif, monkeypatch, capsys, edit, ok):
+    # what `edn train` accepts, loading accepts: only the stored layer's own ζ values are checked
+    tensors, meta = _tiny_meta()
+    path = _write_raw(lr_tif.parent / "z.safetensors", tensors, {**meta, "arch": {**meta["arch"], **edit}})
+    code, _, err = _sr(monkeypatch, capsys, path)
+    if ok:
+        assert code in (0, 3), err
+    else:
+        assert code == 4 and _one_line(err) and "corrupt architecture metadata" in err, err
+
+
 def test_malformed_baseline_metadata_is_one_line_exit_4(lr_tif, monkeypatch, capsys):
     tensors, meta = _tiny_meta("baseline")
     bad = _write_raw(lr_tif.parent / "badb.safetensors", tensors, {**meta, "arch": {**meta["arch"], "shuffle": None}})

@@ -109,10 +109,16 @@ def _arch_problem(arch: dict, kind: str) -> Optional[str]:
         if not isinstance(bb.get(key, False), bool):
             return f"{key} must be true or false, got {bb[key]!r}"
     if want == "direction":
-        for key in ("zeta", "zeta1", "zeta2"):
+        # only the values the stored layer uses, with the rules training applies (TrainConfig.check)
+        layer = arch.get("layer", "cone_ball")
+        if layer not in ("cone_ball", "halfspace"):
+            return f"layer must be cone_ball or halfspace, got {layer!r}"
+        for key in ("zeta1", "zeta2") if layer == "cone_ball" else ("zeta",):
             value = arch.get(key, 1.0)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
                 return f"{key} must be a number > 0, got {value!r}"
+        if layer == "cone_ball" and not arch.get("zeta1", 1.0) <= arch.get("zeta2", 1.0):
+            return f"zeta1 must be <= zeta2, got {arch.get('zeta1')!r} and {arch.get('zeta2')!r}"
     return None
 
 
