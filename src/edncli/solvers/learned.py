@@ -17,7 +17,7 @@ import torch
 
 from ..energies import DataFidelity, HuberTV
 from ..errors import CheckpointError, UsageError
-from ..io.checkpoints import load_checkpoint, read_metadata
+from ..io.checkpoints import load_checkpoint
 from ..io.weights import resolve_weights
 from ..metrics import quality_each
 from ..networks.direction import build_network, network_inputs
@@ -145,13 +145,13 @@ def load_learned(kind: str, name_or_path: str, device) -> Tuple[torch.nn.Module,
     """Load a direction (``kind="edn"``) or baseline network; wrong-kind or malformed checkpoints are errors."""
     path = resolve_weights(name_or_path)
     tasks = tuple(f"{kind}-{t}" for t in ("sr", "ct", "deblur"))
-    task = read_metadata(path)["task"]
-    if task not in tasks:
+    state, meta = load_checkpoint(path, device="cpu")
+    if meta["task"] not in tasks:
         article = "an" if kind == "edn" else "a"
         raise CheckpointError(
-            f"checkpoint {path.name} is for task {task!r}; method {kind} needs {article} {kind} checkpoint ({', '.join(tasks)})"
+            f"checkpoint {path.name} is for task {meta['task']!r}; method {kind} needs {article} {kind} checkpoint "
+            f"({', '.join(tasks)})"
         )
-    state, meta = load_checkpoint(path, expect_task=tasks, device="cpu")
     meta["name"] = path.stem
     problem = _arch_problem(meta["arch"], kind)
     if problem is not None:

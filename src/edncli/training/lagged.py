@@ -346,11 +346,10 @@ def train(cfg: TrainConfig, out: Path, *, command: str, device: torch.device, qu
 
         bar = tqdm(total=cfg.steps, initial=state.step, desc=f"train {cfg.kind}-{cfg.spec.task}", file=sys.stderr)
     best_state = None
-    metrics: dict = {}
     interrupted = False
     _raise_on_sigterm()
 
-    def validate(loss: Optional[float]) -> dict:
+    def validate(loss: Optional[float]) -> None:
         """Validate, log a row, keep the state if it is the best so far (rank 0 only)."""
         nonlocal best_state
         row_metrics = evaluate(cfg, net, val_x, device)  # type: ignore[arg-type]
@@ -364,13 +363,12 @@ def train(cfg: TrainConfig, out: Path, *, command: str, device: torch.device, qu
             best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
         if quiet is False and bar is None:
             print(json.dumps(row), file=sys.stderr)
-        return row_metrics
 
     try:
         try:
             if rank == 0 and cfg.init_from is not None and resume is None and state.step == 0:
                 # The warm start is a candidate too: training keeps it if no later step validates higher.
-                metrics = validate(None)
+                validate(None)
             while state.step < cfg.steps:
                 if cfg.kind == "edn" and state.step >= cfg.lag_every and state.step % cfg.lag_every == 0:
                     lagged = copy.deepcopy(net).eval()
@@ -400,7 +398,7 @@ def train(cfg: TrainConfig, out: Path, *, command: str, device: torch.device, qu
                     bar.update(1)
                     bar.set_postfix_str(f"loss={float(loss.detach()):.3g}", refresh=False)
                 if rank == 0 and (state.step % cfg.val_every == 0 or state.step == cfg.steps):
-                    metrics = validate(float(loss.detach()))
+                    validate(float(loss.detach()))
         except KeyboardInterrupt:
             # Ctrl-C ends training early but keeps the work: the best validated state is written,
             # and the card says it was interrupted.
