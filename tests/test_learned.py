@@ -17,7 +17,7 @@ from PIL import Image
 from edncli.errors import CheckpointError
 from edncli.io.checkpoints import load_checkpoint, read_metadata, save_checkpoint
 from edncli.networks.backbones import BackboneConfig
-from edncli.networks.direction import DirectionNet, DirectionNetConfig
+from edncli.networks.direction import BaselineNet, DirectionNet, DirectionNetConfig
 from edncli.solvers.methods import MethodOptions, Problem, solve
 from edncli.solvers.stopping import DeltaChoice
 from edncli.tasks import TaskSpec
@@ -421,6 +421,30 @@ def test_warm_start_is_validated_first_and_kept_when_no_step_beats_it(tmp_path, 
     out = train(cfg, tmp_path / "e2.safetensors", command="pytest", device=torch.device("cpu"), quiet=True)
     assert read_metadata(out)["metrics"]["best"]["step"] == 2
     assert not torch.equal(load_checkpoint(out)[0]["backbone.body.0.weight"], start.state_dict()["backbone.body.0.weight"])
+
+
+def test_validation_noise_level_is_the_configured_one(tmp_path):
+    # --val-noise-sigma: validation measurements carry exactly that noise (0: the same data for any
+    # seed), the log and the card state it, and a negative level is a usage error
+    from edncli.errors import UsageError
+    from edncli.training.lagged import evaluate
+
+    imgs = _images(tmp_path / "imgs")
+    common = dict(spec=TaskSpec("sr", scale=4), images=str(imgs), val_images=str(imgs), depth=3, width=8, patch=24,
+                  batch=4, val_size=32, kind="baseline")
+    net = BaselineNet(BackboneConfig(2, 1, 3, 8, False, 1))
+    x = torch.rand(2, 32, 32, generator=torch.Generator().manual_seed(0))
+    clean = [evaluate(TrainConfig(val_noise=0.0, **common), net, x, torch.device("cpu"), seed=s) for s in (0, 1)]
+    noisy = [evaluate(TrainConfig(val_noise=0.05, **common), net, x, torch.device("cpu"), seed=s) for s in (0, 1)]
+    assert clean[0]["val_psnr_init"] == clean[1]["val_psnr_init"] and clean[0]["val_noise_sigma"] == 0.0
+    assert noisy[0]["val_psnr_init"] != noisy[1]["val_psnr_init"] and noisy[0]["val_noise_sigma"] == 0.05
+    assert noisy[0]["val_psnr_init"] < clean[0]["val_psnr_init"]
+    out = train(TrainConfig(val_noise=0.0, steps=2, val_every=2, **common), tmp_path / "v.safetensors",
+                command="pytest", device=torch.device("cpu"), quiet=True, log_path=tmp_path / "v.train.jsonl")
+    assert json.loads(Path(tmp_path / "v.train.jsonl").read_text().splitlines()[-1])["val_noise_sigma"] == 0.0
+    assert "at noise std 0;" in out.with_suffix(".md").read_text()
+    with pytest.raises(UsageError, match="--val-noise-sigma must be"):
+        TrainConfig(val_noise=-0.01, **common).check()
 
 
 def test_resume_continues_the_step_count_quietly_and_refuses_nothing_to_do(tmp_path):

@@ -231,6 +231,7 @@ _TRAIN = ["train", "--task", "sr", "--images", "imgs", "--depth", "3", "--width"
         (["--batch-size", "0"], "--batch-size must be >= 1"),
         (["--lr", "-1"], "--lr must be > 0"),
         (["--lr", "nan"], "--lr must be > 0"),
+        (["--val-noise-sigma", "-0.1"], "--val-noise-sigma must be a finite number >= 0"),
         (["--layer", "foo"], "--layer must be cone_ball or halfspace"),
         (["--zeta1", "0"], "--zeta1 and --zeta2"),
         (["--val-every", "0"], "--val-every must be >= 1"),

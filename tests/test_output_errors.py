@@ -216,6 +216,21 @@ def test_16bit_colour_png_is_read_at_full_precision(tmp_path, channels):
     assert arr[0, 0, 0] == np.float32(1000 / 65535)
 
 
+@pytest.mark.parametrize("mode", ["LA", "1"])
+def test_gray_alpha_and_bilevel_png_are_read_as_gray(tmp_path, mode):
+    gray = np.random.default_rng(4).integers(0, 256, size=(9, 10), dtype=np.uint8)
+    if mode == "LA":
+        im = Image.fromarray(np.stack([gray, np.full_like(gray, 77)], -1), "LA")
+        expected = gray / 255
+    else:
+        im = Image.fromarray(gray > 127)
+        expected = (gray > 127).astype(np.float64)
+    im.save(tmp_path / "g.png")
+    arr, _ = read_image(tmp_path / "g.png")
+    assert arr.shape == (9, 10)  # was (3, 9, 10): a gray image turned into a colour one
+    np.testing.assert_allclose(arr, expected, atol=1e-6)
+
+
 def test_16bit_colour_png_from_stdin(tmp_path, monkeypatch):
     import io
 

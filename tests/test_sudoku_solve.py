@@ -256,3 +256,58 @@ def test_cli_eval(tmp_path: Path):
     assert doc["rows"][0]["gd"]["cell_accuracy"] is not None
     res, code = invoke(["eval", "--puzzles", str(p), "--methods", "gd,magic"])
     assert code == 2
+
+
+# ----------------------------------------------------------------------------- audit: bad strings, outputs
+
+
+@pytest.mark.parametrize(
+    "arg, fragment",
+    [(EASY[:-1] + "x", "character 'x' at position 81"), (EASY[:40] + " " + EASY[41:], "character ' ' at position 41"),
+     ("", "has 0 characters")],
+)
+def test_cli_malformed_81_character_or_empty_string_is_a_usage_error(tmp_path: Path, monkeypatch, arg, fragment):
+    monkeypatch.chdir(tmp_path)
+    res, code = invoke(["solve", arg, "--method", "gd", "--iterations", "5"])
+    assert code == 2 and fragment in str(res.exception) and "\n" not in str(res.exception)
+    assert res.stdout == ""
+
+
+def test_cli_outputs_are_checked_before_any_work(tmp_path: Path):
+    import os
+
+    same = tmp_path / "same"
+    res, code = invoke(["solve", EASY, "--method", "gd", "--out", str(same), "--json", str(same)])
+    assert code == 2 and "named twice" in str(res.exception) and not same.exists() and res.stdout == ""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    res, code = invoke(["solve", EASY, "--method", "gd", "--out", str(fifo), "--force"])
+    assert code == 2 and "not a regular file" in str(res.exception) and fifo.is_fifo()
+    res, code = invoke(["solve", EASY, "--method", "gd", "--out", "-"])
+    assert code == 2 and not Path("-").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs Linux /proc")
+def test_cli_unwritable_output_folder_is_one_line_exit_4():
+    res, code = invoke(["solve", EASY, "--method", "gd", "--json", "/proc/r.json"])
+    assert code == 4 and isinstance(res.exception, InputError) and res.stdout == ""
+
+
+def test_cli_eval_refuses_a_solution_column_that_does_not_solve_its_puzzle(tmp_path: Path):
+    wrong = EASY_SOLUTION[:-1] + "8"  # last cell changed: a digit twice in row 9
+    p = tmp_path / "ps.csv"
+    p.write_text(f"puzzle,solution\n{EASY},{EASY_SOLUTION}\n{EASY},{wrong}\n")
+    res, code = invoke(["eval", "--puzzles", str(p), "--methods", "gd", "--gd-iterations", "5"])
+    assert code == 4 and "line 3" in str(res.exception) and "not a solution" in str(res.exception)
+    assert res.stdout == ""  # was: 100% solved next to a cell accuracy below 100%
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [(["--methods", "gd,gd"], "more than once"), (["--methods", "gd", "--gd-iterations", "-3"], "--gd-iterations -3")],
+)
+def test_cli_eval_bad_methods_and_iterations_are_usage_errors(tmp_path: Path, args, fragment):
+    p = tmp_path / "ps.csv"
+    p.write_text(f"puzzle,solution\n{EASY},{EASY_SOLUTION}\n")
+    res, code = invoke(["eval", "--puzzles", str(p), *args])
+    assert code == 2 and fragment in str(res.exception) and res.stdout == ""

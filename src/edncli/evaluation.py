@@ -83,6 +83,9 @@ def check_methods(methods: Sequence[str]) -> None:
     from .solvers.learned import CHECKPOINT_METHODS
     from .solvers.methods import METHODS
 
+    repeated = sorted({m for m in methods if list(methods).count(m) > 1})
+    if repeated:  # the table has one entry per method: a repeat would count its images twice
+        raise UsageError(f"--methods lists {', '.join(repeated)} more than once; give each method once")
     for method in methods:
         name, weights = _split(method)
         if name not in METHODS:
@@ -96,12 +99,12 @@ def check_methods(methods: Sequence[str]) -> None:
 
 def check_config(cfg: EvalConfig) -> None:
     """Raise :class:`UsageError` for a setting that cannot work; called before any image is read."""
-    if cfg.noise_sigma < 0:
-        raise UsageError(f"--noise-sigma must be >= 0, got {cfg.noise_sigma}")
+    if not (cfg.noise_sigma >= 0 and math.isfinite(cfg.noise_sigma)):
+        raise UsageError(f"--noise-sigma must be >= 0 and finite, got {cfg.noise_sigma}")
     if cfg.noise_sigma == 0 and cfg.iterations is None:
         raise UsageError("--noise-sigma must be > 0 to stop at δ; or give --iterations for a fixed count")
-    if not cfg.tau > 0:
-        raise UsageError(f"--tau must be > 0, got {cfg.tau}")
+    if not (cfg.tau > 0 and math.isfinite(cfg.tau)):
+        raise UsageError(f"--tau must be > 0 and finite, got {cfg.tau}")
     if cfg.iterations is not None and cfg.iterations < 0:
         raise UsageError(f"--iterations must be >= 0, got {cfg.iterations}")
     if cfg.max_iter < 0:

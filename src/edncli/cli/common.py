@@ -27,7 +27,9 @@ OutputDir = Annotated[
     Optional[Path], typer.Option("--output-dir", help="Folder for outputs when the input is a folder or a glob.")
 ]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
-Seed = Annotated[int, typer.Option("--seed", help="Random seed (noise, initialisation).")]
+Seed = Annotated[
+    int, typer.Option("--seed", min=0, max=2**32 - 1, help="Random seed (noise, initialisation), 0 to 2^32 - 1.")
+]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries on stderr.")]
 Force = Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")]
 Report = Annotated[

@@ -309,6 +309,8 @@ def simulate_ct(
         raise UsageError(f"-o {output}: simulated sinograms are written as DXchange HDF5 (.h5)")
     if angles < 1:
         raise UsageError(f"--angles must be >= 1, got {angles}")
+    if detectors is not None and detectors < 1:
+        raise UsageError(f"--detectors must be >= 1, got {detectors}")
     arr, _ = read_image(input)
     if arr.ndim != 2 or arr.shape[0] != arr.shape[1]:
         raise UsageError(f"{input}: CT phantoms must be square gray images, got shape {arr.shape}")
@@ -316,7 +318,7 @@ def simulate_ct(
     arc = math.pi if beam == "parallel" else 2 * math.pi
     geom = CTGeometry(
         size=n, angles=np.linspace(0, arc, angles, endpoint=False),
-        detectors=detectors or int(math.ceil(n * math.sqrt(2))), detector_spacing=detector_spacing, beam=beam,
+        detectors=detectors if detectors is not None else int(math.ceil(n * math.sqrt(2))), detector_spacing=detector_spacing, beam=beam,
         source_origin=source_origin, origin_detector=origin_detector,
     )
     sino = simulate(c.to_tensor(arr, "cpu"), geom, noise_sigma=noise_sigma, seed=seed, backend=backend)

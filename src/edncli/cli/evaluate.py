@@ -41,6 +41,8 @@ def _run(spec, images, methods, noise_sigma, seed, tau, iterations, max_iter, bo
                      kernel_sigma=kernel_sigma, extra=extra or {}, learned_steps=learned_steps,
                      handover=handover or EvalConfig.handover, precision=precision, luma=luma, ensemble=ensemble)
     check_config(cfg)  # option values first: usage errors before any file is looked at
+    if json_out == "-":  # the table goes to stdout: two things there would mix
+        raise UsageError("--json -: the table is printed on stdout; give --json FILE")
     files = c.expand_inputs(images, exts=IMAGE_SUFFIXES)
     if json_out is not None:
         c.check_exists_for_write([json_out], force)

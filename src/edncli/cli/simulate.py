@@ -18,10 +18,12 @@ Crop = Annotated[bool, typer.Option("--crop", help="Crop the image so its sides 
 
 
 def _noisy(clean, sigma: float, seed: int):
+    import math
+
     import torch
 
-    if sigma < 0:
-        raise UsageError(f"--noise-sigma must be >= 0, got {sigma}")
+    if not (sigma >= 0 and math.isfinite(sigma)):
+        raise UsageError(f"--noise-sigma must be a finite number >= 0, got {sigma}")
     gen = torch.Generator().manual_seed(seed)
     return clean + sigma * torch.randn(clean.shape, generator=gen).to(clean.device)
 
@@ -53,8 +55,8 @@ def simulate_sr(
     scale = check_scale(scale)
     check_writable(output, force)
     arr = _read_clean(input)
-    if crop:
-        h, w = arr.shape[-2:]
+    h, w = arr.shape[-2:]
+    if crop and min(h, w) >= scale:  # too small to crop: the operator names the original size
         arr = arr[..., : h - h % scale, : w - w % scale]
     u = c.to_tensor(arr, "cpu")
     op = make_sr_operator(u.shape[-2:], scale, downsampler)

@@ -40,16 +40,30 @@ def _echo(msg: str, quiet: bool) -> None:
 
 
 def _check_outputs(paths: List[Optional[Path]], force: bool) -> None:
-    """Refuse to overwrite an existing file without ``--force`` (checked before any work)."""
+    """Before any work: refuse to overwrite an existing file without ``--force``, to replace a
+    non-regular file at all, to write one file twice, or ``-`` (these outputs are files); a
+    folder that cannot be written is an input error (see :func:`~edncli.io.images.check_writable`)."""
+    from ..io.images import check_writable
+
+    seen: set = set()
     for p in paths:
         if p is None:
             continue
+        if str(p) == "-":
+            raise UsageError("output -: these outputs are files, not stdout; give a file name")
         if p.is_dir():
             raise UsageError(f"output {p}: is a folder; pass a file name")
+        if p.exists() and not p.is_file():
+            raise UsageError(f"output {p}: exists and is not a regular file; edn replaces only regular files, even with --force")
         if p.exists() and not force:
             raise UsageError(f"output {p}: already exists; pass --force to overwrite it or choose another name")
         if not p.parent.exists():
             raise UsageError(f"output {p}: the folder {p.parent} does not exist; create it first")
+        key = p.resolve()
+        if key in seen:
+            raise UsageError(f"output {p}: named twice; give each output its own file")
+        seen.add(key)
+        check_writable(str(p), force)
 
 
 def _write_json(path: Path, doc: dict) -> None:

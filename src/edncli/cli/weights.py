@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Optional
 
 import typer
 from typing_extensions import Annotated
@@ -28,12 +29,16 @@ def list_cmd(as_json: JsonList = False) -> None:
             task = meta["task"]
         except Exception as exc:  # a foreign file in the folder must not hide the others
             task = f"unreadable ({exc})"
-        rows.append({"name": path.stem, "task": task, "bytes": path.stat().st_size, "sha256": sha256_of(path), "path": str(path)})
+        try:
+            digest: Optional[str] = sha256_of(path)
+        except OSError:  # unreadable: listed (its task says why), not fatal
+            digest = None
+        rows.append({"name": path.stem, "task": task, "bytes": path.stat().st_size, "sha256": digest, "path": str(path)})
     if as_json:
         print(json.dumps(rows, indent=2))
         return
     for r in rows:
-        print(f"{r['name']:<22} {r['task']:<18} {r['bytes'] / 1e6:6.2f} MB  {r['sha256'][:16]}  {r['path']}")
+        print(f"{r['name']:<22} {r['task']:<18} {r['bytes'] / 1e6:6.2f} MB  {(r['sha256'] or '-')[:16]:<16}  {r['path']}")
 
 
 @app.command("show")

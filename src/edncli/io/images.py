@@ -181,6 +181,8 @@ def _read_raw(path: str, dataset: Optional[str]) -> tuple[np.ndarray, str]:
                         arr = np.asarray(im)
                     elif im.mode == "F":
                         arr = np.asarray(im, dtype=np.float32)
+                    elif im.mode in ("1", "LA", "La"):  # bilevel and gray+alpha stay gray
+                        arr = np.asarray(im.convert("L"))
                     else:
                         arr = np.asarray(im.convert("RGBA" if "A" in im.mode else "RGB"))
             except UnidentifiedImageError:

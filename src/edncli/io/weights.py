@@ -32,14 +32,16 @@ def resolve_weights(name_or_path: str) -> Path:
         cand = d / f"{name_or_path}{SUFFIX}"
         if cand.is_file():
             return cand
-    known = ", ".join(sorted(q.stem for d in weights_dirs() if d.is_dir() for q in d.glob(f"*{SUFFIX}")))
+    known = ", ".join(sorted(q.stem for q in list_weights()))
     raise CheckpointError(f"--weights {name_or_path}: no such checkpoint; shipped: {known or 'none'} (see edn weights list)")
 
 
 def list_weights() -> List[Path]:
+    """Checkpoint files (``*.safetensors``, not folders) by name; ``$EDN_WEIGHTS_DIR`` shadows ``weights/``."""
     seen = {}
     for d in weights_dirs():
         if d.is_dir():
             for q in sorted(d.glob(f"*{SUFFIX}")):
-                seen.setdefault(q.stem, q)
+                if q.is_file():
+                    seen.setdefault(q.stem, q)
     return list(seen.values())

@@ -42,6 +42,21 @@ class Problem:
     reference: Optional[torch.Tensor] = None
     task: str = "generic"
 
+    def __post_init__(self) -> None:
+        """A number as ``delta`` means δ as given; shapes that do not fit ``op`` are a :class:`UsageError`."""
+        from ..errors import UsageError
+
+        if isinstance(self.delta, (int, float)) and not isinstance(self.delta, bool):
+            self.delta = DeltaChoice(float(self.delta), "given")
+        for name, t, shape in (("f", self.f, self.op.out_shape), ("u0", self.u0, self.op.in_shape),
+                               ("reference", self.reference, self.op.in_shape)):
+            if t is not None and tuple(t.shape[1:]) != tuple(shape):
+                raise UsageError(f"Problem: {name} has shape {tuple(t.shape)}; {type(self.op).__name__} needs "
+                                 f"(B, {', '.join(map(str, shape))}) with a leading batch dimension B")
+        for name, t in (("u0", self.u0), ("reference", self.reference)):
+            if t is not None and t.shape[0] != self.f.shape[0]:
+                raise UsageError(f"Problem: {name} has {t.shape[0]} samples and f has {self.f.shape[0]}; give one per sample")
+
     def deltas(self) -> Optional[List[float]]:
         """δ of each of the ``B`` samples (``None``: no δ stop)."""
         return None if self.delta is None else self.delta.per_sample(self.f.shape[0])
@@ -133,7 +148,9 @@ def solve(problem: Problem, method: str, options: MethodOptions = MethodOptions(
     if method not in METHODS:
         _load_learned_methods()
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose from {', '.join(sorted(METHODS))}")
+        from ..errors import UsageError
+
+        raise UsageError(f"unknown method {method!r}; choose from {', '.join(sorted(METHODS))}")
     return METHODS[method](problem, options, callback)
 
 

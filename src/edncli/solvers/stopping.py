@@ -106,10 +106,10 @@ def choose_delta(
     ``data_for_estimate`` is a stack ``(B, ...)`` of 2D data; with ``delta="auto"`` the noise
     level is estimated on each and the median is used (one δ for the batch).
     """
-    if not tau > 0:
-        raise UsageError(f"--tau must be > 0, got {tau}")
-    if noise_sigma is not None and not noise_sigma > 0:
-        raise UsageError(f"--noise-sigma must be > 0, got {noise_sigma}")
+    if not (tau > 0 and math.isfinite(tau)):
+        raise UsageError(f"--tau must be > 0 and finite, got {tau}")
+    if noise_sigma is not None and not (noise_sigma > 0 and math.isfinite(noise_sigma)):
+        raise UsageError(f"--noise-sigma must be > 0 and finite, got {noise_sigma}")
     if delta is not None and str(delta).lower() != "auto":
         try:
             value = float(delta)

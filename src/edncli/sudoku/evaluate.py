@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from ..errors import InputError, UsageError
-from .puzzles import read_puzzles
+from .puzzles import check_solution, read_puzzles
 from .solve import METHODS, solve_table
 
 
@@ -39,6 +39,11 @@ def evaluate_methods(
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise UsageError(f"--methods {','.join(methods)}: unknown {', '.join(bad) or '(none)'}; choose from {', '.join(METHODS)}")
+    if len(set(methods)) < len(methods):
+        raise UsageError(f"--methods {','.join(methods)}: a method is listed more than once; give each method once")
+    for option, value in (("--gd-iterations", gd_iterations), ("--edn-iterations", edn_iterations)):
+        if value is not None and value < 0:
+            raise UsageError(f"{option} {value}: must be >= 0")
     table = read_puzzles(puzzles)
     if table.solutions is None:
         raise InputError(f"{Path(puzzles).name}: evaluation needs a 'solution' for every puzzle (a CSV with puzzle,solution columns)")
@@ -54,6 +59,11 @@ def evaluate_methods(
             raise UsageError(f"--limit {limit}: must be >= 1")
         idx = idx[:limit]
     table = table.subset(idx)
+    for i in range(len(table)):  # accuracies are measured against the solutions: they must be solutions
+        wrong = check_solution(table.solutions[i], table.puzzles[i])
+        if wrong:
+            line = f"line {table.lines[i]}" if table.lines else f"puzzle {table.ids[i]}"
+            raise InputError(f"{Path(puzzles).name} {line}: the solution is not a solution of its puzzle ({wrong[0]})")
     givens = (table.puzzles > 0).sum(1)
     out: Dict[str, Any] = {
         "puzzles": {

@@ -182,7 +182,8 @@ def puzzles_from_argument(arg: str) -> PuzzleTable:
     are input errors (:class:`InputError`).
     """
     p = Path(arg)
-    if looks_like_puzzle(arg) and not p.is_file():
+    malformed = not arg.strip() or (len(arg.strip()) == 81 and not p.exists())  # a puzzle string, not a file
+    if (looks_like_puzzle(arg) or malformed) and not p.is_file():
         try:
             grid = parse_grid(arg, where="argument PUZZLE: ")
         except InputError as exc:

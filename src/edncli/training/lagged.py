@@ -70,6 +70,8 @@ class TrainConfig:
     val_every: int = 250
     val_count: int = 8
     val_size: int = 96
+    #: Noise std of the validation measurements (the checkpoint kept is the best at this level).
+    val_noise: float = 0.01
     seed: int = 0
     phantom_fraction: float = 0.5
     #: Warm start: a baseline or direction checkpoint of the same task whose backbone weights
@@ -113,6 +115,8 @@ class TrainConfig:
             )
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise UsageError(f"--lr must be > 0, got {self.lr}")
+        if not (math.isfinite(self.val_noise) and self.val_noise >= 0):
+            raise UsageError(f"--val-noise-sigma must be a finite number >= 0, got {self.val_noise}")
         spec = self.spec
         if spec.task == "sr":
             from ..operators.downsample import check_scale
@@ -239,7 +243,8 @@ def evaluate(cfg: TrainConfig, net, x: torch.Tensor, device, seed: int = 0) -> d
     gen = torch.Generator().manual_seed(seed)
     spec = cfg.spec
     x = x.to(device)
-    op, f, _ = _measure(TaskSpec(**{**spec.as_dict(), "noise_sigma": (0.01, 0.01), "angle_choices": ()}), x, gen, {}, device)
+    sigma = float(cfg.val_noise)
+    op, f, _ = _measure(TaskSpec(**{**spec.as_dict(), "noise_sigma": (sigma, sigma), "angle_choices": ()}), x, gen, {}, device)
     u0 = spec.initial(op, f)
     was_training = net.training
     net.eval()
@@ -264,7 +269,7 @@ def evaluate(cfg: TrainConfig, net, x: torch.Tensor, device, seed: int = 0) -> d
         "val_psnr": psnr(u.clamp(0, 1), x),
         "val_psnr_init": psnr(classic.clamp(0, 1), x),
         "val_energy_monotone": monotone,
-        "val_noise_sigma": 0.01,
+        "val_noise_sigma": sigma,
     }
 
 
@@ -526,7 +531,7 @@ def _card_body(cfg: TrainConfig, world: int) -> str:
         )
         lines.append(f"- Default minimum iterations before the δ test: {cfg.min_iter}.")
     lines.append(
-        "- Validation: mean PSNR (dB) after the default iterations at noise std 0.01; the best step is kept"
+        f"- Validation: mean PSNR (dB) after the default iterations at noise std {cfg.val_noise:g}; the best step is kept"
         + (" (step 0, the warm start, validated before training, included)." if cfg.init_from else ".")
     )
     return "\n".join(lines)
