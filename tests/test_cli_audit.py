@@ -54,6 +54,15 @@ def test_simulate_sr_crop_of_a_too_small_image_names_its_size(workdir, monkeypat
     assert code == 2 and _one_line(err) and "3x3" in err and "0x0" not in err
 
 
+def test_simulate_sr_of_an_indivisible_image_points_to_crop(workdir, monkeypatch, capsys):
+    Image.fromarray(np.zeros((30, 34), np.uint8)).save("odd.png")
+    code, _, err = edn(monkeypatch, capsys, "simulate", "sr", "--scale", "4", "odd.png", "-o", "f.tif")
+    assert code == 2 and _one_line(err) and "pass --crop to crop it to 28x32" in err and not Path("f.tif").exists()
+    code, _, err = edn(monkeypatch, capsys, "simulate", "sr", "--scale", "4", "--crop", "odd.png", "-o", "f.tif")
+    assert code == 0, err
+    assert tifffile.imread("f.tif").shape == (7, 8)
+
+
 def test_simulate_ct_detectors_zero_is_a_usage_error(workdir, monkeypatch, capsys):
     pytest.importorskip("astra")
     code, _, err = edn(monkeypatch, capsys, "simulate", "ct", "clean.png", "-o", "s.h5", "--angles", "8", "--detectors", "0")
@@ -108,6 +117,8 @@ def test_weights_list_skips_a_folder_named_like_a_checkpoint(workdir, monkeypatc
     assert "odd" not in names and "junk" in names and "edn-sr-x4" in names
     code, _, err = edn(monkeypatch, capsys, "weights", "show", "odd")
     assert code == 4 and _one_line(err) and "odd" in err
+    # the name is a positional argument of `edn weights show`: the error names the command, not --weights
+    assert "edn weights show odd: no such checkpoint" in err and "--weights" not in err
 
 
 # ---------------------------------------------------------------------------- library API

@@ -267,3 +267,18 @@ def test_sinogram_from_stdin_is_a_usage_error(ctdir, monkeypatch, capsys):
     code, _, err = edn(monkeypatch, capsys, "ct", "--sinogram", "-", "-o", "x.tif", "--angles", "60", "--size", "48")
     assert code == 2 and "not stdin" in err and len(err.strip().splitlines()) == 1, err
     assert not Path("x.tif").exists()
+
+
+# ----------------------------------------------------------------------------- fan-beam options on parallel beam
+
+
+def test_fan_distances_with_parallel_beam_are_a_usage_error(ctdir, monkeypatch, capsys):
+    # they used to be ignored silently: a user who forgot --beam fan got a parallel-beam result
+    pytest.importorskip("astra")
+    _sinogram(monkeypatch, capsys)
+    for cmd in (["ct", "--sinogram", "sino.npy", "--angles", "60", "--size", "48", "-o", "x.tif"],
+                ["simulate", "ct", "--angles", "60", "phantom.png", "-o", "s2.h5"]):
+        for extra in (["--source-origin", "500"], ["--origin-detector", "100"]):
+            code, _, err = edn(monkeypatch, capsys, *cmd, *extra)
+            assert code == 2 and err.count("\n") == 1 and "are for --beam fan" in err, err
+    assert not Path("x.tif").exists() and not Path("s2.h5").exists()

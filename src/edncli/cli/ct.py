@@ -68,6 +68,12 @@ def _check_baseline_weights() -> None:
         ) from None
 
 
+def _check_fan_options(beam: str, source_origin, origin_detector) -> None:
+    """The fan-beam distances mean nothing for parallel beam: giving them there is a usage error, not ignored."""
+    if beam == "parallel" and (source_origin is not None or origin_detector is not None):
+        raise UsageError("--source-origin and --origin-detector are for --beam fan; drop them or pass --beam fan")
+
+
 def _geometry(sino, size, beam, spacing, source_origin, origin_detector, center, quiet):
     """The CTGeometry for a sinogram and the CLI options; the centre rule is stated in the report."""
     import numpy as np
@@ -170,6 +176,7 @@ def ct(
     try:
         with launch.unanimous():  # every rank checks the same arguments: rank 0 alone reports
             _check_method(method, weights)
+            _check_fan_options(beam, source_origin, origin_detector)
             if method == "baseline" and weights is None:
                 _check_baseline_weights()
             if output is None:
@@ -309,6 +316,7 @@ def simulate_ct(
         raise UsageError(f"-o {output}: simulated sinograms are written as DXchange HDF5 (.h5)")
     if angles < 1:
         raise UsageError(f"--angles must be >= 1, got {angles}")
+    _check_fan_options(beam, source_origin, origin_detector)
     if detectors is not None and detectors < 1:
         raise UsageError(f"--detectors must be >= 1, got {detectors}")
     arr, _ = read_image(input)

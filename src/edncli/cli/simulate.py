@@ -58,6 +58,9 @@ def simulate_sr(
     h, w = arr.shape[-2:]
     if crop and min(h, w) >= scale:  # too small to crop: the operator names the original size
         arr = arr[..., : h - h % scale, : w - w % scale]
+    elif min(h, w) >= scale and (h % scale or w % scale):
+        raise UsageError(f"{input}: image size {h}x{w} is not divisible by --scale {scale}; pass --crop to crop it to "
+                         f"{h - h % scale}x{w - w % scale}")
     u = c.to_tensor(arr, "cpu")
     op = make_sr_operator(u.shape[-2:], scale, downsampler)
     f = _noisy(op(u), noise_sigma, seed)

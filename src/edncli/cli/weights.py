@@ -47,7 +47,7 @@ def show_cmd(name: Annotated[str, typer.Argument(help="Checkpoint name or path."
     from ..io.checkpoints import read_metadata, sha256_of
     from ..io.weights import resolve_weights
 
-    path = resolve_weights(name)
+    path = resolve_weights(name, what="edn weights show")
     meta = read_metadata(path)
     meta["sha256"] = sha256_of(path)
     meta["file"] = str(path)

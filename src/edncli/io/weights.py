@@ -21,19 +21,22 @@ def weights_dirs() -> List[Path]:
     return dirs
 
 
-def resolve_weights(name_or_path: str) -> Path:
-    """A checkpoint path from a file path or a shipped name; a clear error when neither exists."""
+def resolve_weights(name_or_path: str, what: str = "--weights") -> Path:
+    """A checkpoint path from a file path or a shipped name; a clear error when neither exists.
+
+    ``what`` names the argument in that error (``--weights``, or ``NAME`` for ``edn weights show``).
+    """
     p = Path(name_or_path)
     if p.suffix == SUFFIX or p.exists() or os.sep in name_or_path:
         if not p.is_file():
-            raise CheckpointError(f"--weights {name_or_path}: no such checkpoint file")
+            raise CheckpointError(f"{what} {name_or_path}: no such checkpoint file")
         return p
     for d in weights_dirs():
         cand = d / f"{name_or_path}{SUFFIX}"
         if cand.is_file():
             return cand
     known = ", ".join(sorted(q.stem for q in list_weights()))
-    raise CheckpointError(f"--weights {name_or_path}: no such checkpoint; shipped: {known or 'none'} (see edn weights list)")
+    raise CheckpointError(f"{what} {name_or_path}: no such checkpoint; shipped: {known or 'none'} (see edn weights list)")
 
 
 def list_weights() -> List[Path]:
