@@ -442,9 +442,21 @@ def test_validation_noise_level_is_the_configured_one(tmp_path):
     out = train(TrainConfig(val_noise=0.0, steps=2, val_every=2, **common), tmp_path / "v.safetensors",
                 command="pytest", device=torch.device("cpu"), quiet=True, log_path=tmp_path / "v.train.jsonl")
     assert json.loads(Path(tmp_path / "v.train.jsonl").read_text().splitlines()[-1])["val_noise_sigma"] == 0.0
-    assert "at noise std 0;" in out.with_suffix(".md").read_text()
+    assert "at noise std 0, on up to 8 centre crops of 32²;" in out.with_suffix(".md").read_text()
     with pytest.raises(UsageError, match="--val-noise-sigma must be"):
         TrainConfig(val_noise=-0.01, **common).check()
+    # --val-size / --val-count: the centre crops of the first images large enough, as many as asked
+    from edncli.training.lagged import _validation_set
+
+    _images(tmp_path / "mixed", n=2, size=24)
+    for name, size in (("big0.png", 44), ("big1.png", 48)):
+        Image.fromarray(np.full((size, size + 4), 7, np.uint8)).save(tmp_path / "mixed" / name)
+    val = {**common, "val_images": str(tmp_path / "mixed")}
+    assert tuple(_validation_set(TrainConfig(**{**val, "val_size": 40, "val_count": 8}), 0).shape) == (2, 40, 40)
+    assert tuple(_validation_set(TrainConfig(**{**val, "val_size": 40, "val_count": 1}), 0).shape) == (1, 40, 40)
+    assert tuple(_validation_set(TrainConfig(**{**val, "val_size": 20, "val_count": 3}), 0).shape) == (3, 20, 20)
+    with pytest.raises(UsageError, match="no image is 52x52 or larger"):
+        _validation_set(TrainConfig(**{**val, "val_size": 52}), 0)
 
 
 def test_resume_continues_the_step_count_quietly_and_refuses_nothing_to_do(tmp_path):

@@ -60,6 +60,8 @@ def train(
     max_lag_steps: Annotated[int, typer.Option("--max-lag-steps", help="Iterates from 0..K steps of the current method.")] = 10,
     min_iter: Annotated[int, typer.Option("--min-iter", help="Default steps before the δ test, stored in the checkpoint.")] = 15,
     val_every: Annotated[int, typer.Option("--val-every", help="Validate every N steps (an epoch).")] = 250,
+    val_size: Annotated[int, typer.Option("--val-size", help="sr/ct/deblur: side of the validation centre crops (images smaller are skipped).")] = 96,
+    val_count: Annotated[int, typer.Option("--val-count", help="sr/ct/deblur: how many validation images (crops) to use.")] = 8,
     val_noise: Annotated[float, typer.Option("--val-noise-sigma", help="sr/ct/deblur: noise std of the validation measurements; the best checkpoint at this level is kept.")] = 0.01,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue from this checkpoint.")] = None,
     init_from: Annotated[Optional[str], typer.Option("--init-from", help="sr/ct/deblur: start from the backbone of this baseline or edn checkpoint (same task, depth, width), as the paper starts from a pretrained DnCNN.")] = None,
@@ -142,7 +144,7 @@ def train(
         width=32 if width is None else width, batchnorm=batchnorm, shuffle=shuffle, residual=residual, layer=layer,
         zeta1=zeta1, zeta2=zeta2, zeta=zeta, patch=patch, batch=batch, steps=steps, lr=lr, lag_every=lag_every,
         max_lag_steps=max_lag_steps, min_iter=min_iter, val_every=val_every, seed=seed, init_from=init_from,
-        precision=precision, val_noise=val_noise,
+        precision=precision, val_noise=val_noise, val_size=val_size, val_count=val_count,
     )
     cfg.check()  # every option value before any data is read or any file written
     if images is not None:

@@ -105,7 +105,8 @@ class TrainConfig:
                                  ("--patch-size", self.patch, 1), ("--batch-size", self.batch, 1),
                                  ("--steps", self.steps, 1), ("--lag-every", self.lag_every, 1),
                                  ("--val-every", self.val_every, 1), ("--max-lag-steps", self.max_lag_steps, 0),
-                                 ("--min-iter", self.min_iter, 0)):
+                                 ("--min-iter", self.min_iter, 0), ("--val-count", self.val_count, 1),
+                                 ("--val-size", self.val_size, 1)):
             if value < low:
                 raise UsageError(f"{name} must be >= {low}, got {value}")
         if self.residual and (self.batchnorm or self.depth < 4 or self.depth % 2):
@@ -124,17 +125,19 @@ class TrainConfig:
             check_scale(spec.scale)
             if spec.downsampler not in ("average", "bicubic"):
                 raise UsageError(f"--downsampler must be average or bicubic, got {spec.downsampler!r}")
-            if self.patch % spec.scale:
-                raise UsageError(f"--patch-size {self.patch} must be divisible by --scale {spec.scale}")
+            for name, side in (("--patch-size", self.patch), ("--val-size", self.val_size)):
+                if side % spec.scale:
+                    raise UsageError(f"{name} {side} must be divisible by --scale {spec.scale}")
         if spec.task == "deblur":
             from ..operators.blur import gaussian_kernel
 
             gaussian_kernel(spec.kernel_sigma[0], spec.kernel_size)  # σ > 0, odd size: usage errors
-            if spec.boundary == "reflect" and spec.kernel_size // 2 >= self.patch:
-                raise UsageError(
-                    f"--patch-size {self.patch} is too small for --kernel-size {spec.kernel_size} "
-                    f"(reflect boundary: the patch must be larger than {spec.kernel_size // 2})"
-                )
+            for name, side in (("--patch-size", self.patch), ("--val-size", self.val_size)):
+                if spec.boundary == "reflect" and spec.kernel_size // 2 >= side:
+                    raise UsageError(
+                        f"{name} {side} is too small for --kernel-size {spec.kernel_size} "
+                        f"(reflect boundary: the side must be larger than {spec.kernel_size // 2})"
+                    )
 
 
 @dataclass
@@ -219,22 +222,29 @@ def _iterate(spec, net_lagged, op, f, k: int, L: float):
 
 
 def _validation_set(cfg: TrainConfig, seed: int) -> torch.Tensor:
-    """Fixed validation ground truths ``(n, s, s)``: centre crops of the validation images (phantoms for CT)."""
+    """Fixed validation ground truths ``(n, s, s)``, ``s = val_size``: centre crops of the first
+    ``val_count`` validation images at least ``s`` on a side (plus as many phantoms for CT), or
+    ``val_count`` phantoms without ``--val-images``. No image that large is a :class:`UsageError`."""
     s = cfg.val_size
     rng = np.random.default_rng(seed + 1234)
     if cfg.val_images:
-        imgs = load_gray_images(list_images(cfg.val_images, "--val-images")[: cfg.val_count])
+        imgs = load_gray_images(list_images(cfg.val_images, "--val-images"))
         crops = []
         for im in imgs:
             if min(im.shape) < s:
                 continue
             i, j = (im.shape[0] - s) // 2, (im.shape[1] - s) // 2
             crops.append(im[i : i + s, j : j + s])
-        if crops:
-            out = torch.from_numpy(np.stack(crops))
-            if cfg.spec.task == "ct":
-                out = torch.cat([out, random_ellipses(len(crops), s, rng)])
-            return out
+            if len(crops) == cfg.val_count:
+                break
+        if not crops:
+            sides = sorted({min(im.shape) for im in imgs})
+            raise UsageError(f"--val-images {cfg.val_images}: no image is {s}x{s} or larger (smallest sides: "
+                             f"{', '.join(map(str, sides[:5]))}); give a smaller --val-size")
+        out = torch.from_numpy(np.stack(crops))
+        if cfg.spec.task == "ct":
+            out = torch.cat([out, random_ellipses(len(crops), s, rng)])
+        return out
     return random_ellipses(cfg.val_count, s, rng)
 
 
@@ -289,7 +299,9 @@ def train(cfg: TrainConfig, out: Path, *, command: str, device: torch.device, qu
     if cfg.spec.task != "ct" and not images:
         raise UsageError(f"--images is required for task {cfg.spec.task}")
     sampler = _Sampler(cfg, images, seed=cfg.seed * 1000 + rank)
-    val_x = _validation_set(cfg, cfg.seed) if rank == 0 else None
+    val_x = _validation_set(cfg, cfg.seed)  # on every rank, so a usage error stops them all alike
+    if rank != 0:
+        val_x = None
 
     bb = BackboneConfig(in_channels=3 if cfg.kind == "edn" else 2, out_channels=1, depth=cfg.depth, width=cfg.width,
                         batchnorm=cfg.batchnorm, shuffle=cfg.shuffle, residual=cfg.residual)
@@ -531,7 +543,8 @@ def _card_body(cfg: TrainConfig, world: int) -> str:
         )
         lines.append(f"- Default minimum iterations before the δ test: {cfg.min_iter}.")
     lines.append(
-        f"- Validation: mean PSNR (dB) after the default iterations at noise std {cfg.val_noise:g}; the best step is kept"
+        f"- Validation: mean PSNR (dB) after the default iterations at noise std {cfg.val_noise:g}, on up to "
+        f"{cfg.val_count} centre crops of {cfg.val_size}²; the best step is kept"
         + (" (step 0, the warm start, validated before training, included)." if cfg.init_from else ".")
     )
     return "\n".join(lines)
