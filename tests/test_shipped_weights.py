@@ -28,9 +28,10 @@ def test_card_matches_checkpoint(path: Path):
     assert meta.get("task") and meta.get("arch")
 
 
-def test_large_sr_pair_runs_with_its_guarantee_and_beats_its_baseline_without_noise():
-    # edn-sr-x4-large: one learned step from bicubic, then CG to the data; every step lowers the
-    # energy, and on noise-free data the result explains f to round-off while the baseline of
+@pytest.mark.parametrize("pair", ["large", "clean"])
+def test_large_sr_pairs_run_with_their_guarantee_and_beat_their_baseline_without_noise(pair):
+    # edn-sr-x4-large/-clean: one learned step from bicubic, then CG to the data; every step lowers
+    # the energy, and on noise-free data the result explains f to round-off while the baseline of
     # the same backbone does not (the edn's data-consistency gain of BENCHMARKS.md's Set5 table).
     import numpy as np
     import torch
@@ -48,8 +49,8 @@ def test_large_sr_pair_runs_with_its_guarantee_and_beats_its_baseline_without_no
     f = op(x)
     u0 = spec.initial(op, f)
     problem = Problem(op=op, f=f, u0=u0, delta=DeltaChoice(1e-4, "given"), task="sr")
-    res = solve(problem, "edn", MethodOptions(weights="edn-sr-x4-large", max_iter=15))
-    base = solve(problem, "baseline", MethodOptions(weights="baseline-sr-x4-large"))
+    res = solve(problem, "edn", MethodOptions(weights=f"edn-sr-x4-{pair}", max_iter=15))
+    base = solve(problem, "baseline", MethodOptions(weights=f"baseline-sr-x4-{pair}"))
     assert res.energy_monotone and res.delta_reached and res.extra["learned_steps"] == 1
     assert float(torch.linalg.vector_norm(op(res.u) - f)) <= 1e-4 < float(torch.linalg.vector_norm(op(base.u) - f))
     assert psnr(res.u, x) > psnr(base.u, x) > psnr(u0, x) + 1.0
