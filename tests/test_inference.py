@@ -313,3 +313,36 @@ def test_sr_uses_nhwc_on_cpu_by_default_with_the_same_result(tmp_path, monkeypat
     assert "inference" not in docs["--no-channels-last"] or docs["--no-channels-last"]["inference"] is None
     assert docs[""]["iterations"] == docs["--no-channels-last"]["iterations"]
     assert np.abs(outs[""] - outs["--no-channels-last"]).max() < 1e-4
+
+
+def test_tiles_closer_than_the_block_grid_are_refused_not_nan():
+    # A tile step (tile - overlap) below a space-to-depth network's block grid left pixels that no
+    # tile's valid part covered: their summed weight was 0 and the network output NaN there.
+    from edncli.networks.inference import tile_starts
+
+    torch.manual_seed(0)
+    net = DnCNN(BackboneConfig(in_channels=2, out_channels=1, depth=3, width=6, batchnorm=False, shuffle=4)).eval()
+    x = torch.rand(1, 2, 77, 53)
+    rf = net.cfg.receptive_field  # 31
+    for tile, overlap in ((32, 31), (33, 31), (104, 102)):
+        cfg = InferenceConfig(tile=tile, tile_overlap=overlap)
+        with pytest.raises(UsageError, match=rf"--tile {tile} with --tile-overlap {overlap} steps .* 4-pixel block grid"):
+            cfg.check_for(rf, "net", align=4)
+        with pytest.raises(UsageError, match="block grid"):
+            tile_starts(200, tile, overlap, align=4)
+    cfg = InferenceConfig(tile=35, tile_overlap=31).check_for(rf, "net", align=4)  # step 4: fine, and exact
+    with torch.no_grad():
+        whole, tiled = net(x), run_network(net, x, cfg, rf, align=4)
+    assert bool(torch.isfinite(tiled).all()) and float((tiled - whole).abs().max()) <= 1e-5 * float(whole.abs().max())
+    InferenceConfig(tile=32, tile_overlap=31).check_for(rf, "net", align=1)  # a plain network may step by 1
+
+
+def test_sr_tile_overlap_off_the_block_grid_is_a_usage_error(tmp_path, monkeypatch, capsys):
+    from .test_cli import edn
+
+    monkeypatch.chdir(tmp_path)
+    code, _, err = edn(monkeypatch, capsys, "sr", "--scale", "4", str(EXAMPLES / "camera_lr_x4.tif"), "-o", "hr.tif",
+                       "--tile", "104", "--tile-overlap", "103", "--quiet")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "--tile-overlap <= 100 or --tile >= 107" in err, err
+    assert not Path("hr.tif").exists()

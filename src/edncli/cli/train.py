@@ -70,7 +70,7 @@ def train(
     puzzles: Annotated[Optional[str], typer.Option("--puzzles", help="sudoku: CSV of puzzles (default: generated).")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="sudoku: epochs.")] = None,
     baseline: Annotated[bool, typer.Option("--baseline", help="sudoku: train the feed-forward baseline instead.")] = False,
-    time_limit: Annotated[Optional[float], typer.Option("--time-limit", help="sudoku: training time cap in seconds.")] = None,
+    time_limit: Annotated[Optional[float], typer.Option("--time-limit", help="sudoku/denoiser: training time cap in seconds.")] = None,
     n_puzzles: Annotated[Optional[int], typer.Option("--n-puzzles", help="sudoku: generated puzzles when no --puzzles.")] = None,
     device: c.Device = "auto",
     seed: c.Seed = 0,
@@ -96,6 +96,15 @@ def train(
         raise UsageError(f"--residual is for --task sr|ct|deblur; --task {task} has its own architecture")
     if not out:
         raise UsageError("--out is required: the name or path of the checkpoint to write, e.g. --out my-" + task)
+    for name, value, tasks in (
+        ("--time-limit", time_limit, ("denoiser", "sudoku")), ("--resume", resume, ("sr", "ct", "deblur")),
+        ("--init-from", init_from, ("sr", "ct", "deblur")), ("--arch", arch, ("denoiser",)),
+        ("--sigma", sigma, ("denoiser",)), ("--puzzles", puzzles, ("sudoku",)), ("--epochs", epochs, ("sudoku",)),
+        ("--n-puzzles", n_puzzles, ("sudoku",)), ("--baseline", baseline or None, ("sudoku",)),
+        ("--images", images, ("sr", "ct", "deblur", "denoiser")), ("--val-images", val_images, ("sr", "ct", "deblur", "denoiser")),
+    ):
+        if value is not None and task not in tasks:  # an option a task would silently ignore
+            raise UsageError(f"{name} is for --task {'|'.join(tasks)}; --task {task} does not use it")
     if task == "sudoku":
         from .sudoku import train_command
 
@@ -157,3 +166,10 @@ def train(
                         log_path=path.with_suffix(".train.jsonl"))
     if written is not None:
         c.say(f"wrote {written} and {written.with_suffix('.md')}", quiet)
+        from ..io.checkpoints import read_metadata
+
+        metrics = read_metadata(written).get("metrics", {})
+        if metrics.get("interrupted"):  # the best state so far is kept, but the run did not end: exit 130
+            print(f"edn: interrupted at step {metrics.get('steps')}; {written} holds the best validated state so far",
+                  file=sys.stderr)
+            raise typer.Exit(130)

@@ -127,13 +127,16 @@ class InferenceConfig:
         """Whole image, float32, NCHW: the network is called exactly as without this config."""
         return self.tile is None and self.precision == "fp32" and not self.channels_last and self.ensemble == 1
 
-    def check_for(self, receptive_field: int, what: str = "the network") -> "InferenceConfig":
-        """Refuse a tile smaller than the receptive field ``2r + 1`` of ``what``; returns ``self``."""
+    def check_for(self, receptive_field: int, what: str = "the network", align: int = 1) -> "InferenceConfig":
+        """Refuse a tile smaller than the receptive field ``2r + 1`` of ``what``, or tiles closer
+        than its ``align``-pixel block grid allows (:func:`tile_starts`); returns ``self``."""
         if self.tile is not None and self.tile < receptive_field:
             raise UsageError(
                 f"--tile {self.tile} is smaller than the receptive field of {what} ({receptive_field} px); "
                 f"use --tile >= {receptive_field} (e.g. 512) or leave --tile out"
             )
+        if self.tile is not None:
+            check_tile_step(self.tile, self.overlap, align, what)
         return self
 
     def check_device(self, device) -> "InferenceConfig":
@@ -152,6 +155,16 @@ def receptive_radius(receptive_field: int) -> int:
     return max(int(receptive_field) // 2, 0)
 
 
+def check_tile_step(tile: int, overlap: int, align: int, what: str = "the network") -> None:
+    """Refuse tiles whose step ``tile - overlap`` is below the block grid ``align``: starts on the
+    grid could not keep the overlap, and pixels between the tiles' valid parts would get no weight."""
+    if align > 1 and tile - overlap < align:
+        raise UsageError(
+            f"--tile {tile} with --tile-overlap {overlap} steps {tile - overlap} px between tiles, less than the "
+            f"{align}-pixel block grid of {what}; use --tile-overlap <= {tile - align} or --tile >= {overlap + align}"
+        )
+
+
 def tile_starts(size: int, tile: int, overlap: int, align: int = 1) -> List[int]:
     """Start indices of tiles of side ``min(tile, size)`` covering ``[0, size)`` with overlaps ``>= overlap``.
 
@@ -163,7 +176,8 @@ def tile_starts(size: int, tile: int, overlap: int, align: int = 1) -> List[int]
     """
     if size <= tile:
         return [0]
-    ov = overlap + align - 1 if tile > overlap + align - 1 else overlap
+    check_tile_step(tile, overlap, align)
+    ov = overlap + align - 1
     n = math.ceil((size - ov) / (tile - ov))
     return [a - a % align for a in (round(i * (size - tile) / (n - 1)) for i in range(n))]
 
@@ -271,4 +285,4 @@ def run_network(
     return out / weight
 
 
-__all__ = ["PRECISIONS", "ENSEMBLES", "dihedral", "dihedral_inverse", "InferenceConfig", "run_network", "tile_starts", "axis_windows", "receptive_radius"]
+__all__ = ["PRECISIONS", "ENSEMBLES", "dihedral", "dihedral_inverse", "InferenceConfig", "run_network", "tile_starts", "axis_windows", "receptive_radius", "check_tile_step"]

@@ -184,7 +184,7 @@ def _apply_inference(net: torch.nn.Module, options: MethodOptions, device, meta:
     the network and device; returns the config in use."""
     cfg = (options.inference or InferenceConfig()).resolved(device)
     backbone = net.cfg.backbone if hasattr(net.cfg, "backbone") else net.cfg
-    cfg.check_for(backbone.receptive_field, f"network {meta['name']}").check_device(device)
+    cfg.check_for(backbone.receptive_field, f"network {meta['name']}", backbone.shuffle).check_device(device)
     if cfg.channels_last:
         net.to(memory_format=torch.channels_last)
     net.inference = cfg

@@ -291,7 +291,8 @@ def train(cfg: TrainConfig, out: Path, *, command: str, device: torch.device, qu
     """
     cfg.check()
     world, rank = _init_distributed(device)
-    if out.exists() and not force and resume is None:
+    same = resume is not None and Path(resume).resolve() == Path(out).resolve()
+    if out.exists() and not force and not same:
         raise UsageError(f"{out} exists; pass --force to overwrite it (or --resume {out})")
     torch.manual_seed(cfg.seed + rank)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
@@ -319,6 +320,7 @@ def train(cfg: TrainConfig, out: Path, *, command: str, device: torch.device, qu
         from ..io.checkpoints import load_checkpoint
 
         tensors, meta = load_checkpoint(resume, expect_task=f"{cfg.kind}-{cfg.spec.task}")
+        _check_resume_fits(resume, meta, cfg, arch)
         try:
             net.load_state_dict(tensors)
         except RuntimeError as exc:
@@ -356,7 +358,8 @@ def train(cfg: TrainConfig, out: Path, *, command: str, device: torch.device, qu
     lagged = None
     op_cache: dict = {}
     t0 = time.perf_counter()
-    log_fh = open(log_path, "a") if (log_path is not None and rank == 0) else None
+    # A resumed run continues its own log; any other run starts a fresh one (no rows of an older run).
+    log_fh = open(log_path, "a" if same else "w") if (log_path is not None and rank == 0) else None
     bar = None
     if rank == 0 and not quiet and sys.stderr.isatty():
         from tqdm import tqdm
@@ -468,7 +471,7 @@ def warm_start(net: torch.nn.Module, cfg: TrainConfig, name_or_path: str) -> Non
     from ..io.checkpoints import load_checkpoint
     from ..io.weights import resolve_weights
 
-    path = resolve_weights(name_or_path)
+    path = resolve_weights(name_or_path, "--init-from")
     tensors, meta = load_checkpoint(path, expect_task=(f"edn-{cfg.spec.task}", f"baseline-{cfg.spec.task}"))
     src_kind = meta["task"].split("-", 1)[0]
     arch = meta["arch"]  # a dict (read_metadata checks)
@@ -499,6 +502,24 @@ def warm_start(net: torch.nn.Module, cfg: TrainConfig, name_or_path: str) -> Non
         elif value.shape == own[key].shape:
             own[key] = value.clone()
     net.load_state_dict(own)
+
+
+def _check_resume_fits(resume: Path, meta: dict, cfg: TrainConfig, arch: dict) -> None:
+    """Refuse (:class:`UsageError`) a ``--resume`` checkpoint of another architecture or forward model
+    (scale, downsampler): its weights would load, but it would go on training another network."""
+    def flat(a: dict) -> dict:
+        return {**{k: v for k, v in a.items() if k != "backbone"}, **(a.get("backbone") or {})}
+
+    theirs, ours = flat(meta.get("arch") or {}), flat(arch)
+    # keys the checkpoint lacks predate their option; a shape they change is caught on loading
+    diff = [f"{k} {theirs[k]!r} (this run: {ours.get(k)!r})" for k in sorted(theirs) if theirs[k] != ours.get(k)]
+    if diff:
+        raise UsageError(f"--resume {resume}: its network differs from this run's: {', '.join(diff)}")
+    op = meta.get("operator") or {}
+    for key in ("scale", "downsampler") if cfg.spec.task == "sr" else ():
+        if key in op and op[key] != getattr(cfg.spec, key):
+            raise UsageError(f"--resume {resume}: it was trained with --{key} {op[key]}, this run asks for "
+                             f"--{key} {getattr(cfg.spec, key)}")
 
 
 def _raise_on_sigterm() -> None:
@@ -542,9 +563,13 @@ def _card_body(cfg: TrainConfig, world: int) -> str:
             f"Algorithm 1 with a copy of the network refreshed every {cfg.lag_every} mini-batches, 0–{cfg.max_lag_steps} steps."
         )
         lines.append(f"- Default minimum iterations before the δ test: {cfg.min_iter}.")
+    if cfg.val_images is None:  # _validation_set: phantoms only
+        where = f"{cfg.val_count} random ellipse phantoms of {cfg.val_size}² (no --val-images)"
+    else:
+        where = f"up to {cfg.val_count} centre crops of {cfg.val_size}²" + (" plus as many ellipse phantoms" if s.task == "ct" else "")
     lines.append(
-        f"- Validation: mean PSNR (dB) after the default iterations at noise std {cfg.val_noise:g}, on up to "
-        f"{cfg.val_count} centre crops of {cfg.val_size}²; the best step is kept"
+        f"- Validation: mean PSNR (dB) after the default iterations at noise std {cfg.val_noise:g}, on {where}; "
+        "the best step is kept"
         + (" (step 0, the warm start, validated before training, included)." if cfg.init_from else ".")
     )
     return "\n".join(lines)

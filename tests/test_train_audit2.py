@@ -1,0 +1,119 @@
+"""edn train as a demanding user meets it: --resume and --init-from combinations, options a task
+would ignore, the training log of a rerun, Ctrl-C's exit code, the model card's validation line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edncli.io.checkpoints import read_metadata
+
+from .test_cli import edn
+from .test_learned import _images
+
+_TRAIN = ["train", "--task", "sr", "--images", "imgs", "--depth", "3", "--width", "8", "--patch-size", "24",
+          "--batch-size", "2", "--steps", "2", "--val-every", "2", "--val-size", "32", "--threads", "1", "--quiet"]
+
+
+def _one_line(err: str) -> bool:
+    lines = [line for line in err.splitlines() if line.strip()]
+    return len(lines) == 1 and lines[0].startswith("edn: error:") and "Traceback" not in err
+
+
+@pytest.fixture
+def trained(tmp_path, monkeypatch, capsys):
+    """A folder with images and a 2-step checkpoint ``a`` (with its card and log)."""
+    monkeypatch.chdir(tmp_path)
+    _images(tmp_path / "imgs", n=2, size=32)
+    code, _, err = edn(monkeypatch, capsys, *_TRAIN, "--out", "a")
+    assert code == 0, err
+    return tmp_path
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def test_force_rerun_starts_a_fresh_log_and_resume_continues_it(trained, monkeypatch, capsys):
+    code, _, err = edn(monkeypatch, capsys, *_TRAIN, "--out", "a", "--force")
+    assert code == 0, err
+    assert [json.loads(r)["step"] for r in Path("a.train.jsonl").read_text().splitlines()] == [2]
+    code, _, err = edn(monkeypatch, capsys, *_TRAIN, "--out", "a", "--resume", "a.safetensors", "--steps", "4")
+    assert code == 0, err
+    assert [json.loads(r)["step"] for r in Path("a.train.jsonl").read_text().splitlines()] == [2, 4]
+
+
+def test_resume_from_another_file_does_not_overwrite_out_without_force(trained, monkeypatch, capsys):
+    Path("b.safetensors").write_bytes(Path("a.safetensors").read_bytes())
+    before = _snapshot(trained)
+    code, _, err = edn(monkeypatch, capsys, *_TRAIN, "--out", "a", "--resume", "b.safetensors", "--steps", "4")
+    assert code == 2 and _one_line(err) and "a.safetensors exists; pass --force" in err, err
+    assert _snapshot(trained) == before
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--scale", "2"], "it was trained with --scale 4, this run asks for --scale 2"),
+        (["--downsampler", "bicubic"], "--downsampler average"),
+        (["--layer", "halfspace"], "layer 'cone_ball' (this run: 'halfspace')"),
+        (["--depth", "4"], "depth 3 (this run: 4)"),
+    ],
+)
+def test_resume_with_another_scale_or_network_is_refused(trained, monkeypatch, capsys, args, words):
+    before = _snapshot(trained)
+    code, _, err = edn(monkeypatch, capsys, *_TRAIN, "--out", "r", "--resume", "a.safetensors", "--steps", "4", *args)
+    assert code == 2 and _one_line(err) and words in err, err
+    assert _snapshot(trained) == before
+
+
+@pytest.mark.parametrize(
+    "task_args, args, words",
+    [
+        ([], ["--time-limit", "5"], "--time-limit is for --task denoiser|sudoku"),
+        ([], ["--arch", "dncnn"], "--arch is for --task denoiser"),
+        ([], ["--epochs", "3"], "--epochs is for --task sudoku"),
+        (["--task", "denoiser", "--arch", "dncnn"], ["--resume", "a.safetensors"], "--resume is for --task sr|ct|deblur"),
+        (["--task", "denoiser", "--arch", "dncnn"], ["--init-from", "a.safetensors"], "--init-from is for --task sr|ct|deblur"),
+        (["--task", "sudoku"], ["--images", "imgs"], "--images is for --task"),
+    ],
+)
+def test_an_option_the_task_would_ignore_is_a_usage_error(trained, monkeypatch, capsys, task_args, args, words):
+    before = _snapshot(trained)
+    code, _, err = edn(monkeypatch, capsys, *_TRAIN, *task_args, "--out", "r", *args)
+    assert code == 2 and _one_line(err) and words in err, err
+    assert _snapshot(trained) == before
+
+
+def test_init_from_a_missing_checkpoint_names_the_option(trained, monkeypatch, capsys):
+    code, _, err = edn(monkeypatch, capsys, *_TRAIN, "--out", "r", "--init-from", "no-such-net")
+    assert code == 4 and _one_line(err) and "--init-from no-such-net: no such checkpoint" in err, err
+    assert not list(trained.glob("r.*"))
+
+
+def test_ctrl_c_keeps_the_best_state_and_exits_130(trained, monkeypatch, capsys):
+    import edncli.training.lagged as lagged
+
+    real, calls = lagged._measure, []
+
+    def measure(*a, **k):
+        calls.append(1)
+        if len(calls) == 4:  # the 3rd step's mini-batch (2 steps and 1 validation before it)
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(lagged, "_measure", measure)
+    code, _, err = edn(monkeypatch, capsys, *_TRAIN, "--out", "c", "--steps", "50")
+    assert code == 130 and "interrupted at step 2" in err, err
+    meta = read_metadata("c.safetensors")
+    assert meta["metrics"]["interrupted"] is True and meta["metrics"]["steps"] == 2
+
+
+def test_card_says_validation_ran_on_phantoms_without_val_images(trained, monkeypatch, capsys):
+    card = Path("a.md").read_text()
+    assert "on 8 random ellipse phantoms of 32² (no --val-images)" in card and "centre crops" not in card
+    code, _, err = edn(monkeypatch, capsys, *_TRAIN, "--out", "v", "--val-images", "imgs")
+    assert code == 0, err
+    assert "on up to 8 centre crops of 32²;" in Path("v.md").read_text()
