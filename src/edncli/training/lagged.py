@@ -228,19 +228,19 @@ def _validation_set(cfg: TrainConfig, seed: int) -> torch.Tensor:
     s = cfg.val_size
     rng = np.random.default_rng(seed + 1234)
     if cfg.val_images:
-        imgs = load_gray_images(list_images(cfg.val_images, "--val-images"))
-        crops = []
-        for im in imgs:
+        crops, sides = [], set()
+        for path in list_images(cfg.val_images, "--val-images"):  # read only until val_count crops
+            (im,) = load_gray_images([path])
             if min(im.shape) < s:
+                sides.add(min(im.shape))
                 continue
             i, j = (im.shape[0] - s) // 2, (im.shape[1] - s) // 2
             crops.append(im[i : i + s, j : j + s])
             if len(crops) == cfg.val_count:
                 break
         if not crops:
-            sides = sorted({min(im.shape) for im in imgs})
             raise UsageError(f"--val-images {cfg.val_images}: no image is {s}x{s} or larger (smallest sides: "
-                             f"{', '.join(map(str, sides[:5]))}); give a smaller --val-size")
+                             f"{', '.join(map(str, sorted(sides)[:5]))}); give a smaller --val-size")
         out = torch.from_numpy(np.stack(crops))
         if cfg.spec.task == "ct":
             out = torch.cat([out, random_ellipses(len(crops), s, rng)])
