@@ -4,16 +4,19 @@ Both layers act per sample of a batch. ``g`` is the *negative* gradient ``-grad 
 output ``d`` satisfies ``<d, g> > 0`` whenever ``g != 0``, so ``d`` is a descent direction and
 the line search of Algorithm 1 terminates.
 
-Norms are taken over all non-batch dimensions. ``||g||`` is replaced by ``max(||g||, eps)``
-(eps = 1e-6, as in the paper) so the layers stay finite as ``g -> 0``.
+Norms are taken over all non-batch dimensions. The paper replaces ``||g||`` by
+``max(||g||, eps)`` (eps = 1e-6) so the layers stay finite as ``g -> 0``; that also moves the
+output out of the set for ``0 < ||g|| < eps`` (data in small units, or a tight δ), where it can be
+an ascent direction. Here ``||g||`` (and ``||g||^2``) is only kept above the dtype's smallest
+normal number: the same output for ``||g|| >= eps``, in the set down to ``||g|| ~ 1e-19`` in float32
+(below, ``||g||^2`` underflows; the solver then replaces a non-descent output by ``-grad E``), and
+still finite at ``g = 0``.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-
-EPS = 1e-6
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -25,10 +28,15 @@ def _norm(a: torch.Tensor) -> torch.Tensor:
     return a.flatten(1).norm(dim=1).view(-1, *([1] * (a.dim() - 1)))
 
 
+def _tiny(a: torch.Tensor) -> float:
+    """The smallest normal number of ``a``'s dtype: the floor of ``||g||`` and ``||g||^2``."""
+    return torch.finfo(a.dtype).tiny
+
+
 def project_halfspace(z: torch.Tensor, g: torch.Tensor, zeta: float) -> torch.Tensor:
     """Euclidean projection onto ``C(zeta, g) = {d : <d, g> >= zeta ||g||}`` (eq. 8, eq. 21).
 
-    ``z -> z + max(zeta - <z, n>, 0) n`` with ``n = g / max(||g||, eps)``.
+    ``z -> z + max(zeta - <z, n>, 0) n`` with ``n = g / ||g||`` (``n = 0`` for ``g = 0``).
 
     Parameters
     ----------
@@ -36,7 +44,7 @@ def project_halfspace(z: torch.Tensor, g: torch.Tensor, zeta: float) -> torch.Te
     g: (B, ...) negative energy gradient, same shape as ``z``.
     zeta: margin ``zeta > 0``.
     """
-    n = g / _norm(g).clamp_min(EPS)
+    n = g / _norm(g).clamp_min(_tiny(g))
     return z + torch.relu(zeta - _dot(z, n)) * n
 
 
@@ -49,8 +57,8 @@ def map_cone_ball(z: torch.Tensor, g: torch.Tensor, zeta1: float, zeta2: float) 
     ``z`` orthogonal to ``g`` is kept (shrunk into the ball if needed), so the set's angular
     freedom ``cos(theta) >= zeta1 / zeta2`` is available to the network.
     """
-    gnorm = _norm(g).clamp_min(EPS)
-    gsq = gnorm**2
+    gnorm = _norm(g).clamp_min(_tiny(g))
+    gsq = (gnorm**2).clamp_min(_tiny(g))
     eta = _dot(z, g) / gsq
     eta_hat = eta.clamp(zeta1, zeta2)
     w = z - eta * g  # orthogonal to g

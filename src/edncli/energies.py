@@ -97,14 +97,16 @@ class DataFidelity(Energy):
     Parameters
     ----------
     op: the forward operator ``A``.
-    f: measured data, shape ``(B, *op.out_shape)``.
+    f: measured data, shape ``(B, *op.out_shape)``; held in float32, the solvers' precision (data
+    read with numpy is float64, and would turn the residual and gradient float64 against float32
+    iterates and directions).
     """
 
     name = "data"
 
     def __init__(self, op: LinearOperator, f: torch.Tensor):
         self.op = op
-        self.f = f
+        self.f = f.float()
         self._cache_u: Optional[torch.Tensor] = None
         self._cache_r: Optional[torch.Tensor] = None
         self._line: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = None

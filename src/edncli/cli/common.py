@@ -33,9 +33,13 @@ Seed = Annotated[
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries on stderr.")]
 Force = Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")]
 Report = Annotated[
-    Optional[str], typer.Option("--report", help="Write the JSON convergence report here (a folder for several inputs).")
+    Optional[str],
+    typer.Option("--report", help="Write the JSON convergence report here (a folder for a folder or glob of inputs)."),
 ]
-Plot = Annotated[Optional[str], typer.Option("--plot", help="Write a PNG plot of energy, discrepancy and PSNR.")]
+Plot = Annotated[
+    Optional[str],
+    typer.Option("--plot", help="Write a PNG plot of energy, discrepancy and PSNR (a folder for a folder or glob of inputs)."),
+]
 DeltaOpt = Annotated[
     Optional[str],
     typer.Option("--delta", help="Discrepancy level δ (absolute, data units), or 'auto' to estimate the noise."),
@@ -188,6 +192,8 @@ def expand_inputs(spec: str, exts: tuple = (".png", ".tif", ".tiff", ".npy", ".h
         if not files:
             raise InputError(f"{spec}: the folder holds no images ({', '.join(exts)})")
         return files
+    if p.is_file():  # a file whose name holds glob characters, say "scan [1].png", is that file
+        return [spec]
     if any(ch in spec for ch in "*?["):
         files = sorted(f for f in glob.glob(spec) if Path(f).is_file())
         if not files:
@@ -206,26 +212,37 @@ def plan_outputs(inputs: List[str], output: Optional[str], output_dir: Optional[
         return [output]
     if output_dir is None:
         raise UsageError(f"{len(inputs)} inputs: pass --output-dir DIR instead of -o")
-    if output not in (None, "") and len(inputs) > 1:
-        raise UsageError("with several inputs use --output-dir, not -o")
+    if output not in (None, ""):
+        raise UsageError("with several inputs use --output-dir, not -o" if len(inputs) > 1
+                         else f"give -o {output} or --output-dir {output_dir}, not both")
+    from ..io.images import output_format
+
+    ext = None if fmt is None else "." + output_format("-", fmt)  # checks --format (and its aliases tiff, hdf5)
     make_folder(output_dir, "--output-dir:")
-    ext = {"tif": ".tif", "npy": ".npy", "h5": ".h5", "png": ".png", None: None}[fmt]
     outs = []
     for path in inputs:
         stem = Path(path).stem if path != "-" else "stdin"
-        suffix = ext or (Path(path).suffix if path != "-" and Path(path).suffix in (".png", ".tif", ".npy", ".h5") else ".png")
+        own = Path(path).suffix if path != "-" else ""
+        suffix = ext or (own if own.lower() in (".png", ".tif", ".tiff", ".npy", ".h5", ".hdf5") else ".png")
         outs.append(str(output_dir / f"{stem}{suffix}"))
     return outs
 
 
-def side_path(base: Optional[str], n_inputs: int, input_path: str, suffix: str) -> Optional[str]:
-    """Report/plot path for one input: the path itself for one input, ``base/<stem><suffix>`` for several."""
+def names_several(spec: str) -> bool:
+    """Whether an input argument is a folder or a glob (not one file or ``-``): with
+    ``--output-dir``, its reports and plots go to folders too, however many images it holds."""
+    return spec != "-" and (Path(spec).is_dir() or (not Path(spec).is_file() and any(ch in spec for ch in "*?[")))
+
+
+def side_path(base: Optional[str], several: bool, input_path: str, suffix: str) -> Optional[str]:
+    """Report/plot path for one input: the path itself for a single input, ``base/<stem><suffix>``
+    when ``several`` (a folder or glob of inputs)."""
     if base is None:
         return None
-    if n_inputs == 1:
+    if not several:
         return base
     folder = Path(base)
-    make_folder(folder, f"with {n_inputs} inputs, --report/--plot name a folder:")
+    make_folder(folder, "with a folder or glob of inputs, --report/--plot name a folder:")
     return str(folder / f"{Path(input_path).stem}{suffix}")
 
 

@@ -23,12 +23,22 @@ MethodOpt = Annotated[
     ),
 ]
 Sinogram = Annotated[str, typer.Option("--sinogram", help="Sinogram file: DXchange HDF5, .npy, .tif or 16-bit .png.")]
-Size = Annotated[Optional[int], typer.Option("--size", help="Reconstruction size N (N x N pixels of side 1).")]
+Size = Annotated[
+    Optional[int],
+    typer.Option(
+        "--size",
+        help="Reconstruction size N (N x N pixels of side 1); default: parallel beam, the largest square inside "
+        "the field of view; fan beam, the detector's width scaled to the rotation axis.",
+    ),
+]
 Angles = Annotated[
     Optional[int], typer.Option("--angles", help="Number of equally spaced angles (over 180° parallel, 360° fan), when the file has none.")
 ]
 AngleFile = Annotated[Optional[Path], typer.Option("--angle-file", help="Text file of projection angles, one per line.")]
-AngleUnit = Annotated[str, typer.Option("--angle-unit", help="Unit of --angle-file: deg or rad.")]
+AngleUnit = Annotated[
+    Optional[str],
+    typer.Option("--angle-unit", help="Unit of --angle-file: deg (default) or rad. /exchange/theta is always degrees."),
+]
 Beam = Annotated[str, typer.Option("--beam", help="parallel or fan (flat detector).")]
 Spacing = Annotated[float, typer.Option("--detector-spacing", help="Detector pitch in image pixels.")]
 SourceOrigin = Annotated[Optional[float], typer.Option("--source-origin", help="Fan beam: source to rotation axis (pixels).")]
@@ -39,7 +49,7 @@ Center = Annotated[
 ]
 Slices = Annotated[Optional[str], typer.Option("--slices", help="Detector rows of a 3D scan: '5', '0:16' or '3,7,9'.")]
 Backend = Annotated[str, typer.Option("--backend", help="auto, matrix, astra-cpu or cuda.")]
-Transpose = Annotated[bool, typer.Option("--transpose", help="Plain arrays stored as (detectors, angles).")]
+Transpose = Annotated[bool, typer.Option("--transpose", help="2D sinograms (plain arrays, or a 2D HDF5 --dataset) stored as (detectors, angles).")]
 
 
 def parse_slices(spec: Optional[str]) -> Optional[List[int]]:
@@ -83,12 +93,17 @@ def _geometry(sino, size, beam, spacing, source_origin, origin_detector, center,
 
     det = sino.detectors
     if size is None:
-        size = int(math.floor(det * spacing / math.sqrt(2))) if beam == "parallel" else det
+        if beam == "fan" and source_origin is not None and origin_detector is not None and source_origin > 0:
+            # the detector's width scaled to the rotation axis (the framing of the walnut's reference)
+            size = int(round(det * spacing * source_origin / (source_origin + origin_detector)))
+        else:  # the largest square inside the field of view
+            size = int(math.floor(det * spacing / math.sqrt(2)))
     if size < 2:
         raise UsageError(f"--size must be >= 2, got {size}")
     center_rule = "given"
     if center is None:
-        span = float(np.ptp(sino.theta)) + (float(np.median(np.diff(np.sort(sino.theta)))) if sino.n_angles > 1 else 0.0)
+        distinct = np.unique(sino.theta)  # a repeated angle is no step of the scan
+        span = float(np.ptp(distinct)) + (float(np.median(np.diff(distinct))) if distinct.size > 1 else 0.0)
         center = "auto" if (beam == "parallel" and span >= math.pi * 0.99) else "middle"
     if center == "middle":
         value = (det - 1) / 2
@@ -96,7 +111,7 @@ def _geometry(sino, size, beam, spacing, source_origin, origin_detector, center,
     elif center == "auto":
         if beam != "parallel":
             raise UsageError("--center auto is for parallel beam; give --center in detector pixels for fan beam")
-        value = float(np.median([estimate_center(s, sino.theta) for s in sino.data]))
+        value = estimate_center(sino.data, sino.theta)  # correlations summed over the slices
         center_rule = "auto"
     else:
         try:
@@ -120,7 +135,7 @@ def ct(
     size: Size = None,
     angles: Angles = None,
     angle_file: AngleFile = None,
-    angle_unit: AngleUnit = "deg",
+    angle_unit: AngleUnit = None,
     beam: Beam = "parallel",
     detector_spacing: Spacing = 1.0,
     source_origin: SourceOrigin = None,
@@ -167,6 +182,7 @@ def ct(
     import numpy as np
     import torch
 
+    from ..io.images import output_format
     from ..io.sinograms import read_sinogram
     from ..operators.tomography import make_ct_operator
     from ..solvers.methods import Problem
@@ -190,6 +206,12 @@ def ct(
                 raise UsageError("give --angles or --angle-file, not both")
             if angles is not None and angles < 1:
                 raise UsageError(f"--angles must be >= 1, got {angles}")
+            if angle_unit is not None and angle_file is None:  # it would be ignored, e.g. for /exchange/theta
+                raise UsageError(
+                    f"--angle-unit {angle_unit} is the unit of --angle-file, and none is given: /exchange/theta is read "
+                    "in degrees (DXchange); for angles in radians put them in a file and pass --angle-file FILE --angle-unit rad"
+                )
+            angle_unit = angle_unit or "deg"
             if noise_sigma is not None and delta == "auto":
                 delta = None
             options = _options(
@@ -215,10 +237,16 @@ def ct(
                     theta = np.linspace(0, arc, angles, endpoint=False)
                 sino = read_sinogram(sinogram, dataset=dataset, theta=theta, slices=parse_slices(slices),
                                      angle_file=angle_file, angle_unit=angle_unit, transpose=transpose)
+                if launch.is_main:
+                    for warning in sino.warnings:
+                        c.say(f"edn: warning: {warning}", quiet)
                 geom, center_value, center_rule = _geometry(sino, size, beam, detector_spacing, source_origin, origin_detector,
                                                             center, quiet)
-                if sino.n_slices > 1 and output != "-" and Path(output).suffix.lower() == ".png":
-                    raise UsageError(f"{sino.n_slices} slices make a stack; write it as .tif, .npy or .h5, not .png")
+                if sino.n_slices > 1 and output_format(output, fmt) == "png":  # PNG would take slices for channels
+                    raise UsageError(
+                        f"{sino.n_slices} slices make a stack; write it as .tif, .npy or .h5 (--format tif|npy|h5 "
+                        "for -o -), not PNG"
+                    )
                 lo, hi = group.shard(sino.n_slices)
                 f_all = torch.from_numpy(sino.data)
                 delta_choice = _delta(delta, noise_sigma, tau, f_all)
@@ -238,6 +266,7 @@ def ct(
                     "inputs": {"path": sinogram, **sino.describe(), "init": init},
                     "report_extra": {"geometry": geom.describe(), "center": center_value, "center_rule": center_rule,
                                      "backend": getattr(op, "backend", backend)},
+                    "stack": sino.n_slices > 1,  # slices, not colours: TIFF pages, never RGB
                 }
                 return problem, 2 if sino.n_slices == 1 else 3, ctx
 

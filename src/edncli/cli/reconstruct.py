@@ -10,6 +10,7 @@ result is split back per input, so outputs and reports stay per input.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, List, Optional, Tuple
@@ -59,6 +60,14 @@ def _options(
         raise UsageError(f"--min-iter must be >= 0, got {min_iter}")
     if learned_steps is not None and learned_steps < 0:
         raise UsageError(f"--learned-steps must be >= 0, got {learned_steps}")
+    if max_iter is not None and min_iter is not None and min_iter > max_iter:
+        raise UsageError(f"--min-iter {min_iter} is above --max-iter {max_iter}; the cap must allow the minimum")
+    if alpha is not None and not (alpha > 0 and math.isfinite(alpha)):
+        raise UsageError(f"--alpha must be > 0 and finite, got {alpha}")
+    # An explicit --max-iter (even one equal to the default) overrides the potential/red/pnp presets.
+    extra = {"lam": lam, "mu": mu, "box": box, "max_iter": max_iter}
+    if preset:
+        extra["preset"] = preset
     return MethodOptions(
         learned_steps=learned_steps,
         handover=handover or MethodOptions.handover,
@@ -67,7 +76,7 @@ def _options(
         alpha=alpha,
         weights=weights,
         record_ssim=reference is not None,
-        extra={"lam": lam, "mu": mu, "box": box, "preset": preset} if preset else {"lam": lam, "mu": mu, "box": box},
+        extra=extra,
         inference=InferenceConfig(tile=tile, tile_overlap=tile_overlap, precision=precision, channels_last=channels_last,
                                   ensemble=ensemble),
     )
@@ -110,20 +119,30 @@ def _batches(jobs: List[_Job], build: Callable[[str, object], tuple], device, si
 
 def plan_jobs(
     inputs: List[str], outputs: List[str], report: Optional[str], plot: Optional[str], force: bool, as_json: bool,
-    fmt: Optional[str], bit_depth: int, check: bool = True, check_formats: bool = True,
+    fmt: Optional[str], bit_depth: int, check: bool = True, check_formats: bool = True, several: bool = False,
 ) -> List[_Job]:
     """Each input's output, report and plot, with ``check`` all checked before any work: writable,
-    not there (or ``force``), no two the same file, at most one thing on stdout (``as_json`` is
-    one), and (``check_formats``) a known output format and PNG bit depth. Errors are usage errors
-    (exit 2) or, for a folder that cannot be written, input/output errors (exit 4)."""
+    not there (or ``force``), no two the same file, no report or plot on an input, at most one
+    thing on stdout (``as_json`` is one), and (``check_formats``) a known output format and PNG
+    bit depth. Errors are usage errors (exit 2) or, for a folder that cannot be written,
+    input/output errors (exit 4). ``report`` and ``plot`` name folders when there are several
+    inputs or ``several`` (the input was a folder or glob, see :func:`~edncli.cli.common.names_several`)."""
+    import os
+
     from ..io.images import output_format
 
+    several = several or len(inputs) > 1
     jobs = [
-        _Job(path, out, c.side_path(report, len(inputs), path, ".json"), c.side_path(plot, len(inputs), path, ".png"))
+        _Job(path, out, c.side_path(report, several, path, ".json"), c.side_path(plot, several, path, ".png"))
         for path, out in zip(inputs, outputs)
     ]
     if not check:
         return jobs
+    sources = {os.path.realpath(p) for p in inputs if p != "-"}
+    for job in jobs:
+        for option, p in (("--report", job.rep), ("--plot", job.plt)):
+            if p not in (None, "-") and os.path.realpath(p) in sources:
+                raise UsageError(f"{option} {p} is an input of this run; edn never replaces an input with a {option[2:]}")
     if len(jobs) == 1:
         labels = [f"-o {jobs[0].out}", f"--report {jobs[0].rep}", f"--plot {jobs[0].plt}"]
     else:
@@ -154,6 +173,7 @@ def run_problems(
     write_result: Optional[Callable[[str, object, object], None]] = None,
     solver: Optional[Callable] = None,
     batch_size: int = 1,
+    several: bool = False,
 ) -> None:
     """Solve each input and write outputs; raises ``typer.Exit(3)`` if any run missed δ.
 
@@ -162,6 +182,7 @@ def run_problems(
     ``batch_size > 1`` solves up to that many consecutive inputs of identical shape as one batch
     (:meth:`~edncli.solvers.methods.Problem.stack`, then
     :meth:`~edncli.solvers.trace.SolveResult.split`); each report then gets a ``batch`` key.
+    ``several``: the input was a folder or glob, so ``report`` and ``plot`` name folders (see :func:`plan_jobs`).
     """
     from ..io.images import encode_image, output_format, write_together
     from ..io.reports import build_report, plot_bytes, report_bytes
@@ -172,7 +193,7 @@ def run_problems(
     # Under torchrun (``solver`` given) the other ranks already wait in the solve, so a failed
     # check here would leave them hanging: ``edn ct`` checks its outputs in its argument stage.
     jobs = plan_jobs(inputs, outputs, report, plot, force, as_json, fmt, bit_depth,
-                     check=solver is None, check_formats=write_result is None)
+                     check=solver is None, check_formats=write_result is None, several=several)
 
     summaries = []
 
@@ -181,7 +202,8 @@ def run_problems(
         problem, ndim, context = built
         files = []
         if write_result is None:
-            image = encode_image(c.from_tensor(result.u, ndim), output_format(job.out, fmt), bit_depth)
+            image = encode_image(c.from_tensor(result.u, ndim), output_format(job.out, fmt), bit_depth,
+                                 stack=context.get("stack", False))
             files.append((job.out, image))
         doc = build_report(
             result,
@@ -246,12 +268,22 @@ def run_problems(
         raise typer.Exit(3)
 
 
+def _check_stdin(inputs: List[str], reference: Optional[str]) -> None:
+    """stdin can be read once: ``--reference -`` with the input ``-`` is a usage error."""
+    if reference == "-" and "-" in inputs:
+        raise UsageError("the input and --reference are both '-' (stdin); give one of them as a file")
+
+
 def _reference(path: Optional[str], shape, device):
     if path is None:
         return None
+    from ..errors import InputError
     from ..io.images import read_image
 
-    arr, _ = read_image(path)
+    try:
+        arr, _ = read_image(path)
+    except InputError as err:  # name the option: the input and the reference are both image files
+        raise InputError(f"--reference {err}") from None
     ref = c.to_tensor(arr, device)
     if tuple(ref.shape[-2:]) != tuple(shape[-2:]) or (ref.shape[0] not in (1, shape[0])):
         raise UsageError(f"--reference {path}: shape {tuple(arr.shape)} does not match the result {tuple(shape)}")
@@ -325,6 +357,7 @@ def sr(
         learned_steps, handover, ensemble,
     )
     inputs = c.expand_inputs(input)
+    _check_stdin(inputs, reference)
     c.check_dataset(dataset, inputs)
     outputs = c.plan_outputs(inputs, output, output_dir, fmt)
     dev = c.resolve_device(device)
@@ -351,6 +384,7 @@ def sr(
     run_problems(
         inputs=inputs, outputs=outputs, build=build, method=method, options=options, device=dev, report=report,
         plot=plot, force=force, quiet=quiet, fmt=fmt, bit_depth=bit_depth, as_json=as_json, batch_size=batch_size,
+        several=output_dir is not None and c.names_several(input),
     )
 
 
@@ -406,6 +440,8 @@ def deblur(
     c.check_batch_size(batch_size)
     if (kernel_sigma is None) == (kernel is None):
         raise UsageError("give exactly one of --kernel-sigma (Gaussian) or --kernel FILE")
+    if kernel is not None and kernel_size is not None:
+        raise UsageError(f"--kernel-size applies to the Gaussian of --kernel-sigma; --kernel {kernel} has its own size, drop --kernel-size")
     k = gaussian_kernel(kernel_sigma, kernel_size) if kernel is None else read_kernel(kernel)
     init = init or "blurred"
     if init not in ("blurred", "zero"):
@@ -417,6 +453,7 @@ def deblur(
         learned_steps, handover, ensemble,
     )
     inputs = c.expand_inputs(input)
+    _check_stdin(inputs, reference)
     c.check_dataset(dataset, inputs)
     outputs = c.plan_outputs(inputs, output, output_dir, fmt)
     dev = c.resolve_device(device)
@@ -442,4 +479,5 @@ def deblur(
     run_problems(
         inputs=inputs, outputs=outputs, build=build, method=method, options=options, device=dev, report=report,
         plot=plot, force=force, quiet=quiet, fmt=fmt, bit_depth=bit_depth, as_json=as_json, batch_size=batch_size,
+        several=output_dir is not None and c.names_several(input),
     )

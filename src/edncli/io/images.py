@@ -78,6 +78,8 @@ def _channels_first(arr: np.ndarray, source: str) -> np.ndarray:
     if arr.ndim == 2:
         return arr
     if arr.ndim == 3:
+        if arr.shape[-1] == 1 and arr.shape[0] > 1:  # (H, W, 1): gray with its channel axis last
+            return arr[..., 0]
         if arr.shape[-1] in (3, 4) and arr.shape[0] not in (3, 4):
             arr = np.moveaxis(arr, -1, 0)
         if arr.shape[0] == 4:  # drop alpha
@@ -260,11 +262,12 @@ def _png16(hwc: np.ndarray) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
 
 
-def encode_image(arr: np.ndarray, fmt: str, bit_depth: int = 16, dataset: str = "image") -> bytes:
+def encode_image(arr: np.ndarray, fmt: str, bit_depth: int = 16, dataset: str = "image", stack: bool = False) -> bytes:
     """Encode a float image (``(H, W)`` or ``(C, H, W)``) to bytes in ``fmt``.
 
     PNG clips to [0, 1] and quantises to ``bit_depth`` (8 or 16, gray and colour alike);
-    TIFF, NPY and HDF5 keep float32.
+    TIFF, NPY and HDF5 keep float32. ``stack``: the first axis holds slices, not colours (a CT
+    volume): TIFF writes them as gray pages, never as RGB.
     """
     arr = np.asarray(arr, dtype=np.float32)
     buf = io.BytesIO()
@@ -289,7 +292,8 @@ def encode_image(arr: np.ndarray, fmt: str, bit_depth: int = 16, dataset: str = 
     elif fmt == "tif":
         import tifffile
 
-        tifffile.imwrite(buf, arr)
+        colour = not stack and arr.ndim == 3 and arr.shape[0] in (3, 4)
+        tifffile.imwrite(buf, arr, photometric="rgb" if colour else "minisblack", planarconfig="separate" if colour else None)
     elif fmt == "npy":
         np.save(buf, arr, allow_pickle=False)
     elif fmt == "h5":
@@ -312,8 +316,8 @@ def check_writable(path: str, force: bool) -> None:
     if path == "-":
         return
     p = Path(path)
-    if p.is_dir():
-        raise UsageError(f"{path} is a folder; give a file name")
+    if p.is_dir() or os.path.basename(path) in ("", ".", ".."):  # "reps/", "reps/.": a folder's name
+        raise UsageError(f"{path} {'is' if p.is_dir() else 'names'} a folder; give a file name")
     try:
         mode = os.stat(p).st_mode
     except OSError:

@@ -115,7 +115,7 @@ def plot_bytes(report: Dict[str, Any]) -> bytes:
     axes[0].set(title="energy E(u)", xlabel="iteration")
     disc = [r["discrepancy"] for r in trace]
     if any(d is not None for d in disc):
-        axes[1].semilogy(its, disc, marker=".", label="||Au - f||")
+        axes[1].semilogy(its, [None if d is None else max(d, 1e-30) for d in disc], marker=".", label="||Au - f||")
         if report.get("delta"):
             import math
 

@@ -42,6 +42,9 @@ class Sinogram:
         True when flat/dark-field normalisation and ``-log`` were applied on reading.
     notes:
         Human-readable remarks on what was done (clipping, angle source, slices...).
+    warnings:
+        Remarks on data that are probably wrong (e.g. ``/exchange/theta`` that looks like
+        radians); the CLI prints them on stderr.
     """
 
     data: np.ndarray
@@ -49,6 +52,7 @@ class Sinogram:
     source: str = ""
     normalised: bool = False
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def n_slices(self) -> int:
@@ -72,6 +76,7 @@ class Sinogram:
             "theta_last": float(self.theta[-1]),
             "normalised": self.normalised,
             "notes": list(self.notes),
+            "warnings": list(self.warnings),
         }
 
 
@@ -84,6 +89,13 @@ def _to_radians(values: np.ndarray, unit: str, arg: str = "unit") -> np.ndarray:
     if unit in ("rad", "radian", "radians"):
         return values
     raise UsageError(f"{arg}={unit!r} is not known; use 'deg' or 'rad'")
+
+
+def _radians_suspected(theta_deg: np.ndarray) -> bool:
+    """Whether angles read as degrees are probably radians: ten or more distinct values, all
+    within ±2π (a scan spanning under 6.3° cannot be reconstructed anyway)."""
+    t = np.unique(np.asarray(theta_deg, dtype=np.float64).reshape(-1))
+    return t.size >= 10 and float(np.max(np.abs(t))) <= 2 * np.pi * (1 + 1e-6)
 
 
 def read_angles(path: str | os.PathLike, unit: str = "deg") -> np.ndarray:
@@ -124,6 +136,14 @@ def read_angles(path: str | os.PathLike, unit: str = "deg") -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 # Reading
 # ----------------------------------------------------------------------------------------------
+def _real(arr, what: str) -> np.ndarray:
+    """``arr`` as float64, refusing what is not real numbers (strings, complex, compound types)."""
+    arr = np.asarray(arr)
+    if arr.dtype.kind not in "biuf":
+        raise InputError(f"{what} holds {arr.dtype} values, not real numbers; give a numeric (integer or float) array")
+    return arr.astype(np.float64)
+
+
 def _check_finite(arr: np.ndarray, what: str) -> None:
     if not np.all(np.isfinite(arr)):
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
@@ -157,16 +177,29 @@ def _read_rows(dset, rows: list[int]) -> np.ndarray:
     return block[:, [pos[r] for r in rows], :]
 
 
-def _field(f, name: str, rows: Optional[list[int]], path: str) -> np.ndarray:
-    """Average a flat/dark dataset over its first axis; returns ``(rows, det)`` or ``(det,)``."""
+def _field(f, name: str, rows: Optional[list[int]], path: str, data_shape: tuple) -> np.ndarray:
+    """Average a flat/dark dataset over its first axis; returns ``(rows, det)`` or ``(det,)``.
+
+    ``data_shape`` is the projections' ``(angles, rows, detectors)`` or ``(angles, detectors)``:
+    the field must have as many detectors (and, when 3D, as many rows) as the projections.
+    """
+    import h5py  # noqa: PLC0415
+
     d = f[name]
+    if not isinstance(d, h5py.Dataset) or d.ndim not in (2, 3):
+        shape = getattr(d, "shape", "a group")
+        raise InputError(f"{path}:{name} has shape {shape}; expected (n, rows, detectors) or (n, detectors)")
+    want = tuple(data_shape[1:]) if d.ndim == 3 else tuple(data_shape[-1:])
+    if tuple(d.shape[1:]) != want or d.shape[0] < 1:
+        raise InputError(
+            f"{path}:{name} has shape {d.shape}, which does not fit the projections {tuple(data_shape)}; "
+            f"expected (n, {', '.join(map(str, want))}) with n >= 1"
+        )
     if d.ndim == 3:
         arr = _read_rows(d, rows) if rows is not None else np.asarray(d[...])
-        arr = arr.astype(np.float64).mean(axis=0)
-    elif d.ndim == 2:
-        arr = np.asarray(d[...], dtype=np.float64).mean(axis=0)
+        arr = _real(arr, f"{path}:{name}").mean(axis=0)
     else:
-        raise InputError(f"{path}:{name} has shape {d.shape}; expected (n, rows, detectors) or (n, detectors)")
+        arr = _real(d[...], f"{path}:{name}").mean(axis=0)
     _check_finite(arr, f"{path}:{name}")
     return arr
 
@@ -175,7 +208,7 @@ def _check_flat_field(gain: np.ndarray, path: str) -> None:
     """Refuse a flat field that is not above the dark field for most detector pixels.
 
     ``gain`` is ``white - dark``; a few dead pixels (``<= 0``) are tolerated (their values are
-    clipped), but when at least half are, normalising would clip nearly everything.
+    interpolated from their neighbours, :func:`_fill_dead_pixels`), but not half of them.
     """
     bad = int(np.count_nonzero(~(gain > 0)))
     if 2 * bad >= gain.size:
@@ -183,6 +216,31 @@ def _check_flat_field(gain: np.ndarray, path: str) -> None:
             f"{path}: unusable flat field: /exchange/data_white is not above /exchange/data_dark (0 if absent) at "
             f"{bad} of {gain.size} detector pixels; check the flat and dark fields"
         )
+
+
+def _fill_dead_pixels(sino: np.ndarray, dead: np.ndarray, path: str) -> None:
+    """In place: replace the dead detector pixels of each slice of ``sino`` ``(n_slices,
+    n_angles, det)`` (``dead`` ``(n_slices, det)``, flat field not above dark) by linear
+    interpolation between the nearest good pixels on either side (the nearest one at an edge).
+
+    Their normalised values carry no measurement (the transmission floor's ``-log``, a
+    spurious column of maximal attenuation); interpolation is the usual dead-pixel correction.
+    """
+    for k, bad in enumerate(dead):
+        if not bad.any():
+            continue
+        good = np.flatnonzero(~bad)
+        if good.size == 0:
+            raise InputError(
+                f"{path}: unusable flat field: /exchange/data_white is not above /exchange/data_dark at any detector "
+                f"pixel of slice {k}; check the flat and dark fields"
+            )
+        cols = np.flatnonzero(bad)
+        at = np.searchsorted(good, cols)
+        left = good[np.clip(at - 1, 0, good.size - 1)]
+        right = good[np.clip(at, 0, good.size - 1)]
+        wgt = np.where(right != left, (cols - left) / np.maximum(right - left, 1), 0.0)
+        sino[k][:, cols] = (1 - wgt) * sino[k][:, left] + wgt * sino[k][:, right]
 
 
 def _resolve_theta(
@@ -193,7 +251,10 @@ def _resolve_theta(
     n_angles: int,
     path: str,
     notes: list[str],
+    warnings: list[str],
 ) -> np.ndarray:
+    """The projection angles (radians) from ``theta``, ``angle_file`` or the file's own, checked
+    against the projection count; angles read as degrees that look like radians add a warning."""
     if theta is not None and angle_file is not None:
         raise UsageError("theta and angle_file are both given; pass only one source of projection angles")
     if theta is not None:
@@ -213,6 +274,17 @@ def _resolve_theta(
         )
     if not np.all(np.isfinite(out)):
         raise UsageError("projection angles contain NaN/Inf; give finite angles")
+    degrees = np.rad2deg(out)
+    read_as_degrees = theta is None and (angle_file is None or angle_unit in ("deg", "degree", "degrees"))
+    if read_as_degrees and _radians_suspected(degrees):
+        if angle_file is None:
+            where, fix = f"{path}:/exchange/theta", "convert it, or pass the angles with --angle-file FILE --angle-unit rad"
+        else:
+            where, fix = f"angle file {str(angle_file)!r}", "if so, add --angle-unit rad"
+        warnings.append(
+            f"{where} spans only {np.ptp(degrees):.3g} degrees ({degrees.min():.3g} to {degrees.max():.3g}): it looks "
+            f"like radians, but is read as degrees; {fix}"
+        )
     return out
 
 
@@ -236,7 +308,8 @@ def read_sinogram(
         use the DXchange layout: ``/exchange/data`` ``(angles, rows, detectors)`` or
         ``(angles, detectors)``, ``/exchange/theta`` in degrees, optional
         ``/exchange/data_white`` and ``/exchange/data_dark``. Other files hold one
-        ``(angles, detectors)`` array (``transpose=True`` for ``(detectors, angles)``).
+        ``(angles, detectors)`` array (``transpose=True`` for ``(detectors, angles)``, also for a
+        2D HDF5 dataset; a 3D one with ``transpose`` is refused).
     dataset:
         HDF5 path of the projections instead of ``/exchange/data``.
     theta:
@@ -260,13 +333,15 @@ def read_sinogram(
     Raises
     ------
     InputError
-        Missing/unreadable file, missing dataset, wrong rank, NaN/Inf in the data.
+        Missing/unreadable file, missing dataset, wrong rank or an empty axis, values that are
+        not real numbers, NaN/Inf in the data, flat/dark fields that do not fit the projections.
     UsageError
         No projection angles anywhere, or an angle count that does not match the data.
     """
     p = Path(path)
     if not p.is_file():
-        raise InputError(f"sinogram file {str(p)!r} does not exist; check the path")
+        what = "is a folder" if p.is_dir() else "is not a regular file" if p.exists() else "does not exist"
+        raise InputError(f"sinogram file {str(p)!r} {what}; give the path of one sinogram file")
     suffix = p.suffix.lower()
     if suffix in (".npy", ".tif", ".tiff", ".png"):
         if dataset is not None:
@@ -282,45 +357,68 @@ def read_sinogram(
         raise InputError(
             f"sinogram file {str(p)!r} is not HDF5 (nor .npy/.tif/.png); give a DXchange HDF5 file or a 2D array file"
         )
+    try:  # registers the compression filters of hdf5plugin (blosc, lz4, bitshuffle...) when installed
+        import hdf5plugin  # noqa: F401, PLC0415
+    except ImportError:
+        pass
     name = dataset or "/exchange/data"
     notes: list[str] = []
     try:
         f = h5py.File(str(p), "r")
     except OSError as exc:
         raise InputError(f"sinogram file {str(p)!r} cannot be opened as HDF5 ({exc})") from None
-    with f:
-        if name not in f or not isinstance(f[name], h5py.Dataset):
-            raise InputError(
-                f"sinogram file {str(p)!r} has no dataset {name!r}; give the projections' path with --dataset"
-            )
-        d = f[name]
-        if d.ndim == 3:
-            rows = _slice_list(slices, d.shape[1], f"{p}:{name}")
-            raw = _read_rows(d, rows).astype(np.float64)  # (angles, n_slices, det)
-            raw = np.transpose(raw, (1, 0, 2))
-            if len(rows) != d.shape[1]:
-                notes.append(f"detector rows {rows[:8]}{'...' if len(rows) > 8 else ''} of {d.shape[1]}")
-        elif d.ndim == 2:
-            if slices is not None and _slice_list(slices, 1, f"{p}:{name}") != [0]:
-                raise UsageError(f"slices={slices!r} given, but {p}:{name} is a single 2D sinogram; drop slices")
-            rows = None
-            raw = np.asarray(d[...], dtype=np.float64)[None]
-        else:
-            raise InputError(
-                f"{p}:{name} has shape {d.shape}; expected (angles, rows, detectors) or (angles, detectors)"
-            )
-        _check_finite(raw, f"{p}:{name}")
-        file_theta = None
-        if "/exchange/theta" in f:
-            t = np.asarray(f["/exchange/theta"][...], dtype=np.float64).reshape(-1)
-            _check_finite(t, f"{p}:/exchange/theta")
-            file_theta = np.deg2rad(t)
-        has_white = "/exchange/data_white" in f
-        has_dark = "/exchange/data_dark" in f
-        white = _field(f, "/exchange/data_white", rows, str(p)) if (normalise and has_white) else None
-        dark = _field(f, "/exchange/data_dark", rows, str(p)) if (normalise and has_dark) else None
+    try:
+        with f:
+            if name not in f or not isinstance(f[name], h5py.Dataset):
+                raise InputError(
+                    f"sinogram file {str(p)!r} has no dataset {name!r}; give the projections' path with --dataset"
+                )
+            d = f[name]
+            if d.ndim not in (2, 3) or 0 in d.shape:
+                raise InputError(
+                    f"{p}:{name} has shape {d.shape}; expected (angles, rows, detectors) or (angles, detectors), none of them 0"
+                )
+            if transpose and d.ndim == 3:
+                raise UsageError(
+                    f"transpose applies to 2D (detectors, angles) arrays, and {p}:{name} is 3D: DXchange projections "
+                    "are (angles, rows, detectors); drop transpose"
+                )
+            if d.ndim == 3:
+                rows = _slice_list(slices, d.shape[1], f"{p}:{name}")
+                raw = _real(_read_rows(d, rows), f"{p}:{name}")  # (angles, n_slices, det)
+                raw = np.transpose(raw, (1, 0, 2))
+                if len(rows) != d.shape[1]:
+                    notes.append(f"detector rows {rows[:8]}{'...' if len(rows) > 8 else ''} of {d.shape[1]}")
+            else:
+                if slices is not None and _slice_list(slices, 1, f"{p}:{name}") != [0]:
+                    raise UsageError(f"slices={slices!r} given, but {p}:{name} is a single 2D sinogram; drop slices")
+                rows = None
+                raw = _real(d[...], f"{p}:{name}")
+                if transpose:
+                    raw = raw.T
+                    notes.append(f"read {name} as (detectors, angles), transposed")
+                raw = raw[None]
+            _check_finite(raw, f"{p}:{name}")
+            file_theta = None
+            if "/exchange/theta" in f:
+                if not isinstance(f["/exchange/theta"], h5py.Dataset):
+                    raise InputError(f"{p}:/exchange/theta is not a dataset; it should hold the angles in degrees")
+                t = _real(f["/exchange/theta"][...], f"{p}:/exchange/theta").reshape(-1)
+                _check_finite(t, f"{p}:/exchange/theta")
+                file_theta = np.deg2rad(t)
+            has_white = "/exchange/data_white" in f
+            has_dark = "/exchange/data_dark" in f
+            shape = (d.shape[1], d.shape[0]) if transpose else d.shape  # (angles, [rows,] detectors)
+            white = _field(f, "/exchange/data_white", rows, str(p), shape) if (normalise and has_white) else None
+            dark = _field(f, "/exchange/data_dark", rows, str(p), shape) if (normalise and has_dark) else None
+    except OSError as exc:  # e.g. data compressed with a filter this h5py lacks (blosc, lz4, bitshuffle)
+        raise InputError(
+            f"sinogram file {str(p)!r} cannot be read ({exc}); if its datasets are compressed with a filter h5py "
+            "does not have, install hdf5plugin (pip install hdf5plugin), which edn loads when present"
+        ) from None
     n_angles = raw.shape[1]
-    th = _resolve_theta(theta, angle_file, angle_unit, file_theta, n_angles, str(p), notes)
+    warnings: list[str] = []
+    th = _resolve_theta(theta, angle_file, angle_unit, file_theta, n_angles, str(p), notes, warnings)
     normalised = False
     if white is not None:
         dk = 0.0 if dark is None else dark
@@ -331,16 +429,25 @@ def read_sinogram(
         dk_b = dk[:, None, :] if np.ndim(dk) == 2 else dk
         denom = w - dk_b
         _check_flat_field(white - dk, str(p))
-        trans = (raw - dk_b) / np.where(np.abs(denom) > 0, denom, np.inf)
-        clipped = int(np.count_nonzero(trans < floor))
+        dead = np.broadcast_to(~(white - dk > 0), (raw.shape[0], raw.shape[2]))  # (n_slices, det)
+        trans = (raw - dk_b) / np.where(denom > 0, denom, np.inf)
+        clipped = int(np.count_nonzero((trans < floor) & ~dead[:, None, :]))
         trans = np.maximum(trans, floor)
         raw = -np.log(trans)
         normalised = True
         notes.append(f"flat/dark normalised, -log; {clipped} values clipped at transmission {floor:g}")
+        if dead.any():
+            _fill_dead_pixels(raw, dead, str(p))
+            cols = sorted(set(np.flatnonzero(dead.any(axis=0)).tolist()))
+            notes.append(
+                f"{len(cols)} dead detector pixel(s) (flat not above dark) {cols[:8]}{'...' if len(cols) > 8 else ''} "
+                "filled by linear interpolation between their good neighbours"
+            )
     elif has_dark and normalise:
         notes.append("data_dark present without data_white: not normalised")
     return Sinogram(
-        data=np.ascontiguousarray(raw, dtype=np.float32), theta=th, source=f"{p}:{name}", normalised=normalised, notes=notes
+        data=np.ascontiguousarray(raw, dtype=np.float32), theta=th, source=f"{p}:{name}", normalised=normalised, notes=notes,
+        warnings=warnings,
     )
 
 
@@ -361,19 +468,24 @@ def _read_plain(p: Path, theta, slices, angle_file, angle_unit: str, transpose: 
     except Exception as exc:
         raise InputError(f"sinogram file {str(p)!r} cannot be read ({type(exc).__name__}: {exc})") from None
     arr = np.asarray(arr)
-    if arr.ndim != 2:
-        raise InputError(f"sinogram file {str(p)!r} holds shape {arr.shape}; expected a 2D (angles, detectors) array")
+    if arr.ndim != 2 or 0 in arr.shape:
+        raise InputError(
+            f"sinogram file {str(p)!r} holds shape {arr.shape}; expected a 2D (angles, detectors) array, neither of them 0"
+        )
     if slices is not None and _slice_list(slices, 1, str(p)) != [0]:
         raise UsageError(f"slices={slices!r} given, but {str(p)!r} is a single 2D sinogram; drop slices")
     notes = [f"read {suffix} as {'(detectors, angles), transposed' if transpose else '(angles, detectors)'}"]
     if arr.dtype.kind in "ui" and suffix == ".png":
         notes.append(f"integer PNG kept in raw counts ({arr.dtype})")
-    data = np.asarray(arr, dtype=np.float64)
+    data = _real(arr, f"sinogram file {str(p)!r}")
     if transpose:
         data = data.T
     _check_finite(data, f"sinogram file {str(p)!r}")
-    th = _resolve_theta(theta, angle_file, angle_unit, None, data.shape[0], str(p), notes)
-    return Sinogram(data=np.ascontiguousarray(data[None], dtype=np.float32), theta=th, source=str(p), notes=notes)
+    warnings: list[str] = []
+    th = _resolve_theta(theta, angle_file, angle_unit, None, data.shape[0], str(p), notes, warnings)
+    return Sinogram(
+        data=np.ascontiguousarray(data[None], dtype=np.float32), theta=th, source=str(p), notes=notes, warnings=warnings
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -433,12 +545,14 @@ def estimate_center(sinogram: np.ndarray, theta: np.ndarray) -> float:
     one angular step); the partner is flipped and the shift ``delta`` maximising the summed
     cross-correlation is found, to sub-pixel precision by a parabola through the peak. Since
     the mirrored projection satisfies ``p_j[k] = p_i[2 c - k]``, the axis is
-    ``c = (detectors - 1) / 2 + delta / 2``.
+    ``c = (detectors - 1) / 2 + delta / 2``. For a stack of slices the correlations of all
+    slices are summed, so slices with little in them (air above or below the sample) weigh little.
 
     Parameters
     ----------
     sinogram:
-        ``(n_angles, detectors)`` line integrals.
+        ``(n_angles, detectors)`` line integrals, or a stack ``(n_slices, n_angles, detectors)``
+        of one scan.
     theta:
         ``(n_angles,)`` radians.
 
@@ -450,14 +564,19 @@ def estimate_center(sinogram: np.ndarray, theta: np.ndarray) -> float:
     """
     s = np.asarray(sinogram, dtype=np.float64)
     th = np.asarray(theta, dtype=np.float64).reshape(-1)
-    if s.ndim != 2 or s.shape[0] != th.size:
-        raise UsageError(f"sinogram has shape {s.shape} for {th.size} angles; give (n_angles, detectors)")
+    if s.ndim == 2:
+        s = s[None]
+    if s.ndim != 3 or s.shape[1] != th.size:
+        raise UsageError(
+            f"sinogram has shape {s.shape} for {th.size} angles; give (n_angles, detectors) or (n_slices, n_angles, detectors)"
+        )
     _check_finite(s, "sinogram")
-    n_ang, n_det = s.shape
+    n_ang, n_det = s.shape[1:]
     if n_ang < 2:
         raise UsageError("estimate_center needs at least 2 projections 180 degrees apart; give a scan over >= 180 deg")
     tw = np.mod(th, 2 * np.pi)
-    step = float(np.median(np.abs(np.diff(np.sort(tw))))) if n_ang > 1 else 0.0
+    distinct = np.unique(tw)  # repeated angles are no step of the scan
+    step = float(np.median(np.diff(distinct))) if distinct.size > 1 else 0.0
     tol = max(step, 1e-9) * 1.01 + 1e-9  # [0, pi) scans pair theta=0 with pi - step
     diff = np.abs(np.angle(np.exp(1j * (tw[None, :] - tw[:, None] - np.pi))))  # (i, j)
     j = np.argmin(diff, axis=1)
@@ -467,9 +586,11 @@ def estimate_center(sinogram: np.ndarray, theta: np.ndarray) -> float:
             "estimate_center found no projection pairs 180 degrees apart; it needs a parallel-beam scan over >= 180 deg"
         )
     n = 1 << int(math.ceil(math.log2(2 * n_det)))
-    a = s[ok]  # raw profiles (compact support); zero-padded correlation
-    b = s[j[ok]][:, ::-1]
-    corr = np.fft.irfft(np.fft.rfft(a, n) * np.conj(np.fft.rfft(b, n)), n).sum(axis=0)
+    corr = np.zeros(n)
+    for sl in s:  # one slice at a time: the FFTs of a whole stack could be large
+        a = sl[ok]  # raw profiles (compact support); zero-padded correlation
+        b = sl[j[ok]][:, ::-1]
+        corr += np.fft.irfft(np.fft.rfft(a, n) * np.conj(np.fft.rfft(b, n)), n).sum(axis=0)
     # corr[delta] = sum_k a[k + delta] b[k]; delta in (-n_det, n_det)
     lags = np.concatenate([np.arange(0, n_det), np.arange(-n_det + 1, 0)])
     vals = np.concatenate([corr[:n_det], corr[n - n_det + 1 :]])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -31,7 +32,12 @@ def gaussian_kernel(sigma: float, size: int | None = None) -> torch.Tensor:
 
 def check_kernel(kernel: np.ndarray, source: str = "kernel") -> torch.Tensor:
     """Validate a blur kernel (2D, finite, positive sum) and normalise it to sum 1."""
-    k = np.asarray(kernel, dtype=np.float64)
+    k = np.asarray(kernel)
+    if k.dtype.kind not in "biuf":
+        raise UsageError(f"{source}: a blur kernel must hold numbers, got {k.dtype} values")
+    k = k.astype(np.float64)
+    if k.size == 0:
+        raise UsageError(f"{source}: the kernel is empty")
     while k.ndim > 2 and (k.shape[0] == 1 or k.shape[-1] == 1):  # (1, 1, h, w) or (h, w, 1); keep 1 x N
         k = k[0] if k.shape[0] == 1 else k[..., 0]
     if k.ndim != 2:
@@ -54,7 +60,9 @@ def read_kernel(path: str | Path) -> torch.Tensor:
             arr = np.load(p, allow_pickle=False)
         elif p.suffix in (".txt", ".csv", ".dat"):
             text = p.read_text()
-            arr = np.loadtxt(p, delimiter="," if "," in text else None, ndmin=2)
+            with warnings.catch_warnings():  # an empty file: numpy warns, check_kernel says it in one line
+                warnings.simplefilter("ignore", UserWarning)
+                arr = np.loadtxt(p, delimiter="," if "," in text else None, ndmin=2)
         else:
             from ..io.images import read_image_array
 
@@ -120,6 +128,8 @@ class Blur(LinearOperator):
         kh, kw = kernel.shape
         if boundary == "reflect" and (kh // 2 >= h or kw // 2 >= w):
             raise UsageError(f"kernel {kh}x{kw} is too large for a {h}x{w} image with reflect boundary")
+        if boundary == "circular" and (kh > h or kw > w):  # the kernel must fit on the image's period
+            raise UsageError(f"kernel {kh}x{kw} is larger than the {h}x{w} image; circular boundary needs it to fit")
         super().__init__((h, w), (h, w))
         self.kernel = kernel.float()
         self.boundary = boundary

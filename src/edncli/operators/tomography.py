@@ -623,6 +623,7 @@ def _load_or_build_matrix(geometry: CTGeometry, projector: str, cache_dir: Optio
         try:
             with np.load(path) as z:
                 mat = sp.csr_matrix((z["data"], z["indices"], z["indptr"]), shape=tuple(int(s) for s in z["shape"]))
+            mat.check_format(full_check=True)  # torch's CSR product trusts its indices: check them here
             if mat.shape == shape:
                 return mat, path, True
         except Exception as exc:  # corrupt cache entry: rebuild and overwrite
@@ -680,8 +681,14 @@ class _MatrixOperator(CTOperator):
         flat = x.reshape(b, -1)
         if b == 1:  # SpMV: on CPU ~2.5x faster than a CSR @ (n, 1) product in torch 2.x
             return torch.mv(mat, flat[0]).reshape(1, *out_shape)
-        # SpMM on a contiguous (n, B) block streams the matrix once for the whole batch
-        return (mat @ flat.T.contiguous()).T.reshape(b, *out_shape).contiguous()
+        # SpMM on a contiguous (n, B) block streams the matrix once for the whole batch. torch's
+        # CPU kernel sums another way (and ~2x slower) when B is not a multiple of 4: zero columns
+        # up to one make a slice's product the same bits in any batch of >= 2, so that a sharded
+        # run (torchrun, chunks of the batch) equals a single-process one.
+        cols = flat.T
+        if b % 4:
+            cols = torch.cat([cols, cols.new_zeros(cols.shape[0], -b % 4)], dim=1)
+        return (mat @ cols.contiguous())[:, :b].T.reshape(b, *out_shape).contiguous()
 
     def _fwd(self, x: torch.Tensor) -> torch.Tensor:
         return self._apply(self.A, x, self.out_shape)

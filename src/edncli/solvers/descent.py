@@ -38,7 +38,7 @@ import torch
 
 from ..energies import Energy, data_term_of, fast_dot
 from ..metrics import quality_each
-from .stopping import Deltas, per_sample_deltas
+from .stopping import Deltas, delta_values, per_sample_deltas
 from .trace import MONOTONE_RTOL, IterationRecord, SampleVerdict, SolveResult
 
 
@@ -152,7 +152,7 @@ class StopRule:
 
     def __post_init__(self):
         if self.delta is not None:
-            values = [self.delta] if isinstance(self.delta, (int, float)) else list(self.delta)
+            values = delta_values(self.delta)
             if not values or not all(d > 0 for d in values):
                 raise ValueError(f"delta must be > 0 (every sample's), got {self.delta}")
         if self.max_iter < 0 or self.min_iter < 0:
@@ -325,8 +325,13 @@ def descend(
         # slope = <sign d, -grad E> > 0 for a descent direction.
         slope = list(gn2_h) if steepest else [-v for v in dg_h]  # type: ignore[union-attr]
         # A direction that is not a descent direction (only possible for providers without a
-        # descent-set layer) is replaced by -grad for that sample, and counted.
-        bad = [active[i] and not slope[i] > 0 and gn2_h[i] > 0 for i in range(batch)]
+        # descent-set layer), or not finite (<d, grad E> is then not finite), is replaced by -grad
+        # for that sample, and counted. A stopped sample's non-finite direction is replaced too:
+        # its zero step must leave it as it is (0 * inf is NaN).
+        bad = [
+            not steepest and (not math.isfinite(slope[i]) or (active[i] and not slope[i] > 0 and gn2_h[i] > 0))
+            for i in range(batch)
+        ]
         if any(bad):
             mask = torch.tensor(bad, device=device)
             d = torch.where(_bcast(mask, d), -g, d)
@@ -341,7 +346,7 @@ def descend(
             dd_h = dd_n if dd_h is not None else None
             slope = [gn2_h[i] if bad[i] else slope[i] for i in range(batch)]
             for i in range(batch):
-                fallbacks[i] += int(bad[i])
+                fallbacks[i] += int(bad[i] and active[i])
 
         tau0 = [1.0] * batch
         if initial != "unit":
@@ -426,7 +431,8 @@ def descend(
         # Round-off guard: the Armijo test used the line's closed form; if the energy evaluated
         # at the new point is higher (possible only at the limit of float32 precision), the step
         # is undone and that sample stops: the recorded energy never rises.
-        rose = [active[i] and e_h[i] > e_old_h[i] for i in range(batch)]  # type: ignore[index]
+        # (``not <=``: a NaN energy counts as a rise.)
+        rose = [active[i] and not e_h[i] <= e_old_h[i] for i in range(batch)]  # type: ignore[index]
         if any(rose):
             mask = torch.tensor(rose, device=device)
             u = torch.where(_bcast(mask, u), prev_u, u)
@@ -549,7 +555,7 @@ def _landweber_single(
         e_old, gn2_old = e_h, gn2_h
         e_h = e_old + drop if closed else e_t.item()  # type: ignore[union-attr]
         gn2_h = gg.item()
-        rose = e_h > e_old
+        rose = not e_h <= e_old
         if rose:  # round-off guard, as in the general loop: undo the step and stop
             u = prev_u.clone()
             g = energy.grad(prev_u) if prev_g is None else prev_g

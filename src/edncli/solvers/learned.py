@@ -208,11 +208,12 @@ def solve_edn(problem: Problem, options: MethodOptions, callback: Callback = Non
     spec.check_compatible(_problem_spec(problem), meta["name"])
     inference = _apply_inference(net, options, device, meta)
     op = problem.op
+    f = problem.f.float()  # the network's weights are float32 (data read with numpy is float64)
     # The network was trained on paths from its own initial guess (the checkpoint's `init`).
-    u0 = spec.initial(op, problem.f) if spec.init == "zero" else problem.u0
+    u0 = spec.initial(op, f) if spec.init == "zero" else problem.u0
     L = op.sqnorm(device=device)
-    data = network_inputs(op, problem.f, L)
-    energy = DataFidelity(op, problem.f)
+    data = network_inputs(op, f, L)
+    energy = DataFidelity(op, f)
     if options.alpha is not None:  # the classical safeguard E + α R (paper 001 §4.3)
         energy = energy + options.alpha * HuberTV(options.huber_eps)
 
@@ -257,14 +258,15 @@ def solve_baseline(problem: Problem, options: MethodOptions, callback: Callback 
     checkpoint_spec(meta).check_compatible(_problem_spec(problem), meta["name"])
     inference = _apply_inference(net, options, device, meta)
     op = problem.op
-    data = network_inputs(op, problem.f)
-    energy = DataFidelity(op, problem.f)
+    f, u0 = problem.f.float(), problem.u0.float()  # float32, as the network's weights
+    data = network_inputs(op, f)
+    energy = DataFidelity(op, f)
     with torch.no_grad():
-        u = net(problem.u0, data)
+        u = net(u0, data)
     records = []
     batch = u.shape[0]
     energies, discs = [], []  # per sample, at u0 and at the network's output
-    for k, x in enumerate((problem.u0, u)):
+    for k, x in enumerate((u0, u)):
         quality = (None, None) if problem.reference is None else quality_each(x, problem.reference, options.record_ssim)
         energies.append(energy.value(x).double().tolist())
         discs.append(energy.discrepancy(x).double().tolist())

@@ -11,6 +11,7 @@ Learned methods register themselves here (``register_method``) from their own mo
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence
 
@@ -43,11 +44,16 @@ class Problem:
     task: str = "generic"
 
     def __post_init__(self) -> None:
-        """A number as ``delta`` means δ as given; shapes that do not fit ``op`` are a :class:`UsageError`."""
+        """A number as ``delta`` means δ as given (any real scalar: numpy's float32 included);
+        ``f``, ``u0`` and ``reference`` are held in float32, the solvers' precision (arrays read with
+        numpy are float64); shapes that do not fit ``op`` are a :class:`UsageError`."""
         from ..errors import UsageError
 
-        if isinstance(self.delta, (int, float)) and not isinstance(self.delta, bool):
+        if isinstance(self.delta, numbers.Real) and not isinstance(self.delta, bool):
             self.delta = DeltaChoice(float(self.delta), "given")
+        self.f, self.u0 = self.f.float(), self.u0.float()
+        if self.reference is not None:
+            self.reference = self.reference.float()
         for name, t, shape in (("f", self.f, self.op.out_shape), ("u0", self.u0, self.op.in_shape),
                                ("reference", self.reference, self.op.in_shape)):
             if t is not None and tuple(t.shape[1:]) != tuple(shape):
@@ -248,10 +254,10 @@ def solve_tv(problem: Problem, options: MethodOptions, callback: Callback = None
     batch = problem.f.shape[0]
     deltas = problem.deltas()
     if options.alpha is not None:
-        if not options.alpha > 0:
+        if not (options.alpha > 0 and math.isfinite(options.alpha)):
             from ..errors import UsageError
 
-            raise UsageError(f"--alpha must be > 0, got {options.alpha}")
+            raise UsageError(f"--alpha must be > 0 and finite, got {options.alpha}")
         alpha = torch.full((batch,), float(options.alpha))
         result = _tv_solve(problem, alpha, problem.u0, options, callback, options.max_iter)
         result.extra["alpha"] = [float(a) for a in alpha]

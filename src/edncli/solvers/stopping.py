@@ -14,6 +14,7 @@ of the images, and every method reads ``δ`` through :func:`per_sample_deltas`.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Union
 
@@ -26,13 +27,23 @@ from ..errors import UsageError
 Deltas = Union[float, Sequence[float]]
 
 
+def _is_scalar(delta: Deltas) -> bool:
+    """A Python or numpy number, or a 0-d array or tensor (numpy's float32 is no Python float)."""
+    return isinstance(delta, numbers.Real) or getattr(delta, "ndim", None) == 0
+
+
+def delta_values(delta: Deltas) -> List[float]:
+    """The values of ``delta``: one scalar, or a sequence with one value per sample."""
+    return [float(delta)] if _is_scalar(delta) else [float(d) for d in delta]  # type: ignore[arg-type, union-attr]
+
+
 def per_sample_deltas(delta: Optional[Deltas], batch: int) -> Optional[List[float]]:
     """``delta`` as a list of ``batch`` floats (``None`` stays ``None``: no δ stop)."""
     if delta is None:
         return None
-    if isinstance(delta, (int, float)):
-        return [float(delta)] * batch
-    values = [float(d) for d in delta]
+    values = delta_values(delta)
+    if _is_scalar(delta):
+        return values * batch
     if len(values) != batch:
         raise ValueError(f"{len(values)} δ values for a batch of {batch} samples")
     return values

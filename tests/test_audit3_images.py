@@ -1,0 +1,195 @@
+"""Audit findings: `edn sr` and `edn deblur` (image reconstruction) on odd options and files.
+
+Each test names the defect it guards against: a traceback, an option silently ignored, a
+destroyed input, a partial output or a report value that was not what it claims.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from .test_cli import _clean, edn
+
+CG = ("--method", "cg", "--noise-sigma", "0.01", "--quiet")
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _clean(tmp_path / "lr.png", n=16)
+    return tmp_path
+
+
+def _one_line(err: str) -> bool:
+    lines = [line for line in err.splitlines() if line.strip()]
+    return len(lines) == 1 and lines[0].startswith("edn: error:") and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------- options
+def test_an_explicit_max_iter_equal_to_the_default_overrides_the_presets():
+    """`--max-iter 300` was taken for "not given" and replaced by the preset's cap (75 for pnp)."""
+    import torch
+
+    from edncli.cli.reconstruct import _options
+    from edncli.operators.downsample import AveragePool
+    from edncli.solvers.methods import Problem
+    from edncli.solvers.potential import resolve_settings
+
+    problem = Problem(AveragePool((8, 8), 2), torch.zeros(1, 4, 4), torch.zeros(1, 8, 8), 1.0, task="sr")
+    for method in ("potential", "red", "pnp"):
+        given = resolve_settings(method, problem, _options(300, None, None, None, None))[0]
+        assert given.max_iter == 300, method
+        unset = resolve_settings(method, problem, _options(None, None, None, None, None))[0]
+        assert unset.max_iter < 300, method  # the preset's own cap when --max-iter is not given
+
+
+@pytest.mark.parametrize("method", ["tv", "edn"])
+@pytest.mark.parametrize("alpha", ["inf", "nan", "-1"])
+def test_alpha_must_be_positive_and_finite_for_every_method(workdir, monkeypatch, capsys, method, alpha):
+    """`--alpha inf/nan` wrote Infinity/NaN energies into the report with exit 0; `--method edn
+    --alpha -1` minimised an energy unbounded below for 300 iterations."""
+    code, _, err = edn(monkeypatch, capsys, "sr", "--scale", "4", "lr.png", "-o", "hr.tif", "--method", method,
+                       "--delta", "1", "--alpha", alpha, "--report", "hr.json")
+    assert code == 2 and _one_line(err) and "--alpha" in err
+    assert not Path("hr.tif").exists() and not Path("hr.json").exists()
+
+
+def test_min_iter_above_max_iter_is_a_usage_error(workdir, monkeypatch, capsys):
+    """`--min-iter 5 --max-iter 2` ran 5 iterations past the cap the user set."""
+    code, _, err = edn(monkeypatch, capsys, "sr", "--scale", "4", "lr.png", "-o", "hr.tif", *CG,
+                       "--min-iter", "5", "--max-iter", "2")
+    assert code == 2 and _one_line(err) and "--min-iter" in err and not Path("hr.tif").exists()
+
+
+def test_output_and_output_dir_together_is_a_usage_error(workdir, monkeypatch, capsys):
+    """With one input, `-o x.tif --output-dir od` silently ignored -o and wrote od/lr.png."""
+    code, _, err = edn(monkeypatch, capsys, "sr", "--scale", "4", "lr.png", "-o", "x.tif", "--output-dir", "od", *CG)
+    assert code == 2 and _one_line(err) and "not both" in err
+    assert not Path("x.tif").exists() and not Path("od").exists()
+
+
+def test_reference_and_input_both_from_stdin_is_a_usage_error(workdir, monkeypatch, capsys):
+    """stdin was read twice; the second read failed with "nothing was piped in" (exit 4)."""
+    code, _, err = edn(monkeypatch, capsys, "sr", "--scale", "4", "-", "-o", "hr.tif", "--reference", "-", *CG)
+    assert code == 2 and _one_line(err) and "--reference" in err
+
+
+def test_a_missing_reference_names_the_option(workdir, monkeypatch, capsys):
+    """`--reference nope.png` said only "nope.png: no such file", as if the input were missing."""
+    code, _, err = edn(monkeypatch, capsys, "sr", "--scale", "4", "lr.png", "-o", "hr.tif", "--reference", "nope.png", *CG)
+    assert code == 4 and _one_line(err) and "--reference nope.png: no such file" in err and not Path("hr.tif").exists()
+
+
+# ---------------------------------------------------------------------------- outputs
+def test_a_report_on_an_input_is_refused_even_with_force(workdir, monkeypatch, capsys):
+    """`--report lr.png --force` (say for --reference) replaced the input image by the JSON report."""
+    before = Path("lr.png").read_bytes()
+    for option in ("--report", "--plot"):
+        code, _, err = edn(monkeypatch, capsys, "sr", "--scale", "4", "lr.png", "-o", "hr.tif", *CG, option, "lr.png", "--force")
+        assert code == 2 and _one_line(err) and option in err
+        assert Path("lr.png").read_bytes() == before and not Path("hr.tif").exists()
+
+
+def test_a_folder_of_one_image_writes_its_report_into_the_report_folder(workdir, monkeypatch, capsys):
+    """README's `edn sr lr_folder/ --output-dir hr_folder/ --report reports/` with one image in the
+    folder took `reports/` for a file name: exit 4 after hr_folder/lr.png had been written."""
+    os.mkdir("in")
+    os.rename("lr.png", "in/lr.png")
+    code, _, err = edn(monkeypatch, capsys, "sr", "--scale", "4", "in/", "--output-dir", "out/", *CG,
+                       "--report", "reports/", "--plot", "plots")
+    assert code == 0, err
+    assert os.listdir("out") == ["lr.png"] and os.listdir("reports") == ["lr.json"] and os.listdir("plots") == ["lr.png"]
+    assert json.loads(Path("reports/lr.json").read_text())["inputs"]["path"] == "in/lr.png"
+
+
+@pytest.mark.parametrize("name", ["reps/", "reps/."])
+def test_a_report_path_naming_a_folder_is_refused_before_any_work(workdir, monkeypatch, capsys, name):
+    """A single input with `--report reps/` failed only at the rename, after the image was in place."""
+    code, _, err = edn(monkeypatch, capsys, "sr", "--scale", "4", "lr.png", "-o", "hr.tif", *CG, "--report", name)
+    assert code == 2 and _one_line(err) and name in err
+    assert not Path("hr.tif").exists() and not Path("reps").exists()
+
+
+@pytest.mark.parametrize("fmt, suffix", [("tiff", ".tif"), ("hdf5", ".h5"), ("jpg", None)])
+def test_format_aliases_and_bad_formats_with_a_folder_of_inputs(workdir, monkeypatch, capsys, fmt, suffix):
+    """With --output-dir, `--format tiff|hdf5` (accepted for one file) and `--format jpg` were a
+    KeyError traceback that left the empty output folder behind."""
+    os.mkdir("in")
+    os.rename("lr.png", "in/lr.png")
+    code, _, err = edn(monkeypatch, capsys, "sr", "--scale", "4", "in", "--output-dir", "out", *CG, "--format", fmt)
+    if suffix is None:
+        assert code == 2 and _one_line(err) and "--format" in err and not Path("out").exists()
+    else:
+        assert code == 0, err
+        assert os.listdir("out") == [f"lr{suffix}"]
+
+
+def test_a_folder_of_tiff_files_keeps_tiff_outputs(workdir, monkeypatch, capsys):
+    """Inputs named .tiff or .TIF got .png outputs (clipped to [0, 1], quantised) where .tif kept TIFF."""
+    os.mkdir("in")
+    for name in ("a.tif", "b.tiff", "c.TIF"):
+        tifffile.imwrite(f"in/{name}", np.random.default_rng(0).random((8, 8), dtype=np.float32) * 3)
+    code, _, err = edn(monkeypatch, capsys, "sr", "--scale", "2", "in", "--output-dir", "out", *CG)
+    assert code == 0, err
+    assert sorted(os.listdir("out")) == ["a.tif", "b.tiff", "c.TIF"]
+    assert tifffile.imread("out/b.tiff").max() > 1  # float TIFF, not clipped
+
+
+# ---------------------------------------------------------------------------- files
+def test_a_file_whose_name_looks_like_a_glob_is_read(workdir, monkeypatch, capsys):
+    """`scan[1].png` was taken for a pattern, matched nothing and exited 4."""
+    os.rename("lr.png", "scan[1].png")
+    code, _, err = edn(monkeypatch, capsys, "sr", "--scale", "4", "scan[1].png", "-o", "hr.tif", *CG, "--report", "r.json")
+    assert code == 0, err
+    assert Path("hr.tif").exists() and Path("r.json").is_file()
+
+
+def test_a_gray_image_with_a_trailing_channel_axis_is_read_as_gray(workdir, monkeypatch, capsys):
+    """An (H, W, 1) array (the layout of many imaging libraries) was refused as "too small"."""
+    np.save("lr.npy", np.random.default_rng(0).random((16, 16, 1), dtype=np.float32))
+    code, _, err = edn(monkeypatch, capsys, "sr", "--scale", "2", "lr.npy", "-o", "hr.tif", *CG)
+    assert code == 0, err
+    assert tifffile.imread("hr.tif").shape == (32, 32)
+
+
+# ---------------------------------------------------------------------------- kernels
+def test_circular_boundary_with_a_kernel_larger_than_the_image_is_one_line(workdir, monkeypatch, capsys):
+    """A 17x17 kernel on a 16x16 image with `--boundary circular` was a RuntimeError traceback."""
+    np.save("k.npy", np.ones((17, 17)))
+    code, _, err = edn(monkeypatch, capsys, "deblur", "--kernel", "k.npy", "--boundary", "circular", "lr.png",
+                       "-o", "s.tif", *CG)
+    assert code == 2 and _one_line(err) and "17x17" in err and not Path("s.tif").exists()
+
+
+@pytest.mark.parametrize("name, make, words", [
+    ("k.npy", lambda p: np.save(p, np.array([["a", "b"]])), "numbers"),
+    ("k.txt", lambda p: Path(p).write_text(""), "empty"),
+])
+def test_a_kernel_file_without_numbers_is_one_line(workdir, monkeypatch, capsys, name, make, words):
+    """A string array was a ValueError traceback; an empty text file added a numpy warning."""
+    make(name)
+    code, _, err = edn(monkeypatch, capsys, "deblur", "--kernel", name, "lr.png", "-o", "s.tif", *CG)
+    assert code == 2 and _one_line(err) and words in err and not Path("s.tif").exists()
+
+
+def test_kernel_size_with_a_kernel_file_is_a_usage_error(workdir, monkeypatch, capsys):
+    """`--kernel FILE --kernel-size 25` silently ignored --kernel-size."""
+    np.save("k.npy", np.ones((3, 3)))
+    code, _, err = edn(monkeypatch, capsys, "deblur", "--kernel", "k.npy", "--kernel-size", "25", "lr.png", "-o", "s.tif", *CG)
+    assert code == 2 and _one_line(err) and "--kernel-size" in err and not Path("s.tif").exists()
+
+
+# ---------------------------------------------------------------------------- plots
+@pytest.mark.filterwarnings("error")  # a warning would be printed on the user's stderr
+def test_plot_of_a_run_that_fits_the_data_exactly_prints_nothing(workdir, monkeypatch, capsys):
+    """A discrepancy of 0 (a 1x1 kernel: A = I) made matplotlib warn on stderr about log scales."""
+    np.save("k.npy", np.ones((1, 1)))
+    code, _, err = edn(monkeypatch, capsys, "deblur", "--kernel", "k.npy", "lr.png", "-o", "s.tif", "--method", "gd",
+                       "--delta", "1", "--plot", "s.png", "--quiet")
+    assert code == 0 and err == "" and Path("s.png").stat().st_size > 1000
