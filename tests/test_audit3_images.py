@@ -193,3 +193,55 @@ def test_plot_of_a_run_that_fits_the_data_exactly_prints_nothing(workdir, monkey
     code, _, err = edn(monkeypatch, capsys, "deblur", "--kernel", "k.npy", "lr.png", "-o", "s.tif", "--method", "gd",
                        "--delta", "1", "--plot", "s.png", "--quiet")
     assert code == 0 and err == "" and Path("s.png").stat().st_size > 1000
+
+
+# ---------------------------------------------------------------------------- options a method does not read
+@pytest.mark.parametrize(
+    "method, option",
+    [("gd", ("--lam", "0.1")), ("cg", ("--mu", "0.5")), ("tv", ("--box",)), ("edn", ("--preset", "sr")),
+     ("gd", ("--alpha", "0.01")), ("baseline", ("--min-iter", "2")), ("tv", ("--min-iter", "2")),
+     ("gd", ("--learned-steps", "2")), ("potential", ("--handover", "gd")), ("tv", ("--tile", "300")),
+     ("cg", ("--precision", "bf16")), ("gd", ("--ensemble", "8")), ("pnp", ("--lam", "0.1"))],
+)
+def test_an_option_the_method_does_not_read_is_a_usage_error(workdir, monkeypatch, capsys, method, option):
+    # was: accepted and silently ignored (e.g. `--method gd --lam 0.1` ran plain gd, exit 0)
+    code, _, err = edn(monkeypatch, capsys, "sr", "--scale", "4", "lr.png", "-o", "o.tif", "--method", method,
+                       "--noise-sigma", "0.01", "--quiet", *option)
+    assert code == 2 and _one_line(err) and option[0] in err and method in err, err
+    assert not Path("o.tif").exists()
+
+
+@pytest.mark.parametrize("method, option", [("red", ("--lam", "0.1")), ("edn", ("--alpha", "0.001")),
+                                            ("cg", ("--min-iter", "1")), ("edn", ("--handover", "gd"))])
+def test_an_option_the_method_reads_is_accepted(workdir, monkeypatch, capsys, method, option):
+    code, _, err = edn(monkeypatch, capsys, "sr", "--scale", "4", "lr.png", "-o", "o.tif", "--method", method,
+                       "--noise-sigma", "0.01", "--quiet", "--max-iter", "40", *option)
+    assert code in (0, 3) and Path("o.tif").exists(), err
+
+
+def test_tau_with_a_numeric_delta_is_a_usage_error(workdir, monkeypatch, capsys):
+    # was: --tau silently ignored when δ is given as a number
+    code, _, err = edn(monkeypatch, capsys, "sr", "--scale", "4", "lr.png", "-o", "o.tif", "--method", "cg",
+                       "--delta", "0.05", "--tau", "2", "--quiet")
+    assert code == 2 and _one_line(err) and "--tau" in err, err
+    code, _, err = edn(monkeypatch, capsys, "sr", "--scale", "4", "lr.png", "-o", "o.tif", "--method", "cg",
+                       "--noise-sigma", "0.01", "--tau", "2", "--report", "r.json", "--quiet")
+    assert code == 0, err
+    assert json.loads(Path("r.json").read_text())["delta"] == pytest.approx(2 * 0.01 * 16)  # τ σ √m, m = 16²
+
+
+def test_deblur_and_simulate_use_the_same_gaussian_for_the_same_sigma():
+    # was: `edn deblur --kernel-sigma 1.6` built an 11x11 kernel while `edn simulate deblur` (and
+    # eval, train) used 25x25: simulate-then-deblur with σ alone solved with another operator
+    from edncli.operators.blur import DEFAULT_KERNEL_SIZE, gaussian_kernel
+
+    assert gaussian_kernel(1.6).shape == (DEFAULT_KERNEL_SIZE, DEFAULT_KERNEL_SIZE) == (25, 25)
+    assert gaussian_kernel(6.0).shape == (37, 37)  # 2⌈3σ⌉+1 when larger than 25
+    assert np.allclose(gaussian_kernel(1.6).numpy(), gaussian_kernel(1.6, 25).numpy())
+
+
+def test_a_plot_not_named_png_is_a_usage_error(workdir, monkeypatch, capsys):
+    # was: `--plot p.pdf` wrote PNG bytes into p.pdf
+    code, _, err = edn(monkeypatch, capsys, "sr", "--scale", "4", "lr.png", "-o", "o.tif", *CG, "--plot", "p.pdf")
+    assert code == 2 and _one_line(err) and ".png" in err, err
+    assert not Path("o.tif").exists() and not Path("p.pdf").exists()

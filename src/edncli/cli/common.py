@@ -47,7 +47,10 @@ DeltaOpt = Annotated[
 NoiseSigma = Annotated[
     Optional[float], typer.Option("--noise-sigma", help="Known noise std σ (data units): δ = τ σ sqrt(m).")
 ]
-Tau = Annotated[float, typer.Option("--tau", help="Safety factor τ in δ = τ σ sqrt(m).")]
+Tau = Annotated[
+    Optional[float],
+    typer.Option("--tau", help="Safety factor τ in δ = τ σ sqrt(m), with --noise-sigma or --delta auto (default 1.0)."),
+]
 MaxIter = Annotated[Optional[int], typer.Option("--max-iter", help="Iteration cap (exit code 3 if δ is not reached).")]
 MinIter = Annotated[
     Optional[int], typer.Option("--min-iter", help="Learned methods: steps taken before the δ test.")
@@ -83,14 +86,14 @@ BatchSize = Annotated[
         "outputs, reports and exit code stay per image.",
     ),
 ]
-# Network evaluation (edn, baseline, red, pnp; gd and tv have no network and ignore them).
+# Network evaluation (edn, baseline, red, pnp; gd, cg and tv have no network and refuse them).
 Tile = Annotated[
     Optional[int],
     typer.Option(
         "--tile",
         help="Networks only: evaluate on overlapping N x N tiles (bounded memory, e.g. 512 for 4K images); "
         "energy, descent-set layer and line search stay whole-image, so the energy still falls. "
-        "Must be >= the network's receptive field. Ignored by gd/tv; refused by potential.",
+        "Must be >= the network's receptive field. Refused by gd/cg/tv (no network) and by potential.",
     ),
 ]
 TileOverlap = Annotated[
@@ -106,7 +109,7 @@ Precision = Annotated[
     typer.Option(
         "--precision",
         help="Networks only: fp32, bf16 or fp16 (autocast; fp16 needs a GPU). The energy, the descent-set "
-        "layer and the line search stay float32. Ignored by gd/tv; refused by potential.",
+        "layer and the line search stay float32. Refused by gd/cg/tv (no network) and by potential.",
     ),
 ]
 Ensemble = Annotated[

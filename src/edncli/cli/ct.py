@@ -148,7 +148,7 @@ def ct(
     init: Annotated[Optional[str], typer.Option("--init", help="fbp (default) or zero.")] = None,
     delta: c.DeltaOpt = "auto",
     noise_sigma: c.NoiseSigma = None,
-    tau: c.Tau = 1.0,
+    tau: c.Tau = None,
     max_iter: c.MaxIter = None,
     min_iter: c.MinIter = None,
     learned_steps: c.LearnedSteps = None,
@@ -217,7 +217,7 @@ def ct(
             options = _options(
                 max_iter, min_iter, alpha, weights, reference,
                 tile=tile, tile_overlap=tile_overlap, precision=precision, channels_last=channels_last,
-                learned_steps=learned_steps, handover=handover, ensemble=ensemble,
+                learned_steps=learned_steps, handover=handover, ensemble=ensemble, method=method,
             )
             dev = rank_device(c.resolve_device(device), launch)
         with ShardGroup(launch, dev) as group:

@@ -46,13 +46,52 @@ def _check_method(method: str, weights: Optional[str] = None) -> str:
     return method
 
 
+#: The methods that read each method option; giving one to another method is a usage error, not
+#: silently ignored. (``potential`` refuses the network-evaluation options itself, saying why.)
+_NETWORK_METHODS = ("edn", "baseline", "potential", "red", "pnp")
+METHOD_OPTIONS = {
+    "--lam": ("potential", "red"),
+    "--mu": ("red", "pnp"),
+    "--box": ("potential", "red", "pnp"),
+    "--preset": ("potential", "red", "pnp"),
+    "--alpha": ("tv", "edn"),
+    "--min-iter": ("gd", "cg", "edn", "potential", "red", "pnp"),
+    "--learned-steps": ("edn",),
+    "--handover": ("edn",),
+    "--tile": _NETWORK_METHODS,
+    "--tile-overlap": _NETWORK_METHODS,
+    "--precision": _NETWORK_METHODS,
+    "--channels-last": _NETWORK_METHODS,
+    "--ensemble": _NETWORK_METHODS,
+}
+
+
+def check_method_options(method: str, given: dict) -> None:
+    """A usage error for an option in ``given`` (name -> whether the user set it) that ``method`` does not read."""
+    for name, on in given.items():
+        if on and method not in METHOD_OPTIONS[name]:
+            raise UsageError(f"{name} is for --method {'|'.join(METHOD_OPTIONS[name])}; method {method} does not use it")
+
+
 def _options(
     max_iter, min_iter, alpha, weights, reference, lam=None, mu=None, box=False, preset=None,
     tile=None, tile_overlap=None, precision="fp32", channels_last=None, learned_steps=None, handover=None, ensemble=1,
+    method=None,
 ):
-    """:class:`~edncli.solvers.methods.MethodOptions` from the command's options (bad values: UsageError)."""
+    """:class:`~edncli.solvers.methods.MethodOptions` from the command's options (bad values and
+    options ``method`` does not read: UsageError)."""
     from ..networks.inference import InferenceConfig
     from ..solvers.methods import MethodOptions
+
+    if method is not None:
+        check_method_options(method, {
+            "--lam": lam is not None, "--mu": mu is not None, "--box": box, "--preset": preset is not None,
+            "--alpha": alpha is not None, "--min-iter": min_iter is not None,
+            "--learned-steps": learned_steps is not None, "--handover": handover is not None,
+            "--tile": tile is not None, "--tile-overlap": tile_overlap is not None,
+            "--precision": precision not in (None, "fp32"), "--channels-last": channels_last is not None,
+            "--ensemble": ensemble not in (None, 1),
+        })
 
     if max_iter is not None and max_iter < 0:
         raise UsageError(f"--max-iter must be >= 0, got {max_iter}")
@@ -138,6 +177,9 @@ def plan_jobs(
     ]
     if not check:
         return jobs
+    for job in jobs:
+        if job.plt not in (None, "-") and Path(job.plt).suffix.lower() != ".png":
+            raise UsageError(f"--plot {job.plt}: the plot is a PNG image; give a file name ending in .png")
     sources = {os.path.realpath(p) for p in inputs if p != "-"}
     for job in jobs:
         for option, p in (("--report", job.rep), ("--plot", job.plt)):
@@ -291,7 +333,11 @@ def _reference(path: Optional[str], shape, device):
 
 
 def _delta(delta, noise_sigma, tau, f):
+    """δ from the command's options; ``--tau`` (``None`` when not given) with a numeric ``--delta`` is a usage error."""
     from ..solvers.stopping import choose_delta
+
+    if tau is not None and delta is not None and str(delta).lower() != "auto":
+        raise UsageError(f"--tau scales the noise level (δ = τ σ sqrt(m)); with --delta {delta} it does nothing: drop --tau")
 
     m = int(f[0].numel())
     return choose_delta(delta, noise_sigma, tau, m, f.detach().cpu().numpy())
@@ -306,7 +352,7 @@ def sr(
     init: InitOpt = None,
     delta: c.DeltaOpt = "auto",
     noise_sigma: c.NoiseSigma = None,
-    tau: c.Tau = 1.0,
+    tau: c.Tau = None,
     max_iter: c.MaxIter = None,
     min_iter: c.MinIter = None,
     learned_steps: c.LearnedSteps = None,
@@ -354,7 +400,7 @@ def sr(
         delta = None
     options = _options(
         max_iter, min_iter, alpha, weights, reference, lam, mu, box, preset, tile, tile_overlap, precision, channels_last,
-        learned_steps, handover, ensemble,
+        learned_steps, handover, ensemble, method=method,
     )
     inputs = c.expand_inputs(input)
     _check_stdin(inputs, reference)
@@ -392,14 +438,14 @@ def deblur(
     input: Annotated[str, typer.Argument(help="Blurred image, a folder, a glob, or '-' for stdin.")],
     output: c.Output = None,  # type: ignore[assignment]
     kernel_sigma: Annotated[Optional[float], typer.Option("--kernel-sigma", help="Gaussian blur std (pixels).")] = None,
-    kernel_size: Annotated[Optional[int], typer.Option("--kernel-size", help="Gaussian kernel side (odd).")] = None,
+    kernel_size: Annotated[Optional[int], typer.Option("--kernel-size", help="Gaussian kernel side (odd; default 25, or 2⌈3σ⌉+1 when larger: as edn simulate/eval/train).")] = None,
     kernel: Annotated[Optional[Path], typer.Option("--kernel", help="Kernel file (.npy, .txt, image); normalised to sum 1.")] = None,
     boundary: Annotated[str, typer.Option("--boundary", help="reflect, circular or zero.")] = "reflect",
     method: MethodOpt = "edn",
     init: InitOpt = None,
     delta: c.DeltaOpt = "auto",
     noise_sigma: c.NoiseSigma = None,
-    tau: c.Tau = 1.0,
+    tau: c.Tau = None,
     max_iter: c.MaxIter = None,
     min_iter: c.MinIter = None,
     learned_steps: c.LearnedSteps = None,
@@ -450,7 +496,7 @@ def deblur(
         delta = None
     options = _options(
         max_iter, min_iter, alpha, weights, reference, lam, mu, box, preset, tile, tile_overlap, precision, channels_last,
-        learned_steps, handover, ensemble,
+        learned_steps, handover, ensemble, method=method,
     )
     inputs = c.expand_inputs(input)
     _check_stdin(inputs, reference)

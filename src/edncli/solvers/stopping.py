@@ -108,15 +108,17 @@ def estimate_noise_sigma(f: np.ndarray) -> float:
 def choose_delta(
     delta: Optional[str | float],
     noise_sigma: Optional[float],
-    tau: float,
+    tau: Optional[float],
     measurements: int,
     data_for_estimate: Optional[np.ndarray] = None,
 ) -> Optional[DeltaChoice]:
     """Resolve the user's δ options into a :class:`DeltaChoice` (None: no δ stop).
 
-    ``data_for_estimate`` is a stack ``(B, ...)`` of 2D data; with ``delta="auto"`` the noise
-    level is estimated on each and the median is used (one δ for the batch).
+    ``tau`` (``None``: 1.0) scales ``σ sqrt(m)``. ``data_for_estimate`` is a stack ``(B, ...)``
+    of 2D data; with ``delta="auto"`` the noise level is estimated on each and the median is used
+    (one δ for the batch).
     """
+    tau = 1.0 if tau is None else tau
     if not (tau > 0 and math.isfinite(tau)):
         raise UsageError(f"--tau must be > 0 and finite, got {tau}")
     if noise_sigma is not None and not (noise_sigma > 0 and math.isfinite(noise_sigma)):
