@@ -231,6 +231,23 @@ def test_repeated_angles_keep_the_automatic_centre(ctdir, monkeypatch, capsys):
     assert report["center_rule"] == "auto" and abs(report["center"] - geom.center) < 0.1, report["center"]
 
 
+@pytest.mark.parametrize("n_angles", [60, 90])
+@pytest.mark.parametrize("shift", [0.0, 3.5])
+def test_automatic_centre_of_an_off_axis_object_over_180_degrees(ctdir, monkeypatch, capsys, n_angles, shift):
+    # was: a [0, 180°) scan has no exactly opposite projections; theta = 0 was registered against
+    # pi - step, where an object ~40 px off the axis has moved ~r step pixels, so the axis came
+    # out half a pixel or more off (44.0 for 44.5) and cg ran to the cap without reaching δ
+    from PIL import Image
+
+    _phantom(Path("full.png"), n=128)
+    img = np.asarray(Image.open("full.png"), dtype=np.float32)[:63, :63] / 255  # a corner: off the axis
+    det = 90
+    geom = CTGeometry(63, np.linspace(0, np.pi, n_angles, endpoint=False), det, center=(det - 1) / 2 + shift)
+    sino = simulate_ct(torch.from_numpy(img)[None], geom)[0].numpy()
+    sino = sino + np.random.default_rng(0).normal(0, 0.01, sino.shape).astype(np.float32)
+    assert abs(estimate_center(sino, geom.angles) - geom.center) < 0.1
+
+
 def test_transpose_applies_to_a_2d_hdf5_dataset(tmp_path):
     # was: --transpose silently ignored for HDF5, so a (detectors, angles) dataset failed with an
     # angle-count error that --transpose was meant to avoid

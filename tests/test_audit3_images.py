@@ -230,14 +230,27 @@ def test_tau_with_a_numeric_delta_is_a_usage_error(workdir, monkeypatch, capsys)
     assert json.loads(Path("r.json").read_text())["delta"] == pytest.approx(2 * 0.01 * 16)  # τ σ √m, m = 16²
 
 
-def test_deblur_and_simulate_use_the_same_gaussian_for_the_same_sigma():
+def test_deblur_and_simulate_use_the_same_gaussian_for_the_same_sigma(workdir, monkeypatch, capsys):
     # was: `edn deblur --kernel-sigma 1.6` built an 11x11 kernel while `edn simulate deblur` (and
     # eval, train) used 25x25: simulate-then-deblur with σ alone solved with another operator
-    from edncli.operators.blur import DEFAULT_KERNEL_SIZE, gaussian_kernel
+    from edncli.operators import blur
 
-    assert gaussian_kernel(1.6).shape == (DEFAULT_KERNEL_SIZE, DEFAULT_KERNEL_SIZE) == (25, 25)
-    assert gaussian_kernel(6.0).shape == (37, 37)  # 2⌈3σ⌉+1 when larger than 25
-    assert np.allclose(gaussian_kernel(1.6).numpy(), gaussian_kernel(1.6, 25).numpy())
+    _clean(Path("clean.png"), n=32)
+    code, _, err = edn(monkeypatch, capsys, "simulate", "deblur", "clean.png", "-o", "b.tif", "--kernel-sigma", "1.6")
+    assert code == 0, err
+    sizes = []
+    monkeypatch.setattr(blur.Blur, "__init__", _recording(blur.Blur.__init__, sizes))
+    code, _, err = edn(monkeypatch, capsys, "deblur", "b.tif", "-o", "s.tif", "--kernel-sigma", "1.6", *CG)
+    assert code in (0, 3), err
+    assert sizes and set(sizes) == {(blur.DEFAULT_KERNEL_SIZE,) * 2} == {(25, 25)}
+
+
+def _recording(init, sizes):
+    def wrapped(self, shape, kernel, *args, **kwargs):
+        sizes.append(tuple(kernel.shape))
+        return init(self, shape, kernel, *args, **kwargs)
+
+    return wrapped
 
 
 def test_a_plot_not_named_png_is_a_usage_error(workdir, monkeypatch, capsys):

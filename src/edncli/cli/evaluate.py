@@ -57,8 +57,8 @@ def _run(spec, images, methods, noise_sigma, seed, tau, iterations, max_iter, bo
 def eval_sr(
     images: Images,
     methods: Methods = "gd,tv,baseline,edn",
-    scale: Annotated[int, typer.Option("--scale")] = 4,
-    downsampler: Annotated[str, typer.Option("--downsampler")] = "average",
+    scale: Annotated[int, typer.Option("--scale", help="Upscaling factor (integer >= 2).")] = 4,
+    downsampler: Annotated[str, typer.Option("--downsampler", help="average (pooling, the paper's) or bicubic.")] = "average",
     noise_sigma: Noise = 0.01,
     seed: c.Seed = 0,
     tau: c.Tau = 1.0,
@@ -89,9 +89,9 @@ def eval_sr(
 def eval_deblur(
     images: Images,
     methods: Methods = "gd,tv,edn",
-    kernel_sigma: Annotated[float, typer.Option("--kernel-sigma")] = 1.6,
-    kernel_size: Annotated[int, typer.Option("--kernel-size")] = 25,
-    boundary: Annotated[str, typer.Option("--boundary")] = "reflect",
+    kernel_sigma: Annotated[float, typer.Option("--kernel-sigma", help="Gaussian blur σ in pixels.")] = 1.6,
+    kernel_size: Annotated[int, typer.Option("--kernel-size", help="Gaussian kernel side (odd).")] = 25,
+    boundary: Annotated[str, typer.Option("--boundary", help="reflect, zero or circular.")] = "reflect",
     noise_sigma: Noise = 0.01,
     seed: c.Seed = 0,
     tau: c.Tau = 1.0,

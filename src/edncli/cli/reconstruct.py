@@ -438,7 +438,7 @@ def deblur(
     input: Annotated[str, typer.Argument(help="Blurred image, a folder, a glob, or '-' for stdin.")],
     output: c.Output = None,  # type: ignore[assignment]
     kernel_sigma: Annotated[Optional[float], typer.Option("--kernel-sigma", help="Gaussian blur std (pixels).")] = None,
-    kernel_size: Annotated[Optional[int], typer.Option("--kernel-size", help="Gaussian kernel side (odd; default 25, or 2⌈3σ⌉+1 when larger: as edn simulate/eval/train).")] = None,
+    kernel_size: Annotated[Optional[int], typer.Option("--kernel-size", help="Gaussian kernel side (odd; default 25, as in edn simulate/eval/train).")] = None,
     kernel: Annotated[Optional[Path], typer.Option("--kernel", help="Kernel file (.npy, .txt, image); normalised to sum 1.")] = None,
     boundary: Annotated[str, typer.Option("--boundary", help="reflect, circular or zero.")] = "reflect",
     method: MethodOpt = "edn",
@@ -479,7 +479,7 @@ def deblur(
 
     --init: blurred (default, the data itself) or zero.
     """
-    from ..operators.blur import Blur, gaussian_kernel, read_kernel
+    from ..operators.blur import DEFAULT_KERNEL_SIZE, Blur, gaussian_kernel, read_kernel
     from ..solvers.methods import Problem
 
     _check_method(method, weights)
@@ -488,7 +488,7 @@ def deblur(
         raise UsageError("give exactly one of --kernel-sigma (Gaussian) or --kernel FILE")
     if kernel is not None and kernel_size is not None:
         raise UsageError(f"--kernel-size applies to the Gaussian of --kernel-sigma; --kernel {kernel} has its own size, drop --kernel-size")
-    k = gaussian_kernel(kernel_sigma, kernel_size) if kernel is None else read_kernel(kernel)
+    k = gaussian_kernel(kernel_sigma, kernel_size or DEFAULT_KERNEL_SIZE) if kernel is None else read_kernel(kernel)
     init = init or "blurred"
     if init not in ("blurred", "zero"):
         raise UsageError(f"--init for deblur must be blurred or zero, got {init!r}")

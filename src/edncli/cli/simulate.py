@@ -39,7 +39,7 @@ def _read_clean(path: str):
 def simulate_sr(
     input: Annotated[str, typer.Argument(help="Clean high-resolution image.")],
     output: c.Output,
-    scale: Annotated[int, typer.Option("--scale", "-s")] = 4,
+    scale: Annotated[int, typer.Option("--scale", "-s", help="Downscaling factor (integer >= 2).")] = 4,
     downsampler: Annotated[str, typer.Option("--downsampler", help="average or bicubic.")] = "average",
     noise_sigma: NoiseOpt = 0.01,
     crop: Crop = False,
@@ -71,10 +71,10 @@ def simulate_sr(
 def simulate_deblur(
     input: Annotated[str, typer.Argument(help="Clean image.")],
     output: c.Output,
-    kernel_sigma: Annotated[Optional[float], typer.Option("--kernel-sigma")] = 1.6,
-    kernel_size: Annotated[Optional[int], typer.Option("--kernel-size")] = 25,
+    kernel_sigma: Annotated[Optional[float], typer.Option("--kernel-sigma", help="Gaussian blur σ in pixels.")] = 1.6,
+    kernel_size: Annotated[Optional[int], typer.Option("--kernel-size", help="Gaussian kernel side (odd).")] = 25,
     kernel: Annotated[Optional[Path], typer.Option("--kernel", help="Kernel file instead of a Gaussian.")] = None,
-    boundary: Annotated[str, typer.Option("--boundary")] = "reflect",
+    boundary: Annotated[str, typer.Option("--boundary", help="reflect, zero or circular.")] = "reflect",
     noise_sigma: NoiseOpt = 0.01,
     seed: c.Seed = 0,
     fmt: c.Format = None,

@@ -87,7 +87,7 @@ def read_metadata(path: str | Path) -> Dict[str, Any]:
         raise CheckpointError(f"checkpoint {path}: a safetensors file, but not an edn checkpoint (no 'edn' metadata)")
     try:
         meta = json.loads(raw)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # RecursionError: nested deeper than Python's stack
         raise CheckpointError(f"checkpoint {path}: its edn metadata is not valid JSON") from None
     if not isinstance(meta, dict) or "task" not in meta or "arch" not in meta:
         raise CheckpointError(f"checkpoint {path}: its edn metadata lacks 'task' or 'arch'")

@@ -538,12 +538,29 @@ def write_sinogram(path: str | os.PathLike, data: np.ndarray, theta: np.ndarray)
 # ----------------------------------------------------------------------------------------------
 # Rotation axis
 # ----------------------------------------------------------------------------------------------
+def _mass_centre_track(s: np.ndarray, th: np.ndarray) -> Optional[tuple[float, float]]:
+    """``(a, b)`` of the least-squares fit ``x(theta) = c + a cos(theta) + b sin(theta)`` to the centres
+    of mass of the projections of ``s`` ``(n_angles, detectors)`` (the track of the object's mass
+    centre on the detector), or ``None`` where a projection has no positive mass."""
+    mass = s.sum(axis=1)
+    if not np.all(mass > 0):
+        return None
+    x = (s * np.arange(s.shape[1])).sum(axis=1) / mass
+    basis = np.stack([np.ones_like(th), np.cos(th), np.sin(th)], axis=1)
+    _, a, b = np.linalg.lstsq(basis, x, rcond=None)[0]
+    return float(a), float(b)
+
+
 def estimate_center(sinogram: np.ndarray, theta: np.ndarray) -> float:
     """Estimate the rotation-axis position of a parallel-beam sinogram over >= 180 degrees.
 
     Each projection at ``theta_i`` is paired with the one nearest to ``theta_i + pi`` (within
-    one angular step); the partner is flipped and the shift ``delta`` maximising the summed
-    cross-correlation is found, to sub-pixel precision by a parabola through the peak. Since
+    one angular step). Where that is not exactly opposite (a scan over ``[0, pi)`` pairs
+    ``theta = 0`` with ``pi - step``), an object off the axis has moved by up to ``r step``
+    pixels between the two angles: the partner is shifted back by the motion of the mass centre
+    between them, read from a sinusoid fitted to the centres of mass of all projections. The
+    partner is flipped and the shift ``delta`` maximising the summed cross-correlation is found,
+    to sub-pixel precision by a parabola through the peak. Since
     the mirrored projection satisfies ``p_j[k] = p_i[2 c - k]``, the axis is
     ``c = (detectors - 1) / 2 + delta / 2``. For a stack of slices the correlations of all
     slices are summed, so slices with little in them (air above or below the sample) weigh little.
@@ -578,18 +595,30 @@ def estimate_center(sinogram: np.ndarray, theta: np.ndarray) -> float:
     distinct = np.unique(tw)  # repeated angles are no step of the scan
     step = float(np.median(np.diff(distinct))) if distinct.size > 1 else 0.0
     tol = max(step, 1e-9) * 1.01 + 1e-9  # [0, pi) scans pair theta=0 with pi - step
-    diff = np.abs(np.angle(np.exp(1j * (tw[None, :] - tw[:, None] - np.pi))))  # (i, j)
+    sdiff = np.angle(np.exp(1j * (tw[None, :] - tw[:, None] - np.pi)))  # (i, j): theta_j - (theta_i + pi)
+    diff = np.abs(sdiff)
     j = np.argmin(diff, axis=1)
     ok = diff[np.arange(n_ang), j] <= tol
     if not np.any(ok):
         raise UsageError(
             "estimate_center found no projection pairs 180 degrees apart; it needs a parallel-beam scan over >= 180 deg"
         )
+    rows, partners = np.flatnonzero(ok), j[ok]
     n = 1 << int(math.ceil(math.log2(2 * n_det)))
+    # Motion of the mass centre from theta_i + pi to the partner's angle (0 for exact pairs)
+    gap = sdiff[rows, partners]
+    track = _mass_centre_track(s.sum(axis=0), th) if np.any(np.abs(gap) > 1e-9) else None
+    if track is None:
+        motion = np.zeros(rows.size)
+    else:
+        a_, b_ = track
+        t, tj = th[rows] + np.pi, th[partners]
+        motion = a_ * (np.cos(tj) - np.cos(t)) + b_ * (np.sin(tj) - np.sin(t))
+    phase = np.exp(2j * np.pi * np.fft.rfftfreq(n)[None, :] * motion[:, None])  # p(k) -> p(k + motion)
     corr = np.zeros(n)
     for sl in s:  # one slice at a time: the FFTs of a whole stack could be large
-        a = sl[ok]  # raw profiles (compact support); zero-padded correlation
-        b = sl[j[ok]][:, ::-1]
+        a = sl[rows]  # raw profiles (compact support); zero-padded correlation
+        b = np.fft.irfft(np.fft.rfft(sl[partners], n) * phase, n)[:, :n_det][:, ::-1]  # partner at theta_i + pi, flipped
         corr += np.fft.irfft(np.fft.rfft(a, n) * np.conj(np.fft.rfft(b, n)), n).sum(axis=0)
     # corr[delta] = sum_k a[k + delta] b[k]; delta in (-n_det, n_det)
     lags = np.concatenate([np.arange(0, n_det), np.arange(-n_det + 1, 0)])

@@ -22,21 +22,25 @@ def weights_dirs() -> List[Path]:
 
 
 def resolve_weights(name_or_path: str, what: str = "--weights") -> Path:
-    """A checkpoint path from a file path or a shipped name; a clear error when neither exists.
+    """A checkpoint path from a file path or a name; a clear error when neither exists.
 
-    ``what`` names the argument in that error (``--weights``, or ``NAME`` for ``edn weights show``).
+    A name is looked up in :func:`weights_dirs`, then as ``<name>.safetensors`` in the current
+    folder (what ``edn train --out <name>`` writes). ``what`` names the argument in the error
+    (``--weights``, or ``edn weights show``).
     """
     p = Path(name_or_path)
-    if p.suffix == SUFFIX or p.exists() or os.sep in name_or_path:
+    if p.suffix == SUFFIX or p.is_file() or os.sep in name_or_path:
         if not p.is_file():
             raise CheckpointError(f"{what} {name_or_path}: no such checkpoint file")
         return p
-    for d in weights_dirs():
+    for d in (*weights_dirs(), Path()):
         cand = d / f"{name_or_path}{SUFFIX}"
         if cand.is_file():
             return cand
     known = ", ".join(sorted(q.stem for q in list_weights()))
-    raise CheckpointError(f"{what} {name_or_path}: no such checkpoint; shipped: {known or 'none'} (see edn weights list)")
+    env = os.environ.get("EDN_WEIGHTS_DIR")
+    note = f"; $EDN_WEIGHTS_DIR {env} is not a folder" if env and not Path(env).is_dir() else ""
+    raise CheckpointError(f"{what} {name_or_path}: no such checkpoint; shipped: {known or 'none'} (see edn weights list){note}")
 
 
 def list_weights() -> List[Path]:

@@ -168,18 +168,18 @@ def check_tile_step(tile: int, overlap: int, align: int, what: str = "the networ
 def tile_starts(size: int, tile: int, overlap: int, align: int = 1) -> List[int]:
     """Start indices of tiles of side ``min(tile, size)`` covering ``[0, size)`` with overlaps ``>= overlap``.
 
-    The tiles are spread evenly: ``n = ceil((size - o) / (tile - o))`` of them, the first at 0 and
-    the last ending at ``size``, with ``o = overlap``. With ``align > 1`` every start is rounded
-    down to a multiple of ``align`` and ``o = overlap + align - 1`` (rounding can shrink a shared
-    band by up to ``align - 1``); the last tile is then stretched to end at ``size``
-    (:func:`axis_windows`).
+    The tiles are spread evenly on the ``align``-pixel grid, in blocks of ``align`` pixels: the
+    first at 0, the last at ``size - tile`` rounded down to the grid, consecutive starts at most
+    ``step = (tile - overlap) // align`` blocks apart, so ``n = 1 + ceil(last / step)`` tiles
+    (``ceil((size - overlap) / (tile - overlap))`` for ``align = 1``). With ``align > 1`` the
+    last tile is stretched by up to ``align - 1`` pixels to end at ``size`` (:func:`axis_windows`).
     """
     if size <= tile:
         return [0]
     check_tile_step(tile, overlap, align)
-    ov = overlap + align - 1
-    n = math.ceil((size - ov) / (tile - ov))
-    return [a - a % align for a in (round(i * (size - tile) / (n - 1)) for i in range(n))]
+    last, step = (size - tile) // align, (tile - overlap) // align
+    n = 1 + math.ceil(last / step)
+    return [align * round(i * last / (n - 1)) for i in range(n)] if n > 1 else [0]
 
 
 def _ramp(d: torch.Tensor, margin: int, length: int) -> torch.Tensor:

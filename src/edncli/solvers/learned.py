@@ -20,6 +20,7 @@ from ..errors import CheckpointError, UsageError
 from ..io.checkpoints import load_checkpoint
 from ..io.weights import resolve_weights
 from ..metrics import quality_each
+from ..networks.backbones import BackboneConfig
 from ..networks.direction import build_network, network_inputs
 from ..networks.inference import InferenceConfig
 from ..tasks import TaskSpec
@@ -122,6 +123,29 @@ def _arch_problem(arch: dict, kind: str) -> Optional[str]:
     return None
 
 
+def _tensors_problem(arch: dict, state: dict) -> Optional[str]:
+    """Where the file's tensors do not fit ``arch``, found before any weight is allocated, or ``None``.
+
+    The header can ask for any depth or width; building that network first would exhaust memory
+    before ``load_state_dict`` could object. The depth must be the number of convolution weights
+    (4-D tensors) in the file; the network is then built on the ``meta`` device (no storage) and
+    its parameter shapes compared with the file's.
+    """
+    bb = arch["backbone"] if arch.get("kind") == "direction" else arch
+    convs = sum(1 for t in state.values() if t.dim() == 4)
+    depth = bb.get("depth", BackboneConfig.depth)
+    if depth != convs:
+        return f"depth {depth}, but the file holds {convs} convolution weights"
+    with torch.device("meta"):
+        probe = build_network(arch)
+    want = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in state.items()}
+    for key in sorted(want.keys() | have.keys()):
+        if want.get(key) != have.get(key):
+            return f"{key}: {want.get(key, 'absent')} in the architecture, {have.get(key, 'absent')} in the file"
+    return None
+
+
 def checkpoint_spec(meta: dict) -> TaskSpec:
     """The forward model a checkpoint was trained for (``meta["operator"]``); malformed: :class:`CheckpointError`."""
     name = Path(str(meta.get("file", meta.get("name")))).name
@@ -158,6 +182,9 @@ def load_learned(kind: str, name_or_path: str, device) -> Tuple[torch.nn.Module,
         raise CheckpointError(f"checkpoint {path.name}: corrupt architecture metadata ({problem})")
     checkpoint_spec(meta)
     try:
+        problem = _tensors_problem(meta["arch"], state)
+        if problem is not None:
+            raise ValueError(problem)
         net = build_network(meta["arch"])
         net.load_state_dict(state)
     except (ValueError, KeyError, RuntimeError, TypeError) as exc:
