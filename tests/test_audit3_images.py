@@ -258,3 +258,18 @@ def test_a_plot_not_named_png_is_a_usage_error(workdir, monkeypatch, capsys):
     code, _, err = edn(monkeypatch, capsys, "sr", "--scale", "4", "lr.png", "-o", "o.tif", *CG, "--plot", "p.pdf")
     assert code == 2 and _one_line(err) and ".png" in err, err
     assert not Path("o.tif").exists() and not Path("p.pdf").exists()
+
+
+def test_reports_and_summaries_are_standard_json_even_when_values_overflow(workdir, monkeypatch, capsys):
+    # was: an input near float32's limit gave energies of inf, written as `Infinity` (not JSON:
+    # jq and other strict readers refuse the report)
+    from edncli.io.reports import strict_json
+
+    assert json.loads(strict_json({"e": float("inf"), "t": [1.0, float("nan")], "n": np.float32(2.5)})) == {
+        "e": None, "t": [1.0, None], "n": 2.5}
+    tifffile.imwrite("big.tif", np.full((16, 16), 3e37, np.float32))
+    code, out, err = edn(monkeypatch, capsys, "sr", "--scale", "4", "big.tif", "-o", "o.tif", "--method", "gd",
+                         "--delta", "1", "--max-iter", "2", "--report", "r.json", "--json", "--quiet", "--force")
+    assert code in (0, 3), err
+    json.loads(Path("r.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    json.loads(out, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))

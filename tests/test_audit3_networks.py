@@ -169,3 +169,20 @@ def test_a_folder_named_like_a_shipped_checkpoint_does_not_hide_it(tmp_path, mon
     assert resolve_weights("edn-sr-x4") == WEIGHTS / "edn-sr-x4.safetensors"
     with pytest.raises(CheckpointError, match="no such checkpoint file"):
         resolve_weights(f".{os.sep}edn-sr-x4")  # a path stays a path
+
+
+def test_sudoku_weights_are_looked_up_like_every_other_commands(tmp_path, monkeypatch):
+    # was: sudoku let $EDN_WEIGHTS_DIR replace weights/ (a shipped name then failed) and did not
+    # look in the current folder, unlike --weights everywhere else
+    import shutil
+
+    from edncli.io.weights import resolve_weights
+    from edncli.sudoku.solve import resolve_checkpoint
+
+    shipped = resolve_weights("edn-sudoku")
+    monkeypatch.setenv("EDN_WEIGHTS_DIR", str(tmp_path / "mine"))
+    (tmp_path / "mine").mkdir()
+    assert resolve_checkpoint(None, "edn") == shipped
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(shipped, tmp_path / "local-sudoku.safetensors")
+    assert resolve_checkpoint("local-sudoku", "edn").resolve() == (tmp_path / "local-sudoku.safetensors").resolve()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -50,7 +49,9 @@ def _run(spec, images, methods, noise_sigma, seed, tau, iterations, max_iter, bo
     doc = run_eval([Path(f) for f in files], cfg, dev, progress=None if quiet else (lambda m: c.say(m, False)))
     print(format_table(doc))
     if json_out is not None:
-        write_bytes(json_out, (json.dumps(doc, indent=2) + "\n").encode(), force=force)
+        from ..io.reports import strict_json
+
+        write_bytes(json_out, (strict_json(doc, indent=2) + "\n").encode(), force=force)
 
 
 @app.command("sr")

@@ -303,7 +303,9 @@ def run_problems(
             note = "time_s and elapsed_s are those of the whole batch"
             finish(job, built, result, {"size": len(group), "index": index, "note": note} if batch_size > 1 else None)
     if as_json:
-        print(json.dumps(summaries[0] if len(summaries) == 1 else summaries))
+        from ..io.reports import strict_json
+
+        print(strict_json(summaries[0] if len(summaries) == 1 else summaries))
     missed = sum(s["delta_reached"] is False for s in summaries)
     if missed:
         c.say(f"{missed} of {len(jobs)} run(s) ended at the iteration cap without reaching δ (exit code 3)", quiet)

@@ -8,7 +8,6 @@ a file whose givens break the rules).
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -68,8 +67,9 @@ def _check_outputs(paths: List[Optional[Path]], force: bool) -> None:
 
 def _write_json(path: Path, doc: dict) -> None:
     from ..io.checkpoints import atomic_write_bytes
+    from ..io.reports import strict_json
 
-    atomic_write_bytes(path, (json.dumps(doc, indent=2, sort_keys=False) + "\n").encode())
+    atomic_write_bytes(path, (strict_json(doc, indent=2, sort_keys=False) + "\n").encode())
 
 
 def _device(spec: str) -> str:

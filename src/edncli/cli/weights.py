@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Optional
 
 import typer
@@ -35,7 +34,9 @@ def list_cmd(as_json: JsonList = False) -> None:
             digest = None
         rows.append({"name": path.stem, "task": task, "bytes": path.stat().st_size, "sha256": digest, "path": str(path)})
     if as_json:
-        print(json.dumps(rows, indent=2))
+        from ..io.reports import strict_json
+
+        print(strict_json(rows, indent=2))
         return
     for r in rows:
         print(f"{r['name']:<22} {r['task']:<18} {r['bytes'] / 1e6:6.2f} MB  {(r['sha256'] or '-')[:16]:<16}  {r['path']}")
@@ -51,4 +52,6 @@ def show_cmd(name: Annotated[str, typer.Argument(help="Checkpoint name or path."
     meta = read_metadata(path)
     meta["sha256"] = sha256_of(path)
     meta["file"] = str(path)
-    print(json.dumps(meta, indent=2, sort_keys=True))
+    from ..io.reports import strict_json  # NaN in a header prints as null, not as bare NaN
+
+    print(strict_json(meta, indent=2, sort_keys=True))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import platform
 import sys
 from typing import Any, Dict, Optional
@@ -66,7 +67,24 @@ def build_report(
 
 def report_bytes(report: Dict[str, Any]) -> bytes:
     """The JSON report as the bytes :func:`write_report` writes."""
-    return (json.dumps(report, indent=2, default=_jsonable) + "\n").encode()
+    return (strict_json(report, indent=2) + "\n").encode()
+
+
+def strict_json(obj: Any, **kwargs: Any) -> str:
+    """``json.dumps`` that always gives standard JSON: NaN and ±Infinity (an energy that
+    overflowed, a metric of an empty set) become ``null``, numpy values plain numbers."""
+
+    def finite(x: Any) -> Any:
+        if isinstance(x, float):
+            return x if math.isfinite(x) else None
+        if isinstance(x, dict):
+            return {k: finite(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [finite(v) for v in x]
+        jsonable = _jsonable(x) if not isinstance(x, (str, int, type(None))) else x
+        return jsonable if jsonable is x or isinstance(jsonable, str) else finite(jsonable)
+
+    return json.dumps(finite(obj), allow_nan=False, **kwargs)
 
 
 def write_report(path: str, report: Dict[str, Any], force: bool = False) -> None:

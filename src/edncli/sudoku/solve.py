@@ -9,7 +9,6 @@ infeasible (with the duplicates) and not solved.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,25 +53,18 @@ def solved_mask(u: torch.Tensor, givens: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- checkpoints
 
 
-def weights_dir() -> Path:
-    """Folder of shipped checkpoints: ``$EDN_WEIGHTS_DIR`` or the repository's ``weights/``."""
-    env = os.environ.get("EDN_WEIGHTS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[3] / "weights"
-
-
 def resolve_checkpoint(spec: Optional[str], method: str) -> Path:
-    """A checkpoint path from ``--weights`` (a path, or a name in :func:`weights_dir`)."""
+    """A checkpoint path from ``--weights`` (a path or a name, looked up as every command does:
+    :func:`~edncli.io.weights.resolve_weights`), or the shipped default of ``method``."""
+    from ..io.weights import resolve_weights
+
     name = spec or DEFAULT_CHECKPOINTS[method]
-    p = Path(name)
-    if p.is_file():
-        return p
-    for cand in (weights_dir() / name, weights_dir() / f"{name}.safetensors"):
-        if cand.is_file():
-            return cand
-    raise CheckpointError(
-        f"--weights {name}: no such checkpoint (looked for {p} and in {weights_dir()}); "
-        f"pass the path of a '{TASKS[method]}' .safetensors file, or train one with edn train --task sudoku"
-    )
+    try:
+        return resolve_weights(name)
+    except CheckpointError as err:
+        raise CheckpointError(
+            f"{err}; pass the path of a '{TASKS[method]}' .safetensors file, or train one with edn train --task sudoku"
+        ) from None
 
 
 def load_network(spec: Optional[str], method: str, device: str = "cpu") -> Tuple[torch.nn.Module, Dict[str, Any]]:
