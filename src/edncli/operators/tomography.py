@@ -486,7 +486,9 @@ class _CudaOperator(_AstraCPUOperator):
             astra = _astra()
             astra.set_gpu_index(self.gpu_index)
             vol, proj = self.geometry.astra_geometries()
-            self._pid = astra.create_projector("cuda", proj, vol)
+            # The 2D CUDA algorithms run on the projector's GPUIndex; without it, on whichever GPU
+            # astra's global index names at the time (another operator's, e.g. rank 0's GPU).
+            self._pid = astra.create_projector("cuda", proj, vol, {"GPUIndex": self.gpu_index})
         return self._pid
 
     def _projector3d_id(self, batch: int, gpu: int) -> int:
@@ -515,7 +517,10 @@ class _CudaOperator(_AstraCPUOperator):
         x = x.contiguous()
         b, dev = x.shape[0], x.device
         gpu = dev.index if dev.index is not None else torch.cuda.current_device()
-        out = torch.empty((b, *out_shape), dtype=torch.float32, device=dev)
+        # NaN-filled: astra 2.5's direct_FP3D/direct_BP3D build an error for a failed doFP/doBP
+        # but never raise it, so a failure (no memory, a bad pointer) would otherwise return
+        # whatever the allocator's block held. A success writes every element (MODE_SET).
+        out = torch.full((b, *out_shape), math.nan, dtype=torch.float32, device=dev)
         with torch.cuda.device(gpu):
             astra.set_gpu_index(gpu)
             pid = self._projector3d_id(b, gpu)
@@ -527,6 +532,11 @@ class _CudaOperator(_AstraCPUOperator):
             else:
                 experimental.direct_BP3D(pid, _gpu_link(out), _gpu_link(x))
             torch.cuda.synchronize(gpu)
+        if bool(out.isnan().any()) and not bool(x.isnan().any()):
+            raise RuntimeError(
+                f"astra's CUDA {'forward' if kind == 'FP' else 'back'} projection of a {tuple(x.shape)} batch on "
+                f"cuda:{gpu} failed (astra reports why on stderr); try fewer slices at a time or --backend matrix"
+            )
         return out
 
     def _fwd(self, x: torch.Tensor) -> torch.Tensor:
@@ -752,7 +762,11 @@ def make_ct_operator(
                     warnings.warn(f"CT system matrix failed ({exc}); using astra's CPU projector", stacklevel=2)
                     backend = "astra-cpu"
     if backend == "cuda":
-        return _CudaOperator(geometry)
+        # The host path (fan beam, CPU tensors) runs on this GPU; the device path on the tensor's.
+        gpu = dev.index if dev.type == "cuda" and dev.index is not None else None
+        if gpu is None and dev.type == "cuda" and torch.cuda.is_available():
+            gpu = torch.cuda.current_device()
+        return _CudaOperator(geometry, gpu_index=gpu or 0)
     if backend == "matrix":
         return _MatrixOperator(geometry, cache_dir=cache).to(dev)  # type: ignore[return-value]
     return _AstraCPUOperator(geometry)

@@ -225,7 +225,8 @@ class _PerSampleWeighted(Energy):
 
 def _tv_solve(problem: Problem, alpha: torch.Tensor, u0: torch.Tensor, options: MethodOptions, callback: Callback, max_iter: int) -> SolveResult:
     data = DataFidelity(problem.op, problem.f)
-    energy = data + _PerSampleWeighted(HuberTV(options.huber_eps), alpha)
+    # α on u's device once: a CPU α would be copied to the GPU at every energy and gradient call
+    energy = data + _PerSampleWeighted(HuberTV(options.huber_eps), alpha.to(u0.device))
     # Minimise to tolerance: stop when ||grad|| has fallen by 1e-4 relative to the start.
     g0 = energy.grad(u0).flatten(1).norm(dim=1).max()
     tol = max(options.grad_tol, 1e-4 * float(g0))

@@ -154,14 +154,21 @@ def _dist_info():
 
 
 def _init_distributed(device: torch.device):
+    """``(world, rank, device)``; under torchrun a CUDA ``device`` becomes ``cuda:LOCAL_RANK``
+    (NCCL refuses two ranks on one GPU, and DDP needs each rank's own device index)."""
     world, rank = _dist_info()
     if world <= 1:
-        return 1, 0
+        return 1, 0, device
     import torch.distributed as dist
 
+    from ..solvers.sharding import Launch, rank_device
+
+    device = rank_device(device, Launch.from_env())
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return world, rank
+    return world, rank, device
 
 
 class _Sampler:
@@ -290,7 +297,7 @@ def train(cfg: TrainConfig, out: Path, *, command: str, device: torch.device, qu
     Returns the checkpoint path on rank 0 (``None`` on other ranks).
     """
     cfg.check()
-    world, rank = _init_distributed(device)
+    world, rank, device = _init_distributed(device)
     same = resume is not None and Path(resume).resolve() == Path(out).resolve()
     if out.exists() and not force and not same:
         raise UsageError(f"{out} exists; pass --force to overwrite it (or --resume {out})")
