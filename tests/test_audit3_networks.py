@@ -186,3 +186,29 @@ def test_sudoku_weights_are_looked_up_like_every_other_commands(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     shutil.copy(shipped, tmp_path / "local-sudoku.safetensors")
     assert resolve_checkpoint("local-sudoku", "edn").resolve() == (tmp_path / "local-sudoku.safetensors").resolve()
+
+
+@pytest.mark.parametrize(
+    "name, key, value, words",
+    [("gradncnn", "depth", 10**7, "depth 10000000, but the file holds only"),
+     ("dnicnn", "width", 200_000, "in the architecture"),
+     ("edn-sudoku", "blocks", 10**7, "blocks 10000000, but the file holds only"),
+     ("edn-sudoku", "channels", 200_000, "in the architecture")],
+)
+def test_denoiser_and_sudoku_headers_asking_for_huge_networks_are_refused(tmp_path, name, key, value, words):
+    # was: load_denoiser and the Sudoku loader built the network from the header before comparing
+    # tensors (the same memory exhaustion as for direction networks)
+    from safetensors.torch import load_file
+
+    from edncli.io.checkpoints import read_metadata, save_checkpoint
+    from edncli.networks.potentials import load_denoiser
+    from edncli.sudoku.solve import load_network
+
+    src = WEIGHTS / f"{name}.safetensors"
+    meta = copy.deepcopy(read_metadata(src))
+    meta["arch"][key] = value
+    path = tmp_path / "forged.safetensors"
+    save_checkpoint(path, load_file(str(src)), meta)
+    with pytest.raises(CheckpointError, match="do not fit its architecture") as info:
+        load_denoiser(str(path)) if name != "edn-sudoku" else load_network(str(path), "edn")
+    assert words in str(info.value)

@@ -143,6 +143,35 @@ def load_checkpoint(
     return tensors, meta
 
 
+#: Architecture keys that count layers: each layer holds at least one tensor of the file.
+_LAYER_COUNTS = ("depth", "blocks")
+
+
+def tensors_fit_architecture(arch: Dict[str, Any], state: Dict[str, Any], build: Any) -> Optional[str]:
+    """Where the file's tensors ``state`` do not fit ``arch`` (``None`` when they do), found
+    before any weight is allocated.
+
+    A header can ask for any depth or width; building that network to let ``load_state_dict``
+    object could exhaust memory first. A layer count (``depth``, ``blocks``) must not exceed the
+    number of tensors in the file; the network is then built by ``build(arch)`` on the ``meta``
+    device (shapes only, no storage) and its parameter shapes compared with the file's.
+    """
+    import torch
+
+    for key in _LAYER_COUNTS:
+        value = arch.get(key)
+        if isinstance(value, int) and value > len(state):
+            return f"{key} {value}, but the file holds only {len(state)} tensors"
+    with torch.device("meta"):
+        probe = build(arch)
+    want = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in state.items()}
+    for key in sorted(want.keys() | have.keys()):
+        if want.get(key) != have.get(key):
+            return f"{key}: {want.get(key, 'absent')} in the architecture, {have.get(key, 'absent')} in the file"
+    return None
+
+
 def write_model_card(card_path: str | Path, name: str, meta: Dict[str, Any], sha256: str, body: str = "") -> None:
     """Write ``<name>.md`` beside the checkpoint: what it is, how it was made, how well it does."""
     lines = [

@@ -218,15 +218,18 @@ def load_denoiser(name_or_path: str, device: str | torch.device = "cpu") -> Tupl
     A checkpoint of another task (e.g. a direction network) raises :class:`CheckpointError`.
     """
     from ..errors import CheckpointError
-    from ..io.checkpoints import load_checkpoint
+    from ..io.checkpoints import load_checkpoint, tensors_fit_architecture
     from ..io.weights import resolve_weights
 
     path = resolve_weights(name_or_path)
     state, meta = load_checkpoint(path, expect_task=TASK, device="cpu")
     try:
-        model = build_denoiser(meta["arch"])
+        problem = tensors_fit_architecture(meta["arch"], state, build_denoiser)
+        model = None if problem else build_denoiser(meta["arch"])
     except (KeyError, TypeError, ValueError) as exc:  # a malformed arch dict (read_metadata checks it is a dict)
         raise CheckpointError(f"checkpoint {path}: corrupt architecture metadata ({str(exc).splitlines()[0]})") from None
+    if problem:
+        raise CheckpointError(f"checkpoint {path}: its tensors do not fit its architecture ({problem})")
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

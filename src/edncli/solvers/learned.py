@@ -17,7 +17,7 @@ import torch
 
 from ..energies import DataFidelity, HuberTV
 from ..errors import CheckpointError, UsageError
-from ..io.checkpoints import load_checkpoint
+from ..io.checkpoints import load_checkpoint, tensors_fit_architecture
 from ..io.weights import resolve_weights
 from ..metrics import quality_each
 from ..networks.backbones import BackboneConfig
@@ -136,14 +136,7 @@ def _tensors_problem(arch: dict, state: dict) -> Optional[str]:
     depth = bb.get("depth", BackboneConfig.depth)
     if depth != convs:
         return f"depth {depth}, but the file holds {convs} convolution weights"
-    with torch.device("meta"):
-        probe = build_network(arch)
-    want = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
-    have = {k: tuple(v.shape) for k, v in state.items()}
-    for key in sorted(want.keys() | have.keys()):
-        if want.get(key) != have.get(key):
-            return f"{key}: {want.get(key, 'absent')} in the architecture, {have.get(key, 'absent')} in the file"
-    return None
+    return tensors_fit_architecture(arch, state, build_network)
 
 
 def checkpoint_spec(meta: dict) -> TaskSpec:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, UsageError
-from ..io.checkpoints import load_checkpoint
+from ..io.checkpoints import load_checkpoint, tensors_fit_architecture
 from ..solvers.descent import LineSearch, StopRule, descend
 from .energy import SudokuEnergy
 from .networks import build_network
@@ -72,6 +72,9 @@ def load_network(spec: Optional[str], method: str, device: str = "cpu") -> Tuple
     path = resolve_checkpoint(spec, method)
     tensors, meta = load_checkpoint(path, expect_task=TASKS[method], device=device)
     try:
+        problem = tensors_fit_architecture(meta["arch"], tensors, build_network)
+        if problem:
+            raise ValueError(problem)
         net = build_network(meta["arch"])
         net.load_state_dict(tensors)
     except (ValueError, KeyError, RuntimeError, TypeError, AttributeError) as exc:
