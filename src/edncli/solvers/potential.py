@@ -224,12 +224,15 @@ class _Tracker:
         self.reasons[i] = reason
 
     def update(self, k: int, disc: torch.Tensor, gnorm: Optional[torch.Tensor] = None) -> None:
+        # one transfer per tensor, not one per sample (each is a device sync on a GPU)
+        disc_h = disc.double().tolist()
+        gnorm_h = None if gnorm is None else gnorm.double().tolist()
         for i in range(self.batch):
             if not self.active[i]:
                 continue
-            if k >= self.min_iter and self.delta is not None and float(disc[i]) <= self.delta[i]:
+            if k >= self.min_iter and self.delta is not None and disc_h[i] <= self.delta[i]:
                 self.stop(i, k, "delta")
-            elif gnorm is not None and float(gnorm[i]) == 0.0:
+            elif gnorm_h is not None and gnorm_h[i] == 0.0:
                 self.stop(i, k, "stationary")
             elif k >= self.max_iter:
                 self.stop(i, k, "max_iter")
