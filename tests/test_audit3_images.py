@@ -273,3 +273,20 @@ def test_reports_and_summaries_are_standard_json_even_when_values_overflow(workd
     assert code in (0, 3), err
     json.loads(Path("r.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
     json.loads(out, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+
+
+def test_an_interrupted_run_leaves_no_empty_output_folders(workdir, monkeypatch, capsys):
+    # was: Ctrl-C (exit 130) left the --output-dir and report folders the run had just created
+    import edncli.solvers.methods as methods
+
+    Path("in").mkdir()
+    _clean(Path("in/a.png"), n=16)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(methods, "solve", interrupted)
+    code, _, err = edn(monkeypatch, capsys, "sr", "--scale", "4", "in", "--output-dir", "out/x", "--report", "reps",
+                       *CG)
+    assert code == 130 and "interrupted" in err, err
+    assert not Path("out").exists() and not Path("reps").exists()

@@ -249,6 +249,9 @@ def side_path(base: Optional[str], several: bool, input_path: str, suffix: str) 
     return str(folder / f"{Path(input_path).stem}{suffix}")
 
 
+#: Set by a command that has said on stderr why it ends with exit code 130 (``edn train``).
+INTERRUPT_REPORTED = False
+
 #: Folders :func:`make_folder` created in this process, outermost first (see :func:`remove_created_folders`).
 _CREATED: List[Path] = []
 

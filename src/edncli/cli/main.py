@@ -88,6 +88,7 @@ def run() -> None:
     from . import common
 
     common._CREATED.clear()  # folders made by an earlier in-process run are not this run's
+    common.INTERRUPT_REPORTED = False
     try:
         code = app(standalone_mode=False)
     except Exit as exc:
@@ -96,6 +97,7 @@ def run() -> None:
         show_click_error(exc)
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, Abort):
+        common.remove_created_folders()  # only the still-empty ones: finished outputs stay
         print("edn: interrupted", file=sys.stderr)
         sys.exit(130)
     except EdnError as err:
@@ -114,6 +116,10 @@ def run() -> None:
         hint = "try --tile 512 (or smaller), a smaller --batch-size, fewer slices, or --device cpu"
         print(f"edn: error: out of GPU memory ({detail}); {hint}", file=sys.stderr)
         sys.exit(4)
+    if code == 130:  # typer turns Ctrl-C into an exit code of 130
+        common.remove_created_folders()  # only the still-empty ones: finished outputs stay
+        if not common.INTERRUPT_REPORTED:
+            print("edn: interrupted", file=sys.stderr)
     sys.exit(code if isinstance(code, int) else 0)
 
 

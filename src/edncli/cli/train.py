@@ -172,4 +172,5 @@ def train(
         if metrics.get("interrupted"):  # the best state so far is kept, but the run did not end: exit 130
             print(f"edn: interrupted at step {metrics.get('steps')}; {written} holds the best validated state so far",
                   file=sys.stderr)
+            c.INTERRUPT_REPORTED = True
             raise typer.Exit(130)
