@@ -245,6 +245,13 @@ def test_deblur_and_simulate_use_the_same_gaussian_for_the_same_sigma(workdir, m
     assert sizes and set(sizes) == {(blur.DEFAULT_KERNEL_SIZE,) * 2} == {(25, 25)}
 
 
+def test_deblur_kernel_size_zero_is_a_usage_error(workdir, monkeypatch, capsys):
+    # was: `--kernel-size 0` was read as "not given" and silently became 25
+    code, _, err = edn(monkeypatch, capsys, "deblur", "lr.png", "-o", "s.tif", "--kernel-sigma", "1.6",
+                       "--kernel-size", "0", *CG)
+    assert code == 2 and _one_line(err) and "--kernel-size" in err and not Path("s.tif").exists()
+
+
 def _recording(init, sizes):
     def wrapped(self, shape, kernel, *args, **kwargs):
         sizes.append(tuple(kernel.shape))

@@ -280,3 +280,14 @@ def test_a_problem_of_float64_arrays_and_a_numpy_delta_is_solved_by_every_method
     assert torch.allclose(res.u, ref.u, atol=1e-6)
     assert res.samples[0].delta == pytest.approx(0.05 * N)
     assert res.samples[0].delta_reached
+
+
+@pytest.mark.parametrize("alpha", [math.inf, math.nan, -1.0, 0.0])
+def test_method_options_refuse_an_alpha_that_is_not_positive_and_finite(alpha):
+    # The CLI refused `--alpha -1` for edn, but the library's solve(..., "edn", MethodOptions(alpha=-1))
+    # minimised E - R, unbounded below: the check belongs to the options every caller builds.
+    from edncli.errors import UsageError
+    from edncli.solvers.methods import MethodOptions
+
+    with pytest.raises(UsageError, match="--alpha must be > 0 and finite"):
+        MethodOptions(alpha=alpha)

@@ -168,3 +168,18 @@ def test_torchrun_with_more_ranks_than_slices_fails_once_without_output(tmp_path
                       "--nproc-per-node 1 or fewer, or select more slices with --slices"], proc.stderr[-3000:]
     assert "exitcode  : 2" in proc.stderr  # torchrun's summary: rank 0 failed first, with the usage-error code
     assert not (tmp_path / "vol.tif").exists() and not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize("option", [("--plot", "p.jpg"), ("--report", "scan.h5", "--force")])
+def test_torchrun_checks_outputs_as_a_single_process_does(tmp_path, option):
+    # Under torchrun rank 0 checked only that the outputs could be written: a plot not named
+    # .png was written, and --report scan.h5 --force replaced the sinogram after the solve.
+    _scan(tmp_path / "scan.h5", tmp_path / "cache", n_slices=2)
+    before = (tmp_path / "scan.h5").read_bytes()
+    proc = _torchrun(tmp_path, "--sinogram", "scan.h5", "--slices", "0:2", "--size", "32", "--method", "gd",
+                     "--device", "cpu", "--backend", "matrix", "-o", "vol.tif", *option, "--quiet")
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("edn: error:")]
+    assert len(errors) == 1 and option[0] in errors[0], proc.stderr[-3000:]
+    assert "exitcode  : 2" in proc.stderr
+    assert (tmp_path / "scan.h5").read_bytes() == before
+    assert not (tmp_path / "vol.tif").exists() and not (tmp_path / "p.jpg").exists()

@@ -93,7 +93,7 @@ Tile = Annotated[
         "--tile",
         help="Networks only: evaluate on overlapping N x N tiles (bounded memory, e.g. 512 for 4K images); "
         "energy, descent-set layer and line search stay whole-image, so the energy still falls. "
-        "Must be >= the network's receptive field. Refused by gd/cg/tv (no network) and by potential.",
+        "Must be >= the network's receptive field. In edn sr|deblur|ct refused by gd/cg/tv (no network) and by potential.",
     ),
 ]
 TileOverlap = Annotated[
@@ -109,7 +109,7 @@ Precision = Annotated[
     typer.Option(
         "--precision",
         help="Networks only: fp32, bf16 or fp16 (autocast; fp16 needs a GPU). The energy, the descent-set "
-        "layer and the line search stay float32. Refused by gd/cg/tv (no network) and by potential.",
+        "layer and the line search stay float32. In edn sr|deblur|ct refused by gd/cg/tv (no network) and by potential.",
     ),
 ]
 Ensemble = Annotated[

@@ -12,7 +12,7 @@ from typing_extensions import Annotated
 
 from ..errors import UsageError
 from . import common as c
-from .reconstruct import METHOD_NAMES, AlphaOpt, WeightsOpt, _check_method, _delta, _options, run_problems
+from .reconstruct import METHOD_NAMES, AlphaOpt, WeightsOpt, _check_method, _delta, _options, plan_jobs, run_problems
 
 MethodOpt = Annotated[
     str,
@@ -250,8 +250,8 @@ def ct(
                 lo, hi = group.shard(sino.n_slices)
                 f_all = torch.from_numpy(sino.data)
                 delta_choice = _delta(delta, noise_sigma, tau, f_all)
-                if launch.distributed and launch.is_main:
-                    c.check_exists_for_write([output, report, plot], force)
+                if launch.distributed and launch.is_main:  # run_problems checks only without torchrun
+                    plan_jobs([sinogram], [output], report, plot, force, as_json, fmt, bit_depth)
 
             def build(path, device):
                 op = make_ct_operator(geom, backend=backend, device=device)

@@ -9,8 +9,6 @@ result is split back per input, so outputs and reports stay per input.
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, List, Optional, Tuple
@@ -101,8 +99,6 @@ def _options(
         raise UsageError(f"--learned-steps must be >= 0, got {learned_steps}")
     if max_iter is not None and min_iter is not None and min_iter > max_iter:
         raise UsageError(f"--min-iter {min_iter} is above --max-iter {max_iter}; the cap must allow the minimum")
-    if alpha is not None and not (alpha > 0 and math.isfinite(alpha)):
-        raise UsageError(f"--alpha must be > 0 and finite, got {alpha}")
     # An explicit --max-iter (even one equal to the default) overrides the potential/red/pnp presets.
     extra = {"lam": lam, "mu": mu, "box": box, "max_iter": max_iter}
     if preset:
@@ -490,7 +486,8 @@ def deblur(
         raise UsageError("give exactly one of --kernel-sigma (Gaussian) or --kernel FILE")
     if kernel is not None and kernel_size is not None:
         raise UsageError(f"--kernel-size applies to the Gaussian of --kernel-sigma; --kernel {kernel} has its own size, drop --kernel-size")
-    k = gaussian_kernel(kernel_sigma, kernel_size or DEFAULT_KERNEL_SIZE) if kernel is None else read_kernel(kernel)
+    size = DEFAULT_KERNEL_SIZE if kernel_size is None else kernel_size  # not `or`: --kernel-size 0 is an error
+    k = gaussian_kernel(kernel_sigma, size) if kernel is None else read_kernel(kernel)
     init = init or "blurred"
     if init not in ("blurred", "zero"):
         raise UsageError(f"--init for deblur must be blurred or zero, got {init!r}")

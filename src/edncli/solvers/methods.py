@@ -134,6 +134,10 @@ class MethodOptions:
 
     def __post_init__(self) -> None:
         check_handover(self.handover)
+        if self.alpha is not None and not (self.alpha > 0 and math.isfinite(self.alpha)):
+            from ..errors import UsageError
+
+            raise UsageError(f"--alpha must be > 0 and finite, got {self.alpha}")
 
 
 Callback = Optional[Callable[[IterationRecord], None]]
@@ -254,11 +258,7 @@ def solve_tv(problem: Problem, options: MethodOptions, callback: Callback = None
     """Huber-TV regularised least squares; ``α`` given or by the discrepancy principle."""
     batch = problem.f.shape[0]
     deltas = problem.deltas()
-    if options.alpha is not None:
-        if not (options.alpha > 0 and math.isfinite(options.alpha)):
-            from ..errors import UsageError
-
-            raise UsageError(f"--alpha must be > 0 and finite, got {options.alpha}")
+    if options.alpha is not None:  # > 0 and finite: MethodOptions checks it
         alpha = torch.full((batch,), float(options.alpha))
         result = _tv_solve(problem, alpha, problem.u0, options, callback, options.max_iter)
         result.extra["alpha"] = [float(a) for a in alpha]
