@@ -15,20 +15,10 @@ import pytest
 import tifffile
 
 from .test_cli import _clean, edn
+from .test_cli_audit import _one_line
+from .test_output_errors import workdir  # noqa: F401 - fixture: a temporary folder holding lr.png (16x16)
 
 CG = ("--method", "cg", "--noise-sigma", "0.01", "--quiet")
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    _clean(tmp_path / "lr.png", n=16)
-    return tmp_path
-
-
-def _one_line(err: str) -> bool:
-    lines = [line for line in err.splitlines() if line.strip()]
-    return len(lines) == 1 and lines[0].startswith("edn: error:") and "Traceback" not in err
 
 
 # ---------------------------------------------------------------------------- options
