@@ -483,3 +483,21 @@ def test_resume_continues_the_step_count_quietly_and_refuses_nothing_to_do(tmp_p
         train(TrainConfig(steps=4, **common), tmp_path / "c.safetensors", command="pytest", device=torch.device("cpu"),
               quiet=True, resume=more, log_path=tmp_path / "c.train.jsonl")
     assert not list(tmp_path.glob("c.*"))
+
+
+def test_training_log_is_standard_json_when_a_metric_is_not_finite(tmp_path, monkeypatch):
+    # A diverged validation (NaN PSNR) was written as a bare `NaN`, which strict JSON readers
+    # (jq, JSON.parse) refuse; the log rows are standard JSON with null, like the reports.
+    import edncli.training.lagged as lagged
+
+    imgs = _images(tmp_path / "imgs")
+    real = lagged.evaluate
+    monkeypatch.setattr(lagged, "evaluate", lambda *a, **k: {**real(*a, **k), "val_psnr_init": float("nan")})
+    cfg = TrainConfig(kind="baseline", spec=TaskSpec("sr", scale=4), images=str(imgs), val_images=str(imgs), depth=3,
+                      width=8, patch=24, batch=4, val_size=32, shuffle=1, steps=2, val_every=2)
+    log = tmp_path / "n.train.jsonl"
+    train(cfg, tmp_path / "n.safetensors", command="pytest", device=torch.device("cpu"), quiet=True, log_path=log)
+    text = log.read_text()
+    assert "NaN" not in text
+    rows = [json.loads(line, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}")) for line in text.splitlines()]
+    assert rows[-1]["val_psnr_init"] is None

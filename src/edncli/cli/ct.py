@@ -231,6 +231,7 @@ def ct(
 
                     raise InputError(f"--sinogram {sinogram}: no such file")
                 torch.manual_seed(seed)
+                read_too = [("--reference", reference), ("--angle-file", None if angle_file is None else str(angle_file))]
                 theta = None
                 if angles is not None:
                     arc = math.pi if beam == "parallel" else 2 * math.pi
@@ -251,7 +252,7 @@ def ct(
                 f_all = torch.from_numpy(sino.data)
                 delta_choice = _delta(delta, noise_sigma, tau, f_all)
                 if launch.distributed and launch.is_main:  # run_problems checks only without torchrun
-                    plan_jobs([sinogram], [output], report, plot, force, as_json, fmt, bit_depth)
+                    plan_jobs([sinogram], [output], report, plot, force, as_json, fmt, bit_depth, read_too=read_too)
 
             def build(path, device):
                 op = make_ct_operator(geom, backend=backend, device=device)
@@ -272,7 +273,7 @@ def ct(
 
             run = dict(
                 inputs=[sinogram], outputs=[output], method=method, options=options, device=dev, report=report, plot=plot,
-                force=force, quiet=quiet, fmt=fmt, bit_depth=bit_depth, as_json=as_json,
+                force=force, quiet=quiet, fmt=fmt, bit_depth=bit_depth, as_json=as_json, read_too=read_too,
             )
             if not launch.distributed:
                 run_problems(build=build, **run)

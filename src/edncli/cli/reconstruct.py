@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import typer
 from typing_extensions import Annotated
@@ -155,13 +155,16 @@ def _batches(jobs: List[_Job], build: Callable[[str, object], tuple], device, si
 def plan_jobs(
     inputs: List[str], outputs: List[str], report: Optional[str], plot: Optional[str], force: bool, as_json: bool,
     fmt: Optional[str], bit_depth: int, check: bool = True, check_formats: bool = True, several: bool = False,
+    read_too: Sequence[Tuple[str, Optional[str]]] = (),
 ) -> List[_Job]:
     """Each input's output, report and plot, with ``check`` all checked before any work: writable,
     not there (or ``force``), no two the same file, no report or plot on an input, at most one
     thing on stdout (``as_json`` is one), and (``check_formats``) a known output format and PNG
     bit depth. Errors are usage errors (exit 2) or, for a folder that cannot be written,
     input/output errors (exit 4). ``report`` and ``plot`` name folders when there are several
-    inputs or ``several`` (the input was a folder or glob, see :func:`~edncli.cli.common.names_several`)."""
+    inputs or ``several`` (the input was a folder or glob, see :func:`~edncli.cli.common.names_several`).
+    ``read_too``: ``(option, path)`` of the other files the run reads (``--reference``,
+    ``--kernel``); no output, report or plot may be one of them, even with ``force``."""
     import os
 
     from ..io.images import output_format
@@ -181,6 +184,11 @@ def plan_jobs(
         for option, p in (("--report", job.rep), ("--plot", job.plt)):
             if p not in (None, "-") and os.path.realpath(p) in sources:
                 raise UsageError(f"{option} {p} is an input of this run; edn never replaces an input with a {option[2:]}")
+    side = {os.path.realpath(str(p)): option for option, p in read_too if p not in (None, "-")}
+    for job in jobs:
+        for option, p in (("-o", job.out), ("--report", job.rep), ("--plot", job.plt)):
+            if p not in (None, "-") and os.path.realpath(p) in side:
+                raise UsageError(f"{option} {p} is the {side[os.path.realpath(p)]} file of this run; edn never replaces an input")
     if len(jobs) == 1:
         labels = [f"-o {jobs[0].out}", f"--report {jobs[0].rep}", f"--plot {jobs[0].plt}"]
     else:
@@ -212,6 +220,7 @@ def run_problems(
     solver: Optional[Callable] = None,
     batch_size: int = 1,
     several: bool = False,
+    read_too: Sequence[Tuple[str, Optional[str]]] = (),
 ) -> None:
     """Solve each input and write outputs; raises ``typer.Exit(3)`` if any run missed δ.
 
@@ -231,7 +240,7 @@ def run_problems(
     # Under torchrun (``solver`` given) the other ranks already wait in the solve, so a failed
     # check here would leave them hanging: ``edn ct`` checks its outputs in its argument stage.
     jobs = plan_jobs(inputs, outputs, report, plot, force, as_json, fmt, bit_depth,
-                     check=solver is None, check_formats=write_result is None, several=several)
+                     check=solver is None, check_formats=write_result is None, several=several, read_too=read_too)
 
     summaries = []
 
@@ -428,7 +437,7 @@ def sr(
     run_problems(
         inputs=inputs, outputs=outputs, build=build, method=method, options=options, device=dev, report=report,
         plot=plot, force=force, quiet=quiet, fmt=fmt, bit_depth=bit_depth, as_json=as_json, batch_size=batch_size,
-        several=output_dir is not None and c.names_several(input),
+        several=output_dir is not None and c.names_several(input), read_too=[("--reference", reference)],
     )
 
 
@@ -525,4 +534,5 @@ def deblur(
         inputs=inputs, outputs=outputs, build=build, method=method, options=options, device=dev, report=report,
         plot=plot, force=force, quiet=quiet, fmt=fmt, bit_depth=bit_depth, as_json=as_json, batch_size=batch_size,
         several=output_dir is not None and c.names_several(input),
+        read_too=[("--reference", reference), ("--kernel", None if kernel is None else str(kernel))],
     )

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import UsageError
+from ..io.reports import strict_json
 from ..metrics import psnr
 
 
@@ -196,7 +197,7 @@ def train_denoiser(cfg: DenoiserTrainConfig, out: str | Path, command: str = "",
                 n = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
                 row = {"step": step, "loss": running / n, "psnr_train": 10 * math.log10(1 / max(running / n, 1e-12)),
                        "lr": sched.get_last_lr()[0], "time_s": round(time.perf_counter() - t0, 2)}
-                logf.write(json.dumps(row) + "\n")
+                logf.write(strict_json(row) + "\n")
                 logf.flush()
                 say(f"step {step}/{cfg.steps}: loss {row['loss']:.3e} ({row['psnr_train']:.2f} dB) {row['time_s']:.0f} s")
                 running = 0.0
@@ -205,7 +206,7 @@ def train_denoiser(cfg: DenoiserTrainConfig, out: str | Path, command: str = "",
                 break
         train_time = time.perf_counter() - t0
         metrics = evaluate_denoiser(model, val, cfg.device) if val else {}
-        logf.write(json.dumps({"final": True, "steps_done": step, "stopped": stopped, **metrics}) + "\n")
+        logf.write(strict_json({"final": True, "steps_done": step, "stopped": stopped, **metrics}) + "\n")
     finally:
         logf.close()
     say(f"validation: {json.dumps(metrics)}")

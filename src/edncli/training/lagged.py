@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from ..energies import DataFidelity
 from ..errors import CheckpointError, UsageError
 from ..io.checkpoints import save_checkpoint, write_model_card
+from ..io.reports import strict_json
 from ..metrics import psnr
 from ..networks.backbones import BackboneConfig
 from ..networks.direction import BaselineNet, DirectionNet, DirectionNetConfig, baseline_arch, count_parameters, network_inputs
@@ -383,13 +384,13 @@ def train(cfg: TrainConfig, out: Path, *, command: str, device: torch.device, qu
         row = {"step": state.step, "loss": loss, "time_s": time.perf_counter() - t0, **row_metrics}
         state.history.append(row)
         if log_fh is not None:
-            log_fh.write(json.dumps(row) + "\n")
+            log_fh.write(strict_json(row) + "\n")
             log_fh.flush()
         if row_metrics["val_psnr"] > state.best_val:
             state.best_val = row_metrics["val_psnr"]
             best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
         if quiet is False and bar is None:
-            print(json.dumps(row), file=sys.stderr)
+            print(strict_json(row), file=sys.stderr)
 
     try:
         try:
