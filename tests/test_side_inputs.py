@@ -51,3 +51,21 @@ def test_ct_never_replaces_the_angle_file(files, monkeypatch, capsys):
                        "-o", "x.tif", "--report", "angles.txt", "--method", "gd", "--max-iter", "2", "--force", "--quiet")
     assert code == 2 and _one_line(err) and "--angle-file" in err
     assert Path("angles.txt").read_bytes() == before and not Path("x.tif").exists()
+
+
+@pytest.mark.parametrize("opts", [("--precision", "bf16"), ("--ensemble", "8"), ("--learned-steps", "2")])
+def test_eval_refuses_network_options_no_listed_method_reads(files, monkeypatch, capsys, opts):
+    # `edn eval --methods gd,tv --precision bf16` ran and wrote a table whose header claimed bf16.
+    Path("im").mkdir()
+    Path("ref.png").rename("im/ref.png")
+    code, out, err = edn(monkeypatch, capsys, "eval", "sr", "--scale", "2", "--images", "im", "--methods", "gd,tv",
+                         "--noise-sigma", "0.01", "--quiet", *opts)
+    assert code == 2 and _one_line(err) and opts[0] in err and out == ""
+
+
+def test_eval_network_options_with_a_network_method_are_checked_not_refused():
+    from edncli.evaluation import EvalConfig, check_config
+    from edncli.tasks import TaskSpec
+
+    check_config(EvalConfig(spec=TaskSpec("sr", scale=4), methods=["gd", "edn"], noise_sigma=0.01, precision="bf16",
+                            ensemble=8, learned_steps=2))

@@ -63,6 +63,10 @@ LUMA_TEXT = {
 }
 
 
+#: Methods that evaluate a network (and so read ``precision``/``ensemble``).
+NETWORK_METHODS = ("edn", "baseline", "potential", "red", "pnp")
+
+
 def parse_methods(spec: str) -> List[str]:
     methods = [m.strip() for m in spec.split(",") if m.strip()]
     if not methods:
@@ -120,6 +124,15 @@ def check_config(cfg: EvalConfig) -> None:
     check_handover(cfg.handover)
     InferenceConfig(precision=cfg.precision, ensemble=cfg.ensemble)  # bad values: usage errors
     check_methods(cfg.methods)
+    # Options no listed method reads are usage errors, as in the reconstruct commands: a table
+    # of gd/cg/tv "at bf16" or "with the ensemble" would claim a setting that never applied.
+    names = {_split(m)[0] for m in cfg.methods}
+    unread = [opt for opt, given in (("--precision", cfg.precision != "fp32"), ("--ensemble", cfg.ensemble != 1)) if given]
+    if unread and not names & set(NETWORK_METHODS):
+        raise UsageError(f"{' and '.join(unread)}: only networks read this, and none of --methods "
+                         f"{','.join(cfg.methods)} evaluates one ({', '.join(NETWORK_METHODS)} do)")
+    if cfg.learned_steps is not None and "edn" not in names:
+        raise UsageError(f"--learned-steps applies to edn, which --methods {','.join(cfg.methods)} does not list")
 
 
 def prepare_image(arr: np.ndarray, cfg: EvalConfig) -> np.ndarray:
