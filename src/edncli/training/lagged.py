@@ -295,8 +295,28 @@ def train(cfg: TrainConfig, out: Path, *, command: str, device: torch.device, qu
           resume: Optional[Path] = None, log_path: Optional[Path] = None) -> Optional[Path]:
     """Train and write ``out`` (safetensors) and its model card ``out.with_suffix('.md')``.
 
-    Returns the checkpoint path on rank 0 (``None`` on other ranks).
+    Returns the checkpoint path on rank 0 (``None`` on other ranks). Under torchrun every rank
+    waits for rank 0's checkpoint (a barrier) and the process group this call created is
+    destroyed before it returns: a rank that exited while rank 0 was still writing sometimes
+    aborted in gloo ("terminate called without an active exception", exit -6; 1 run in 3 under
+    pytest), and torchrun reported a run that had succeeded as failed.
     """
+    import torch.distributed as dist
+
+    owns_group = _dist_info()[0] > 1 and not (dist.is_available() and dist.is_initialized())
+    try:
+        result = _train(cfg, out, command=command, device=device, quiet=quiet, force=force, resume=resume,
+                        log_path=log_path)
+        if owns_group:  # every rank leaves together, once rank 0 has written the checkpoint
+            dist.barrier()
+        return result
+    finally:
+        if owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, out: Path, *, command: str, device: torch.device, quiet: bool, force: bool,
+           resume: Optional[Path], log_path: Optional[Path]) -> Optional[Path]:
     cfg.check()
     world, rank, device = _init_distributed(device)
     same = resume is not None and Path(resume).resolve() == Path(out).resolve()
