@@ -21,6 +21,7 @@ import torch
 from .errors import UsageError
 from .metrics import psnr, ssim
 from .networks.inference import InferenceConfig
+from .solvers.options import METHOD_OPTIONS, NETWORK_METHODS
 from .solvers.methods import MethodOptions, Problem, check_handover, solve
 from .solvers.stopping import DeltaChoice
 from .tasks import TaskSpec
@@ -61,10 +62,6 @@ LUMA_TEXT = {
     "full": "BT.601 luma 0.299R+0.587G+0.114B in [0, 1]",
     "ycbcr": "Y of BT.601 Y'CbCr, studio swing (16+219*luma)/255 (MATLAB rgb2ycbcr; SR benchmark convention)",
 }
-
-
-#: Methods that evaluate a network (and so read ``precision``/``ensemble``).
-NETWORK_METHODS = ("edn", "baseline", "potential", "red", "pnp")
 
 
 def parse_methods(spec: str) -> List[str]:
@@ -128,10 +125,10 @@ def check_config(cfg: EvalConfig) -> None:
     # of gd/cg/tv "at bf16" or "with the ensemble" would claim a setting that never applied.
     names = {_split(m)[0] for m in cfg.methods}
     unread = [opt for opt, given in (("--precision", cfg.precision != "fp32"), ("--ensemble", cfg.ensemble != 1)) if given]
-    if unread and not names & set(NETWORK_METHODS):
+    if unread and not names.intersection(NETWORK_METHODS):
         raise UsageError(f"{' and '.join(unread)}: only networks read this, and none of --methods "
                          f"{','.join(cfg.methods)} evaluates one ({', '.join(NETWORK_METHODS)} do)")
-    if cfg.learned_steps is not None and "edn" not in names:
+    if cfg.learned_steps is not None and not names.intersection(METHOD_OPTIONS["--learned-steps"]):
         raise UsageError(f"--learned-steps applies to edn, which --methods {','.join(cfg.methods)} does not list")
 
 

@@ -231,7 +231,7 @@ def ct(
 
                     raise InputError(f"--sinogram {sinogram}: no such file")
                 torch.manual_seed(seed)
-                read_too = [("--reference", reference), ("--angle-file", None if angle_file is None else str(angle_file))]
+                read_too = [("--reference", reference), ("--angle-file", angle_file)]
                 theta = None
                 if angles is not None:
                     arc = math.pi if beam == "parallel" else 2 * math.pi

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import typer
 from typing_extensions import Annotated
 
 from ..errors import UsageError
+from ..solvers.options import METHOD_OPTIONS
 from . import common as c
 
 METHOD_NAMES = ("gd", "cg", "tv", "edn", "baseline", "potential", "red", "pnp")
@@ -42,26 +43,6 @@ def _check_method(method: str, weights: Optional[str] = None) -> str:
 
     check_weights_option(method, weights)
     return method
-
-
-#: The methods that read each method option; giving one to another method is a usage error, not
-#: silently ignored. (``potential`` refuses the network-evaluation options itself, saying why.)
-_NETWORK_METHODS = ("edn", "baseline", "potential", "red", "pnp")
-METHOD_OPTIONS = {
-    "--lam": ("potential", "red"),
-    "--mu": ("red", "pnp"),
-    "--box": ("potential", "red", "pnp"),
-    "--preset": ("potential", "red", "pnp"),
-    "--alpha": ("tv", "edn"),
-    "--min-iter": ("gd", "cg", "edn", "potential", "red", "pnp"),
-    "--learned-steps": ("edn",),
-    "--handover": ("edn",),
-    "--tile": _NETWORK_METHODS,
-    "--tile-overlap": _NETWORK_METHODS,
-    "--precision": _NETWORK_METHODS,
-    "--channels-last": _NETWORK_METHODS,
-    "--ensemble": _NETWORK_METHODS,
-}
 
 
 def check_method_options(method: str, given: dict) -> None:
@@ -155,7 +136,7 @@ def _batches(jobs: List[_Job], build: Callable[[str, object], tuple], device, si
 def plan_jobs(
     inputs: List[str], outputs: List[str], report: Optional[str], plot: Optional[str], force: bool, as_json: bool,
     fmt: Optional[str], bit_depth: int, check: bool = True, check_formats: bool = True, several: bool = False,
-    read_too: Sequence[Tuple[str, Optional[str]]] = (),
+    read_too: Sequence[Tuple[str, Union[str, Path, None]]] = (),
 ) -> List[_Job]:
     """Each input's output, report and plot, with ``check`` all checked before any work: writable,
     not there (or ``force``), no two the same file, no report or plot on an input, at most one
@@ -179,16 +160,18 @@ def plan_jobs(
     for job in jobs:
         if job.plt not in (None, "-") and Path(job.plt).suffix.lower() != ".png":
             raise UsageError(f"--plot {job.plt}: the plot is a PNG image; give a file name ending in .png")
-    sources = {os.path.realpath(p) for p in inputs if p != "-"}
-    for job in jobs:
-        for option, p in (("--report", job.rep), ("--plot", job.plt)):
-            if p not in (None, "-") and os.path.realpath(p) in sources:
-                raise UsageError(f"{option} {p} is an input of this run; edn never replaces an input with a {option[2:]}")
-    side = {os.path.realpath(str(p)): option for option, p in read_too if p not in (None, "-")}
+    # what each file the run reads is: None for a main input (never a report or plot), else its option
+    read = {os.path.realpath(p): None for p in inputs if p != "-"}
+    read.update({os.path.realpath(p): option for option, p in read_too if p not in (None, "-")})
     for job in jobs:
         for option, p in (("-o", job.out), ("--report", job.rep), ("--plot", job.plt)):
-            if p not in (None, "-") and os.path.realpath(p) in side:
-                raise UsageError(f"{option} {p} is the {side[os.path.realpath(p)]} file of this run; edn never replaces an input")
+            real = None if p in (None, "-") else os.path.realpath(p)
+            if real not in read:
+                continue
+            if read[real] is not None:
+                raise UsageError(f"{option} {p} is the {read[real]} file of this run; edn never replaces an input")
+            if option != "-o":
+                raise UsageError(f"{option} {p} is an input of this run; edn never replaces an input with a {option[2:]}")
     if len(jobs) == 1:
         labels = [f"-o {jobs[0].out}", f"--report {jobs[0].rep}", f"--plot {jobs[0].plt}"]
     else:
@@ -220,7 +203,7 @@ def run_problems(
     solver: Optional[Callable] = None,
     batch_size: int = 1,
     several: bool = False,
-    read_too: Sequence[Tuple[str, Optional[str]]] = (),
+    read_too: Sequence[Tuple[str, Union[str, Path, None]]] = (),
 ) -> None:
     """Solve each input and write outputs; raises ``typer.Exit(3)`` if any run missed δ.
 
@@ -534,5 +517,5 @@ def deblur(
         inputs=inputs, outputs=outputs, build=build, method=method, options=options, device=dev, report=report,
         plot=plot, force=force, quiet=quiet, fmt=fmt, bit_depth=bit_depth, as_json=as_json, batch_size=batch_size,
         several=output_dir is not None and c.names_several(input),
-        read_too=[("--reference", reference), ("--kernel", None if kernel is None else str(kernel))],
+        read_too=[("--reference", reference), ("--kernel", kernel)],
     )
