@@ -258,7 +258,7 @@ def ct(
                 op = make_ct_operator(geom, backend=backend, device=device)
                 f = f_all[lo:hi].to(device)
                 u0 = op.fbp(f) if init == "fbp" else torch.zeros((f.shape[0], geom.size, geom.size), device=device)
-                problem = Problem(op=op, f=f, u0=u0, delta=delta_choice, task="ct")
+                problem = Problem(op=op, f=f, u0=u0, delta=delta_choice and delta_choice.chunk(lo, hi), task="ct")
                 if reference is not None:
                     from .reconstruct import _reference
 
@@ -268,6 +268,7 @@ def ct(
                     "report_extra": {"geometry": geom.describe(), "center": center_value, "center_rule": center_rule,
                                      "backend": getattr(op, "backend", backend)},
                     "stack": sino.n_slices > 1,  # slices, not colours: TIFF pages, never RGB
+                    "delta": delta_choice.as_dict() if delta_choice else None,  # all slices', not this rank's
                 }
                 return problem, 2 if sino.n_slices == 1 else 3, ctx
 

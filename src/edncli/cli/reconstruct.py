@@ -235,10 +235,15 @@ def run_problems(
             image = encode_image(c.from_tensor(result.u, ndim), output_format(job.out, fmt), bit_depth,
                                  stack=context.get("stack", False))
             files.append((job.out, image))
+        # the whole input's δ: under torchrun ``problem`` holds rank 0's slices only
+        delta_doc = context.get("delta", problem.delta.as_dict() if problem.delta else None)
+        if delta_doc and delta_doc.get("sigma_fallback"):
+            c.say(f"edn: warning: {job.path}: --delta auto estimated no noise in sample(s) "
+                  f"{', '.join(map(str, delta_doc['sigma_fallback']))}; they use the median of the others' σ", quiet)
         doc = build_report(
             result,
             device=str(device),
-            delta=problem.delta.as_dict() if problem.delta else None,
+            delta=delta_doc,
             checkpoint=result.extra.pop("checkpoint", None),
             inputs=context.get("inputs"),
             operator=problem.op.describe(),
@@ -270,7 +275,7 @@ def run_problems(
         verdict = {True: "δ reached", False: "δ NOT reached (iteration cap)", None: "no δ set"}[reached]
         c.say(
             f"{job.path} -> {job.out}: {method}, {result.iterations} iterations, ||Au-f|| = {result.final_discrepancy:.4g}"
-            + (f" (δ = {doc['delta']:.4g} per sample)" if doc["delta"] else "")
+            + (f" (δ = {_delta_text(doc['delta'])} per sample)" if doc["delta"] else "")
             + f", {verdict}, energy monotone: {result.energy_monotone}",
             quiet,
         )
@@ -320,6 +325,14 @@ def _reference(path: Optional[str], shape, device):
     if tuple(ref.shape[-2:]) != tuple(shape[-2:]) or (ref.shape[0] not in (1, shape[0])):
         raise UsageError(f"--reference {path}: shape {tuple(arr.shape)} does not match the result {tuple(shape)}")
     return ref.expand(shape[0], *ref.shape[1:]).contiguous()
+
+
+def _delta_text(delta) -> str:
+    """δ for a summary line: one value, or the range of the per-sample values."""
+    if isinstance(delta, (list, tuple)):
+        lo, hi = min(delta), max(delta)
+        return f"{lo:.4g}" if f"{lo:.4g}" == f"{hi:.4g}" else f"{lo:.4g}–{hi:.4g}"
+    return f"{delta:.4g}"
 
 
 def _delta(delta, noise_sigma, tau, f):

@@ -34,8 +34,9 @@ def build_report(
 ) -> Dict[str, Any]:
     """The report of one run (DESIGN §7): verdict, provenance and the per-iteration trace.
 
+    ``delta`` is one number, or a list with each sample's δ (``--delta auto`` on a stack).
     ``final_discrepancy`` is the worst sample's ``||A u - f||`` (largest ratio to its own δ), so
-    ``delta_reached`` is ``final_discrepancy <= delta``; each trace ``discrepancy`` is the norm
+    ``delta_reached`` is ``final_discrepancy <= delta`` (that sample's δ); each trace ``discrepancy`` is the norm
     over the whole batch; ``samples`` holds the per-sample verdicts (one per image, colour
     channel or slice).
     """
@@ -137,8 +138,11 @@ def plot_bytes(report: Dict[str, Any]) -> bytes:
         if report.get("delta"):
             import math
 
+            # the trace holds the norm over the batch, so the line is the norm of the samples' δ
+            delta = report["delta"]
             n = max(len(report.get("samples", [])), 1)
-            axes[1].axhline(report["delta"] * math.sqrt(n), color="C3", ls="--", label="δ")
+            level = math.sqrt(sum(d * d for d in delta)) if isinstance(delta, list) else delta * math.sqrt(n)
+            axes[1].axhline(level, color="C3", ls="--", label="δ")
         axes[1].legend()
     axes[1].set(title="discrepancy", xlabel="iteration")
     if has_psnr:

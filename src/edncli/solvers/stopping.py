@@ -4,8 +4,8 @@
 sample (image, colour channel or CT slice):
 - ``--delta 0.5``: used as given;
 - ``--noise-sigma σ --tau τ``: ``δ = τ σ sqrt(m)``, ``m`` the number of measurements per sample;
-- ``--delta auto``: the same with σ estimated from ``f`` (wavelet MAD estimator of
-  scikit-image, Donoho & Johnstone); the estimate is stated in the report.
+- ``--delta auto``: the same with σ estimated from each sample of ``f`` (wavelet MAD
+  estimator, Donoho & Johnstone); the estimates are stated in the report.
 
 A batch of several images has one δ per sample: :meth:`DeltaChoice.stack` joins the choices
 of the images, and every method reads ``δ`` through :func:`per_sample_deltas`.
@@ -59,12 +59,24 @@ class DeltaChoice:
 
     delta: Deltas
     rule: str  # "given" | "noise_sigma" | "auto" | "stacked"
-    sigma: Optional[float] = None
+    sigma: Optional[Deltas] = None  # one σ, or one per sample (``auto`` on a stack)
     tau: Optional[float] = None
     measurements: Optional[int] = None
+    sigma_fallback: Optional[List[int]] = None  # samples whose own σ estimate was 0 (``auto``)
 
     def as_dict(self) -> dict:
-        return dict(vars(self))
+        doc = dict(vars(self))
+        if doc["sigma_fallback"] is None:
+            del doc["sigma_fallback"]
+        return doc
+
+    def chunk(self, lo: int, hi: int) -> "DeltaChoice":
+        """The choice for samples ``lo:hi`` of the batch (a torchrun rank's slices)."""
+        if _is_scalar(self.delta):
+            return self
+        sigma = self.sigma if self.sigma is None or _is_scalar(self.sigma) else list(self.sigma)[lo:hi]  # type: ignore[arg-type]
+        fallback = [i - lo for i in self.sigma_fallback or [] if lo <= i < hi] or None
+        return DeltaChoice(list(self.delta)[lo:hi], self.rule, sigma, self.tau, self.measurements, fallback)
 
     def per_sample(self, batch: int) -> List[float]:
         """δ of each of the ``batch`` samples."""
@@ -115,8 +127,8 @@ def choose_delta(
     """Resolve the user's δ options into a :class:`DeltaChoice` (None: no δ stop).
 
     ``tau`` (``None``: 1.0) scales ``σ sqrt(m)``. ``data_for_estimate`` is a stack ``(B, ...)``
-    of 2D data; with ``delta="auto"`` the noise level is estimated on each and the median is used
-    (one δ for the batch).
+    of 2D data; with ``delta="auto"`` the noise level is estimated on each, giving one δ per
+    sample when there are several (a CT stack's slices, an image's colour channels).
     """
     tau = 1.0 if tau is None else tau
     if not (tau > 0 and math.isfinite(tau)):
@@ -144,11 +156,22 @@ def choose_delta(
     if delta is not None:  # auto
         if data_for_estimate is None:
             raise UsageError("--delta auto needs the measured data to estimate the noise from")
-        sigmas = [estimate_noise_sigma(x) for x in np.asarray(data_for_estimate).reshape(-1, *np.shape(data_for_estimate)[-2:])]
-        sigma = float(np.median(sigmas))
-        if not sigma > 0:
+        data = np.asarray(data_for_estimate)
+        sigmas = [estimate_noise_sigma(x) for x in data.reshape(-1, *data.shape[-2:])]
+        if not max(sigmas) > 0:
             raise UsageError("--delta auto: the estimated noise level is 0 (noise-free data?); pass --delta or --noise-sigma")
+        scale = tau * math.sqrt(measurements)
+        if len(sigmas) == 1:
+            return DeltaChoice(delta=scale * sigmas[0], rule="auto", sigma=sigmas[0], tau=tau, measurements=measurements)
+        # One σ per sample (slice or colour channel): noise after a log transform or a detector's
+        # gain differs from slice to slice, and one δ for all would be loose for some, out of
+        # reach for others. A sample whose estimate is 0 (a noise-free, e.g. zero-padded, slice)
+        # takes the median of the others' and is named in ``sigma_fallback``.
+        positive = [s for s in sigmas if s > 0]
+        fallback = [i for i, s in enumerate(sigmas) if not s > 0]
+        used = [s if s > 0 else float(np.median(positive)) for s in sigmas]
         return DeltaChoice(
-            delta=tau * sigma * math.sqrt(measurements), rule="auto", sigma=sigma, tau=tau, measurements=measurements
+            delta=[scale * s for s in used], rule="auto", sigma=used, tau=tau, measurements=measurements,
+            sigma_fallback=fallback or None,
         )
     return None
