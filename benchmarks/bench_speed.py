@@ -93,16 +93,17 @@ def available(method: str, task: str) -> Optional[str]:
 # -- part 1: time to δ ---------------------------------------------------------------------------
 
 
-def method_cap(method: str, task: str, max_iter: int) -> Optional[int]:
-    """The iteration cap a method runs under in ``run_eval`` (red/pnp/potential keep their preset's)."""
+def method_cap(method: str, task: str, max_iter: Optional[int]) -> Optional[int]:
+    """The iteration cap a method runs under in ``run_eval`` (red/pnp/potential keep their preset's
+    unless ``--max-iter`` is given)."""
     name = method.split(":")[0]
     if name == "baseline":
         return 1
-    if name in ("red", "pnp", "potential"):
+    if name in ("red", "pnp", "potential") and max_iter is None:
         from edncli.solvers.potential import PRESETS
 
         return PRESETS.get(task, PRESETS["deblur"])[name].max_iter
-    return max_iter
+    return 300 if max_iter is None else max_iter
 
 
 def speed_table(task: str, files: List[Path], args, device) -> dict:
@@ -305,7 +306,8 @@ def main() -> None:
     ap.add_argument("--ct-noise", type=float, default=0.1, help="CT noise σ (sinogram units)")
     ap.add_argument("--ct-size", type=int, default=128)
     ap.add_argument("--ct-angles", type=int, default=90)
-    ap.add_argument("--max-iter", type=int, default=300, help="iteration cap when stopping at δ")
+    ap.add_argument("--max-iter", type=int, default=None,
+                    help="iteration cap when stopping at δ (default 300; red/pnp/potential: their preset's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--profile-iterations", type=int, default=30, help="iterations timed per split case (0: skip)")
     ap.add_argument("--profile-tasks", default="sr,ct")

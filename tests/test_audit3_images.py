@@ -39,6 +39,30 @@ def test_an_explicit_max_iter_equal_to_the_default_overrides_the_presets():
         assert unset.max_iter < 300, method  # the preset's own cap when --max-iter is not given
 
 
+def test_library_max_iter_equal_to_the_default_overrides_the_presets_too():
+    """`MethodOptions(max_iter=300)` was compared with the default by value: silently the preset's cap."""
+    import torch
+
+    from edncli.cli.reconstruct import _iteration_cap
+    from edncli.solvers.methods import MethodOptions, Problem
+    from edncli.solvers.options import DEFAULT_MAX_ITER
+    from edncli.solvers.potential import POTENTIAL_METHODS, PRESETS, resolve_settings
+    from edncli.operators.downsample import AveragePool
+
+    problem = Problem(AveragePool((8, 8), 2), torch.zeros(1, 4, 4), torch.zeros(1, 8, 8), 1.0, task="sr")
+    for method in POTENTIAL_METHODS:
+        preset = PRESETS["sr"][method].max_iter
+        assert preset != DEFAULT_MAX_ITER
+        assert resolve_settings(method, problem, MethodOptions(max_iter=DEFAULT_MAX_ITER))[0].max_iter == DEFAULT_MAX_ITER
+        assert resolve_settings(method, problem, MethodOptions())[0].max_iter == preset
+        # the progress bar's length is the cap the method runs under
+        assert _iteration_cap(method, problem, MethodOptions()) == preset
+    assert MethodOptions().iteration_cap == DEFAULT_MAX_ITER and MethodOptions(max_iter=7).iteration_cap == 7
+    assert _iteration_cap("gd", problem, MethodOptions()) == DEFAULT_MAX_ITER
+    with pytest.raises(Exception, match="--max-iter must be >= 0"):
+        MethodOptions(max_iter=-1)
+
+
 @pytest.mark.parametrize("method", ["tv", "edn"])
 @pytest.mark.parametrize("alpha", ["inf", "nan", "-1"])
 def test_alpha_must_be_positive_and_finite_for_every_method(workdir, monkeypatch, capsys, method, alpha):

@@ -37,7 +37,7 @@ class EvalConfig:
     seed: int = 0
     tau: float = 1.0
     iterations: Optional[int] = None
-    max_iter: int = 300
+    max_iter: Optional[int] = None  # None: 300, and the potential/red/pnp presets' own caps
     border: int = 4
     size: Optional[int] = None  # ct: images are centre-cropped/resized to size x size
     limit: Optional[int] = None
@@ -108,7 +108,7 @@ def check_config(cfg: EvalConfig) -> None:
         raise UsageError(f"--tau must be > 0 and finite, got {cfg.tau}")
     if cfg.iterations is not None and cfg.iterations < 0:
         raise UsageError(f"--iterations must be >= 0, got {cfg.iterations}")
-    if cfg.max_iter < 0:
+    if cfg.max_iter is not None and cfg.max_iter < 0:
         raise UsageError(f"--max-iter must be >= 0, got {cfg.max_iter}")
     if cfg.learned_steps is not None and cfg.learned_steps < 0:
         raise UsageError(f"--learned-steps must be >= 0, got {cfg.learned_steps}")

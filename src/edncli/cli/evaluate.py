@@ -21,7 +21,8 @@ Iterations = Annotated[Optional[int], typer.Option("--iterations", help="Run a f
 JsonOut = Annotated[Optional[str], typer.Option("--json", help="Write the table with per-image rows to this JSON file.")]
 Border = Annotated[int, typer.Option("--border", help="Pixels cropped on each side before PSNR/SSIM.")]
 Limit = Annotated[Optional[int], typer.Option("--limit", help="Use only the first N images.")]
-MaxIter = Annotated[int, typer.Option("--max-iter", help="Iteration cap when stopping at δ.")]
+MaxIter = Annotated[Optional[int], typer.Option(
+    "--max-iter", help="Iteration cap when stopping at δ (default 300; potential, red, pnp: their preset's), for every method.")]
 Luma = Annotated[str, typer.Option(
     "--luma",
     help="RGB images to gray: full (BT.601 luma on [0, 1]) or ycbcr (Y of Y'CbCr, 16-235 studio swing, as "
@@ -69,7 +70,7 @@ def eval_sr(
     precision: c.Precision = "fp32",
     luma: Luma = "full",
     ensemble: c.Ensemble = 1,
-    max_iter: MaxIter = 300,
+    max_iter: MaxIter = None,
     border: Border = 4,
     limit: Limit = None,
     json_out: JsonOut = None,
@@ -102,7 +103,7 @@ def eval_deblur(
     precision: c.Precision = "fp32",
     luma: Luma = "full",
     ensemble: c.Ensemble = 1,
-    max_iter: MaxIter = 300,
+    max_iter: MaxIter = None,
     border: Border = 4,
     limit: Limit = None,
     json_out: JsonOut = None,
@@ -133,7 +134,7 @@ def eval_ct(
     precision: c.Precision = "fp32",
     luma: Luma = "full",
     ensemble: c.Ensemble = 1,
-    max_iter: MaxIter = 300,
+    max_iter: MaxIter = None,
     border: Border = 0,
     limit: Limit = None,
     json_out: JsonOut = None,

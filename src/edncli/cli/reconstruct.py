@@ -21,7 +21,6 @@ from ..solvers.options import METHOD_OPTIONS
 from . import common as c
 
 METHOD_NAMES = ("gd", "cg", "tv", "edn", "baseline", "potential", "red", "pnp")
-DEFAULT_MAX_ITER = 300
 
 MethodOpt = Annotated[str, typer.Option("--method", "-m", help=f"One of: {', '.join(METHOD_NAMES)}.")]
 AlphaOpt = Annotated[
@@ -81,13 +80,13 @@ def _options(
     if max_iter is not None and min_iter is not None and min_iter > max_iter:
         raise UsageError(f"--min-iter {min_iter} is above --max-iter {max_iter}; the cap must allow the minimum")
     # An explicit --max-iter (even one equal to the default) overrides the potential/red/pnp presets.
-    extra = {"lam": lam, "mu": mu, "box": box, "max_iter": max_iter}
+    extra = {"lam": lam, "mu": mu, "box": box}
     if preset:
         extra["preset"] = preset
     return MethodOptions(
         learned_steps=learned_steps,
         handover=handover or MethodOptions.handover,
-        max_iter=DEFAULT_MAX_ITER if max_iter is None else max_iter,
+        max_iter=max_iter,
         min_iter=min_iter,
         alpha=alpha,
         weights=weights,
@@ -283,7 +282,7 @@ def run_problems(
     for group in _batches(jobs, build, device, batch_size):
         problems = [built[0] for _, built in group]
         name = Path(group[0][0].path).name + (f" (+{len(group) - 1})" if len(group) > 1 else "")
-        callback, close = c.progress_callback(options.max_iter, quiet, f"{method} {name}")
+        callback, close = c.progress_callback(_iteration_cap(method, problems[0], options), quiet, f"{method} {name}")
         try:
             if len(group) == 1:
                 results = [solve(problems[0], method, options, callback)]
@@ -325,6 +324,15 @@ def _reference(path: Optional[str], shape, device):
     if tuple(ref.shape[-2:]) != tuple(shape[-2:]) or (ref.shape[0] not in (1, shape[0])):
         raise UsageError(f"--reference {path}: shape {tuple(arr.shape)} does not match the result {tuple(shape)}")
     return ref.expand(shape[0], *ref.shape[1:]).contiguous()
+
+
+def _iteration_cap(method: str, problem, options) -> int:
+    """The cap ``method`` runs under (the progress bar's length): potential/red/pnp keep their preset's."""
+    from ..solvers.potential import POTENTIAL_METHODS, resolve_settings
+
+    if method in POTENTIAL_METHODS:
+        return resolve_settings(method, problem, options)[0].max_iter
+    return options.iteration_cap
 
 
 def _delta_text(delta) -> str:

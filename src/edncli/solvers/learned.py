@@ -250,7 +250,7 @@ def solve_edn(problem: Problem, options: MethodOptions, callback: Callback = Non
         u0,
         direction,
         line=LineSearch(c=options.c, rho=options.rho, initial="unit"),  # the network's steps: tau0 = 1
-        stop=StopRule(delta=problem.deltas(), min_iter=min_iter, max_iter=max(options.max_iter, min_iter), grad_tol=options.grad_tol),
+        stop=StopRule(delta=problem.deltas(), min_iter=min_iter, max_iter=max(options.iteration_cap, min_iter), grad_tol=options.grad_tol),
         method="edn",
         reference=problem.reference,
         callback=callback,

@@ -19,6 +19,7 @@ import torch
 
 from ..energies import DataFidelity, Energy, HuberTV
 from ..operators.base import LinearOperator
+from .options import DEFAULT_MAX_ITER
 from .descent import ConjugateDirections, DirectionProvider, LineSearch, StopRule, descend, negative_gradient
 from .stopping import DeltaChoice
 from .trace import IterationRecord, SolveResult
@@ -112,7 +113,9 @@ def check_handover(name: str) -> str:
 class MethodOptions:
     """Options shared by the methods; each method reads the ones it needs."""
 
-    max_iter: int = 300
+    #: Iteration cap; ``None``: :data:`~edncli.solvers.options.DEFAULT_MAX_ITER`, and for
+    #: potential/red/pnp their preset's. A value given, even 300, is the cap of every method.
+    max_iter: Optional[int] = None
     min_iter: Optional[int] = None
     #: edn: network steps at most (None: ``min_iter``); then ``handover`` steps until δ.
     learned_steps: Optional[int] = None
@@ -134,10 +137,19 @@ class MethodOptions:
 
     def __post_init__(self) -> None:
         check_handover(self.handover)
+        if self.max_iter is not None and self.max_iter < 0:
+            from ..errors import UsageError
+
+            raise UsageError(f"--max-iter must be >= 0, got {self.max_iter}")
         if self.alpha is not None and not (self.alpha > 0 and math.isfinite(self.alpha)):
             from ..errors import UsageError
 
             raise UsageError(f"--alpha must be > 0 and finite, got {self.alpha}")
+
+    @property
+    def iteration_cap(self) -> int:
+        """``max_iter``, or :data:`~edncli.solvers.options.DEFAULT_MAX_ITER` when not given."""
+        return DEFAULT_MAX_ITER if self.max_iter is None else int(self.max_iter)
 
 
 Callback = Optional[Callable[[IterationRecord], None]]
@@ -184,7 +196,7 @@ def _early_stopping(problem: Problem, options: MethodOptions, callback: Callback
         problem.u0,
         direction,
         line=LineSearch(c=options.c, rho=options.rho, initial=initial),
-        stop=StopRule(delta=problem.deltas(), min_iter=options.min_iter or 0, max_iter=options.max_iter, grad_tol=options.grad_tol),
+        stop=StopRule(delta=problem.deltas(), min_iter=options.min_iter or 0, max_iter=options.iteration_cap, grad_tol=options.grad_tol),
         method=method,
         reference=problem.reference,
         callback=callback,
@@ -260,7 +272,7 @@ def solve_tv(problem: Problem, options: MethodOptions, callback: Callback = None
     deltas = problem.deltas()
     if options.alpha is not None:  # > 0 and finite: MethodOptions checks it
         alpha = torch.full((batch,), float(options.alpha))
-        result = _tv_solve(problem, alpha, problem.u0, options, callback, options.max_iter)
+        result = _tv_solve(problem, alpha, problem.u0, options, callback, options.iteration_cap)
         result.extra["alpha"] = [float(a) for a in alpha]
         result.extra["alpha_rule"] = "given"
         return _attach_delta(result, deltas)
@@ -307,14 +319,14 @@ def solve_tv(problem: Problem, options: MethodOptions, callback: Callback = None
     final_log = torch.where(found, lo, hi - 1.0)
     final_alpha = (10.0**final_log).float()
     start = torch.where(found.to(best_u.device).view(-1, *([1] * (u0.dim() - 1))), best_u, warm)
-    result = _tv_solve(problem, final_alpha, start, options, callback, options.max_iter)
+    result = _tv_solve(problem, final_alpha, start, options, callback, options.iteration_cap)
     # The search solves are inexact; if the converged minimiser lands just above δ, halve α.
     for _ in range(3):
         missed = torch.tensor([s.final_discrepancy > d for s, d in zip(result.samples, deltas)]) & found
         if not bool(missed.any()):
             break
         final_alpha = torch.where(missed, final_alpha / 2, final_alpha)
-        result = _tv_solve(problem, final_alpha, start, options, callback, options.max_iter)
+        result = _tv_solve(problem, final_alpha, start, options, callback, options.iteration_cap)
     result.extra["alpha"] = final_alpha.tolist()
     result.extra["alpha_rule"] = "discrepancy"
     result.extra["alpha_search"] = log

@@ -4,6 +4,10 @@ is a usage error, in ``edn sr|deblur|ct`` and in ``edn eval``, never silently ig
 
 from __future__ import annotations
 
+#: Iteration cap when none is given: gd, cg, tv and the learned methods. potential, red and pnp
+#: keep their preset's (the papers' counts) unless a cap is given, whatever its value.
+DEFAULT_MAX_ITER = 300
+
 #: Methods that evaluate a network, and so read the network-evaluation options.
 NETWORK_METHODS = ("edn", "baseline", "potential", "red", "pnp")
 #: The methods that read each method option. (``potential`` refuses the network-evaluation

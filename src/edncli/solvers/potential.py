@@ -63,6 +63,9 @@ class Preset:
         return asdict(self)
 
 
+#: The methods whose settings (caps included) come from a preset of :data:`PRESETS`.
+POTENTIAL_METHODS = ("potential", "red", "pnp")
+
 #: Paper 000 Table 2 settings (images in [0, 1]); ``min_iter`` is ours. Reachable as
 #: ``--preset paper-deblur`` / ``--preset paper-sr`` (``PRESETS["paper-deblur"]``, ...).
 PAPER_PRESETS: Dict[str, Dict[str, Preset]] = {
@@ -138,7 +141,7 @@ def resolve_settings(method: str, problem: Problem, options: MethodOptions) -> T
 
     Overrides: ``options.extra`` keys ``"lam"``, ``"mu"``, ``"beta"``, ``"max_iter"``,
     ``"preset"`` (a task name, to use another task's settings); ``options.min_iter`` when not
-    ``None``; ``options.max_iter`` when it differs from the :class:`MethodOptions` default.
+    ``None``; ``options.max_iter`` when not ``None`` (any value given, the default's included).
     An unknown task falls back to the deblur preset (and says so in the preset name).
     """
     extra = options.extra or {}
@@ -154,7 +157,7 @@ def resolve_settings(method: str, problem: Problem, options: MethodOptions) -> T
             changes[key] = float(extra[key])  # type: ignore[arg-type]
     if extra.get("max_iter") is not None:
         changes["max_iter"] = int(extra["max_iter"])  # type: ignore[arg-type]
-    elif options.max_iter != MethodOptions().max_iter:
+    elif options.max_iter is not None:
         changes["max_iter"] = int(options.max_iter)
     if options.min_iter is not None:
         changes["min_iter"] = int(options.min_iter)
