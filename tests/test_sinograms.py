@@ -74,6 +74,53 @@ def test_flat_dark_normalisation(tmp_path):
     assert not raw.normalised and raw.data.max() > 100
 
 
+def test_flats_apply_to_the_projections_not_to_another_dataset(tmp_path, monkeypatch, capsys):
+    # was: --dataset pointing at a processed sinogram stored beside the raw projections still
+    # had the file's flats applied to it: -log of line integrals over ~1000 counts
+    rng = np.random.default_rng(3)
+    n_ang, rows, det = 12, 2, 9
+    line_integrals = (rng.random((n_ang, rows, det)) * 2).astype(np.float32)
+    white = np.full((3, rows, det), 1000.0, np.float32)
+    p = tmp_path / "scan.h5"
+    with h5py.File(p, "w") as f:
+        f["/exchange/data"] = (white[0] * np.exp(-line_integrals)).astype(np.float32)
+        f["/exchange/data_white"] = white
+        f["/exchange/theta"] = np.linspace(0, 180, n_ang, endpoint=False)
+        f["/processed/sino"] = line_integrals
+    expected = np.transpose(line_integrals, (1, 0, 2))
+    np.testing.assert_allclose(read_sinogram(p).data, expected, atol=2e-5)
+    np.testing.assert_allclose(read_sinogram(p, dataset="exchange/data").data, expected, atol=2e-5)
+    other = read_sinogram(p, dataset="/processed/sino")
+    assert not other.normalised and any("not applied" in w for w in other.warnings)
+    np.testing.assert_array_equal(other.data, expected)
+    forced = read_sinogram(p, dataset="/processed/sino", normalise=True)  # asked for: applied
+    assert forced.normalised and forced.data.min() > 5
+    assert not read_sinogram(p, normalise=False).normalised
+    with h5py.File(tmp_path / "plain.h5", "w") as f:
+        f["/exchange/data"] = line_integrals
+        f["/exchange/theta"] = np.linspace(0, 180, n_ang, endpoint=False)
+    with pytest.raises(InputError, match="no /exchange/data_white"):
+        read_sinogram(tmp_path / "plain.h5", normalise=True)
+    np.save(tmp_path / "s.npy", expected[0])
+    with pytest.raises(UsageError, match="flat-field"):
+        read_sinogram(tmp_path / "s.npy", theta=_theta(n_ang), normalise=True)
+    # the command line: the warning on stderr, and --flat-field off|on|bad
+    from .test_cli import edn
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EDN_CACHE_DIR", str(tmp_path / "cache"))
+    common = ["ct", "--sinogram", "scan.h5", "--size", "6", "--method", "gd", "--max-iter", "2", "--delta", "1e5", "--force"]
+    code, _, err = edn(monkeypatch, capsys, *common, "--dataset", "/processed/sino", "-o", "a.tif")
+    assert code == 0 and "were not applied to /processed/sino" in err, err
+    code, _, err = edn(monkeypatch, capsys, *common, "--flat-field", "off", "-o", "b.tif", "--report", "b.json")
+    assert code == 0, err
+    import json
+
+    assert json.loads((tmp_path / "b.json").read_text())["inputs"]["normalised"] is False
+    code, _, err = edn(monkeypatch, capsys, *common, "--flat-field", "maybe", "-o", "c.tif")
+    assert code == 2 and "--flat-field must be auto, on or off" in err and "Traceback" not in err
+
+
 def test_transmission_floor(tmp_path):
     p = tmp_path / "scan.h5"
     with h5py.File(p, "w") as f:

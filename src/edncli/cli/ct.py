@@ -49,6 +49,10 @@ Center = Annotated[
 ]
 Slices = Annotated[Optional[str], typer.Option("--slices", help="Detector rows of a 3D scan: '5', '0:16' or '3,7,9'.")]
 Backend = Annotated[str, typer.Option("--backend", help="auto, matrix, astra-cpu or cuda.")]
+FlatField = Annotated[str, typer.Option(
+    "--flat-field",
+    help="-log((data - dark)/(white - dark)) with the file's /exchange/data_white and data_dark: auto (for "
+    "/exchange/data, not for another --dataset), on, or off (data are line integrals).")]
 Transpose = Annotated[bool, typer.Option("--transpose", help="2D sinograms (plain arrays, or a 2D HDF5 --dataset) stored as (detectors, angles).")]
 
 
@@ -161,6 +165,7 @@ def ct(
     fmt: c.Format = None,
     bit_depth: c.BitDepth = 16,
     dataset: c.Dataset = None,
+    flat_field: FlatField = "auto",
     device: c.Device = "auto",
     seed: c.Seed = 0,
     quiet: c.Quiet = False,
@@ -236,7 +241,10 @@ def ct(
                 if angles is not None:
                     arc = math.pi if beam == "parallel" else 2 * math.pi
                     theta = np.linspace(0, arc, angles, endpoint=False)
+                if flat_field not in ("auto", "on", "off"):
+                    raise UsageError(f"--flat-field must be auto, on or off, got {flat_field!r}")
                 sino = read_sinogram(sinogram, dataset=dataset, theta=theta, slices=parse_slices(slices),
+                                     normalise={"auto": "auto", "on": True, "off": False}[flat_field],
                                      angle_file=angle_file, angle_unit=angle_unit, transpose=transpose)
                 if launch.is_main:
                     for warning in sino.warnings:

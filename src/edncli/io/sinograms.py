@@ -295,7 +295,7 @@ def read_sinogram(
     slices: Optional[Sequence[int] | range | slice | int] = None,
     angle_file: Optional[str | os.PathLike] = None,
     angle_unit: str = "deg",
-    normalise: bool = True,
+    normalise: bool | str = "auto",
     floor: float = 1e-6,
     transpose: bool = False,
 ) -> Sinogram:
@@ -319,9 +319,12 @@ def read_sinogram(
     angle_file, angle_unit:
         A text file of angles (see :func:`read_angles`) instead of ``theta``.
     normalise:
-        With flats (``data_white``; ``data_dark`` defaults to 0) present, return
-        ``-log(clip((data - dark) / (white - dark), floor))``. Without flats, data are returned
-        as stored (assumed to be line integrals already).
+        Flat-field correction: return ``-log(clip((data - dark) / (white - dark), floor))`` with
+        ``/exchange/data_white`` and ``/exchange/data_dark`` (0 when absent). ``"auto"``: when
+        the flats are present and the projections are ``/exchange/data``, the dataset they belong
+        to in DXchange (another ``dataset`` is read as stored, with a note: it may hold line
+        integrals already); ``True``: on any dataset, the flats required; ``False``: never.
+        Data read as stored are taken for line integrals.
     floor:
         Smallest transmission kept before the logarithm.
 
@@ -346,6 +349,8 @@ def read_sinogram(
     if suffix in (".npy", ".tif", ".tiff", ".png"):
         if dataset is not None:
             raise UsageError(f"dataset={dataset!r} applies to HDF5 files only, and {str(p)!r} is {suffix}; drop it")
+        if normalise is True:
+            raise UsageError(f"flat-field correction needs a DXchange HDF5 file with flats, and {str(p)!r} is {suffix}")
         return _read_plain(p, theta, slices, angle_file, angle_unit, transpose)
     import h5py  # noqa: PLC0415
 
@@ -362,6 +367,9 @@ def read_sinogram(
     except ImportError:
         pass
     name = dataset or "/exchange/data"
+    skipped_flats = None
+    if normalise not in (True, False, "auto"):
+        raise UsageError(f"--flat-field must be auto, on or off, got {normalise!r}")
     notes: list[str] = []
     try:
         f = h5py.File(str(p), "r")
@@ -408,6 +416,13 @@ def read_sinogram(
                 file_theta = np.deg2rad(t)
             has_white = "/exchange/data_white" in f
             has_dark = "/exchange/data_dark" in f
+            if normalise is True and not has_white:
+                raise InputError(f"{p}: flat-field correction asked for, but the file has no /exchange/data_white")
+            if normalise == "auto":
+                normalise = name.strip("/") == "exchange/data"
+                if has_white and not normalise:
+                    skipped_flats = (f"{p}: the flats (/exchange/data_white) were not applied to {name}, read as "
+                                     "stored (line integrals); --flat-field on applies them")
             shape = (d.shape[1], d.shape[0]) if transpose else d.shape  # (angles, [rows,] detectors)
             white = _field(f, "/exchange/data_white", rows, str(p), shape) if (normalise and has_white) else None
             dark = _field(f, "/exchange/data_dark", rows, str(p), shape) if (normalise and has_dark) else None
@@ -417,7 +432,7 @@ def read_sinogram(
             "does not have, install hdf5plugin (pip install hdf5plugin), which edn loads when present"
         ) from None
     n_angles = raw.shape[1]
-    warnings: list[str] = []
+    warnings: list[str] = [skipped_flats] if skipped_flats else []
     th = _resolve_theta(theta, angle_file, angle_unit, file_theta, n_angles, str(p), notes, warnings)
     normalised = False
     if white is not None:
