@@ -1,8 +1,9 @@
-"""The specialised loop for gd on the data term (one CPU sample) is the general Algorithm 1, bit for bit.
+"""The specialised loop for gd and cg on the data term (one CPU sample) is the general Algorithm 1, bit for bit.
 
-``descend`` routes ``d = -grad E`` of ``1/2||Au - f||^2`` alone, batch of one, CPU, to a shorter
-loop (``_landweber_single``). Each case runs both loops and compares the iterates exactly, every
-trace field but the time, and the verdict, so the specialisation can never drift from Algorithm 1.
+``descend`` routes ``d = -grad E`` (gd) and fresh conjugate directions with exact steps (cg) of
+``1/2||Au - f||^2`` alone, batch of one, CPU, to a shorter loop (``_data_term_single``). Each case
+runs both loops and compares the iterates exactly, every trace field but the time, and the
+verdict, so the specialisation can never drift from Algorithm 1.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from edncli.operators.base import Identity
 from edncli.operators.blur import Blur, gaussian_kernel
 from edncli.operators.downsample import AveragePool, BicubicDownsample
 from edncli.solvers import descent
-from edncli.solvers.descent import LineSearch, StopRule, descend
+from edncli.solvers.descent import ConjugateDirections, LineSearch, StopRule, descend, negative_gradient
 from edncli.solvers.trace import IterationRecord
 
 
@@ -45,12 +46,12 @@ def _problem(kind: str, sigma: float = 0.01, seed: int = 0):
     return x, op, f
 
 
-def _both(op, f, u0, **kwargs):
+def _both(op, f, u0, direction=lambda: negative_gradient, **kwargs):
     runs = []
     for general in (True, False):
         descent._GENERAL_ONLY = general
         try:
-            runs.append(descend(DataFidelity(op, f), u0, **kwargs))
+            runs.append(descend(DataFidelity(op, f), u0, direction(), **kwargs))
         finally:
             descent._GENERAL_ONLY = False
     return runs
@@ -121,14 +122,23 @@ def test_the_cases_cover_every_way_a_run_ends():
 
 def test_the_specialised_loop_is_taken_only_where_it_applies(monkeypatch):
     calls = []
-    real = descent._landweber_single
-    monkeypatch.setattr(descent, "_landweber_single", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = descent._data_term_single
+    monkeypatch.setattr(descent, "_data_term_single", lambda *a, **k: calls.append(1) or real(*a, **k))
     x, op, f = _problem("blur")
     descend(DataFidelity(op, f), torch.zeros_like(x), stop=StopRule(max_iter=3))
     assert calls == [1]
     descend(DataFidelity(op, f.repeat(2, 1, 1)), torch.zeros(2, 32, 32), stop=StopRule(max_iter=3))  # a batch
     descend(DataFidelity(op, f), torch.zeros_like(x), line=LineSearch(initial="bb"), stop=StopRule(max_iter=3))
     assert calls == [1]
+    exact = LineSearch(initial="exact")
+    descend(DataFidelity(op, f), torch.zeros_like(x), ConjugateDirections(), line=exact, stop=StopRule(max_iter=3))
+    assert calls == [1, 1]
+    used = ConjugateDirections()  # a provider with state (e.g. edn's hand-over) keeps the general loop
+    used(torch.zeros_like(x), torch.ones_like(x), 0)
+    descend(DataFidelity(op, f), torch.zeros_like(x), used, line=exact, stop=StopRule(max_iter=3))
+    descend(DataFidelity(op, f.repeat(2, 1, 1)), torch.zeros(2, 32, 32), ConjugateDirections(), line=exact,
+            stop=StopRule(max_iter=3))
+    assert calls == [1, 1]
 
 
 def test_general_loop_round_off_guard_restores_the_iterate_in_a_batch():
@@ -146,6 +156,69 @@ def test_general_loop_round_off_guard_restores_the_iterate_in_a_batch():
     for s, e in zip(res.samples, exact):
         assert s.energy_monotone
         assert e == pytest.approx(s.final_energy, rel=1e-5, abs=1e-12)
+
+
+CG_CASES = [
+    ("bicubic", dict(stop=StopRule(delta=0.05, max_iter=200))),
+    ("blur", dict(stop=StopRule(delta=0.5, min_iter=7, max_iter=100))),
+    ("circular", dict(line=LineSearch(initial="exact", c=0.3, rho=0.3), stop=StopRule(delta=[1e-9], max_iter=60))),
+    ("average", dict(stop=StopRule(max_iter=10, grad_tol=1e-6))),
+    ("identity", dict(stop=StopRule(max_iter=5))),
+    ("scaled", dict(line=LineSearch(initial="exact", max_backtracks=0), stop=StopRule(max_iter=40))),
+    # noise-free and run long: CG restarts (a direction that is no longer a descent direction)
+    # and ends at float32's limit
+    ("bicubic", dict(stop=StopRule(max_iter=3000))),
+    ("blur", dict(stop=StopRule(max_iter=3000))),
+]
+
+
+def _cg_run(kind, kwargs, general):
+    x, op, f = _problem(kind, 0.0 if kwargs["stop"].max_iter >= 3000 else 0.01)
+    kwargs = {"line": LineSearch(initial="exact"), **kwargs}
+    descent._GENERAL_ONLY = general
+    try:
+        return descend(DataFidelity(op, f), torch.zeros_like(x), ConjugateDirections(), **kwargs)
+    finally:
+        descent._GENERAL_ONLY = False
+
+
+@pytest.mark.parametrize("kind, kwargs", CG_CASES)
+def test_specialised_cg_loop_matches_the_general_one(kind, kwargs):
+    general, special = _cg_run(kind, kwargs, True), _cg_run(kind, kwargs, False)
+    _assert_same(general, special)
+    assert special.samples[0].energy_monotone
+
+
+def test_the_cg_cases_cover_every_way_a_run_ends():
+    # (exact steps pass the Armijo test for any c < 1/2, so a CG line never stalls)
+    reasons = {_cg_run(kind, kwargs, False).samples[0].stop_reason for kind, kwargs in CG_CASES}
+    assert reasons == {"delta", "max_iter", "grad_tol", "precision_limit"}
+
+
+@pytest.mark.parametrize("at", [1, 4])
+def test_a_cg_restart_is_the_same_in_both_loops(monkeypatch, at):
+    """A direction that is no longer a descent direction (here: its slope ``<d, grad E>`` is
+    reported with the wrong sign at the ``at``-th step) is replaced by ``-grad E`` and counted, in
+    the specialised loop exactly as in the general one."""
+    real = descent.fast_dot
+    calls = {"n": 0}
+
+    def flipped(a, b):
+        out = real(a, b)
+        if a is not b:  # <d, grad E>: one per step, in both loops
+            calls["n"] += 1
+            if calls["n"] == at:
+                return out.abs()
+        return out
+
+    monkeypatch.setattr(descent, "fast_dot", flipped)
+    runs = []
+    for general in (True, False):
+        calls["n"] = 0
+        runs.append(_cg_run("blur", dict(stop=StopRule(delta=0.5, max_iter=100)), general))
+    _assert_same(*runs)
+    assert runs[1].samples[0].fallback_steps == 1
+    assert runs[1].samples[0].stop_reason == "delta" and runs[1].samples[0].energy_monotone
 
 
 finite = st.floats(allow_nan=False, allow_infinity=False, width=64)

@@ -23,8 +23,9 @@ the stopping tests and the trace run on those host numbers, so the solver adds n
 launches or device synchronisations. For a batch of more than one sample each trace record keeps
 those per-sample numbers too, so that the result can be split per image
 (:meth:`~edncli.solvers.trace.SolveResult.split`). Gradient descent on the data term alone for one
-sample on the CPU (method ``gd``) runs a shorter loop with the same arithmetic (:func:`_landweber_single`; ``tests/test_landweber_path.py``
-checks that both give the same iterates and trace, bit for bit).
+sample on the CPU (methods ``gd`` and ``cg``) runs a shorter loop with the same arithmetic
+(:func:`_data_term_single`; ``tests/test_landweber_path.py`` checks that both give the same
+iterates and trace, bit for bit).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Protocol
 
+import numpy as np
 import torch
 
 from ..energies import Energy, data_term_of, fast_dot
@@ -48,6 +50,9 @@ _GENERAL_ONLY = False
 #: Largest relative drop ``|E(u_new) - E(u)| / E(u)`` for which the new energy is taken from the
 #: line's closed form instead of a float64 norm of the residual.
 CLOSED_FORM_MAX_DROP = 0.05
+
+#: ``clamp_min(1e-38)`` of :class:`ConjugateDirections`, as the float32 number it is.
+_F32_CLAMP = float(np.float32(1e-38))
 
 
 class DirectionProvider(Protocol):
@@ -226,16 +231,21 @@ def descend(
         raise ValueError(f"initial step {line.initial!r} needs an energy with a known Lipschitz constant")
     steepest = direction is negative_gradient
     has_moved = hasattr(energy, "moved")
-    # For d = -grad E with a gradient nothing else references, u + tau d is built in the
-    # gradient's memory: two memory streams instead of three, ~2x faster once an image no
-    # longer fits the L2 cache. The old iterate stays intact (the round-off guard's exact undo);
-    # the old gradient is recomputed in the rare case that the guard needs it. Barzilai-Borwein
-    # steps need the old gradient every iteration, so they keep the out-of-place update.
-    reuse_grad = steepest and line.initial != "bb" and bool(getattr(energy, "grad_returns_new", False))
-    if (steepest and data_only and batch == 1 and line.initial in ("unit", "lipschitz") and device.type == "cpu"
-            and stop.done is None and not _GENERAL_ONLY):
-        return _landweber_single(
-            energy, u, line, stop, method, reference, callback, record_ssim, start, lipschitz, delta, reuse_grad
+    # For d = -grad E, or conjugate directions (which keep d, not grad E), with a gradient nothing
+    # else references, u + tau d is built in the gradient's memory: two memory streams instead
+    # of three, ~2x faster once an image no longer fits the L2 cache. The old iterate stays
+    # intact (the round-off guard's exact undo); the old gradient is recomputed in the rare case
+    # that the guard needs it. Barzilai-Borwein steps need the old gradient every iteration, so
+    # they keep the out-of-place update, as do other providers (a network may hold grad E).
+    cg_type = type(direction) is ConjugateDirections
+    reuse_grad = ((steepest or cg_type) and line.initial != "bb"
+                  and bool(getattr(energy, "grad_returns_new", False)))
+    # A fresh ConjugateDirections (no state yet) with exact steps is CGLS: its own short loop too.
+    conjugate = cg_type and direction._d is None and line.initial == "exact"  # type: ignore[attr-defined]
+    if ((steepest and line.initial in ("unit", "lipschitz") or conjugate) and data_only and batch == 1
+            and device.type == "cpu" and stop.done is None and not _GENERAL_ONLY):
+        return _data_term_single(
+            energy, u, line, stop, method, reference, callback, record_ssim, start, lipschitz, delta, reuse_grad, conjugate
         )
 
     def discrepancy_of(x: torch.Tensor) -> Optional[torch.Tensor]:
@@ -397,7 +407,7 @@ def descend(
         tau = [0.0 if (stalled[i] or not active[i]) else tau[i] for i in range(batch)]
 
         prev_u, prev_g = u, (None if reuse_grad else g)
-        u_new = d if reuse_grad else torch.empty_like(u)
+        u_new = g if reuse_grad else torch.empty_like(u)
         t_step: "torch.Tensor | float" = (
             sign * tau[0] if batch == 1 else torch.tensor([sign * v for v in tau], device=device, dtype=u.dtype)
         )
@@ -485,7 +495,7 @@ def descend(
     return SolveResult(u=u, trace=trace, samples=samples, method=method, elapsed_s=time.perf_counter() - start)
 
 
-def _landweber_single(
+def _data_term_single(
     energy: Energy,
     u: torch.Tensor,
     line: LineSearch,
@@ -498,13 +508,18 @@ def _landweber_single(
     lipschitz: Optional[float],
     delta: Optional[List[float]],
     reuse_grad: bool,
+    conjugate: bool,
 ) -> SolveResult:
-    """:func:`descend` for ``d = -grad E`` of ``E = 1/2||A u - f||^2`` alone, one sample, on the CPU.
+    """:func:`descend` on ``E = 1/2||A u - f||^2`` alone, one sample, on the CPU: ``gd`` or ``cg``.
 
-    The same iterates, trace and verdict as the general loop, bit for bit (a test compares them),
-    with host floats instead of per-sample lists and no per-iteration closures: on a CPU the
-    solver's own time is mostly code and data that the operator's calls have evicted from the
-    caches, so the shorter this loop, the lower its share of an iteration (method ``gd``).
+    ``conjugate=False``: ``d = -grad E`` (Landweber); ``True``: the directions of a fresh
+    :class:`ConjugateDirections` with exact steps (CGLS). The same iterates, trace and verdict as
+    the general loop, bit for bit (``tests/test_landweber_path.py`` compares them), with host
+    floats instead of per-sample lists and no per-iteration closures: on a CPU the solver's own
+    time is mostly code and data that the operator's calls have evicted from the caches, so the
+    shorter this loop, the lower its share of an iteration. For CG, ``beta_k`` is the float32
+    quotient of the two gradient norms as the general loop's tensor division gives it: the
+    float64 quotient of two float32 numbers rounds to the same float32 (53 >= 2 * 24 + 2 bits).
     """
     delta0 = None if delta is None else delta[0]
     e_t = energy.value(u)
@@ -528,26 +543,53 @@ def _landweber_single(
             return "grad_tol"
         return "max_iter" if k >= stop.max_iter else ""
 
-    tau0 = 1.0 if line.initial == "unit" else 1.0 / lipschitz  # type: ignore[operator]
-    max_inc, monotone = -math.inf, True
+    tau_first = 1.0 if line.initial == "unit" else 1.0 / lipschitz  # type: ignore[operator]
+    max_inc, monotone, fallbacks = -math.inf, True, 0
+    d: Optional[torch.Tensor] = None  # CG: the previous direction, the next one is built in its memory
+    gn2_prev = 0.0  # CG: ||grad E||^2 when ``d`` was built
     k = 0
     record(0, None, 0, True)
     reason = stop_reason(0)
     while not reason:
         k += 1
-        # <r, A grad E> = ||grad E||^2 is known: along() computes A d and ||A d||^2 only
-        adad = energy.along(u, g, None, rad=gg).quadratic[1]  # type: ignore[attr-defined]
-        a1, a2 = gn2_h, adad.item()
-        tau, trials, ok = _armijo(e_h, gn2_h, a1, a2, tau0, -1.0, line.c, line.rho, line.max_backtracks)
+        tau0 = tau_first
+        if not conjugate:
+            # <r, A grad E> = ||grad E||^2 is known: along() computes A d and ||A d||^2 only
+            step_dir, sign = g, -1.0
+            adad = energy.along(u, g, None, rad=gg).quadratic[1]  # type: ignore[attr-defined]
+            a1, a2, slope = gn2_h, adad.item(), gn2_h
+        else:
+            if d is None:
+                d = -g
+            else:
+                beta = float(np.float32(gn2_h) / np.float32(gn2_prev if gn2_prev >= _F32_CLAMP else _F32_CLAMP)) if gn2_prev > 0 else 0.0
+                d = d.mul_(beta).sub_(g)
+            gn2_prev = gn2_h
+            dg = fast_dot(d, g)
+            rad, adad = energy.along(u, d, None, rad=dg).quadratic  # type: ignore[attr-defined]
+            a1, a2 = rad.item(), adad.item()
+            slope = -a1
+            if not math.isfinite(slope) or (not slope > 0 and gn2_h > 0):  # a CG restart, as in descend
+                d = -g
+                rad, adad = energy.along(u, d, None).quadratic  # type: ignore[attr-defined]
+                a1, a2, slope = rad.item(), adad.item(), gn2_h
+                fallbacks += 1
+            step_dir, sign = d, 1.0
+            if a2 > 0:
+                t_star = -sign * a1 / a2
+                if 0 < t_star < math.inf:
+                    tau0 = t_star
+        tau, trials, ok = _armijo(e_h, slope, a1, a2, tau0, sign, line.c, line.rho, line.max_backtracks)
         if not ok:
             tau = 0.0
+        t_step = sign * tau
         prev_u, prev_g = u, (None if reuse_grad else g)
         # The residual moves first, while ``A d`` is still in the cache (~1 point of overhead on
         # image-sized data); the new iterate's tensor is named before it is written.
         u_new = g if reuse_grad else torch.empty_like(u)
-        closed = bool(energy.moved(u_new, prev_u, g, -tau))  # type: ignore[attr-defined]
-        u = torch.add(u, g, alpha=-tau, out=u_new)
-        drop = a1 * -tau + 0.5 * a2 * tau * tau
+        closed = bool(energy.moved(u_new, prev_u, step_dir, t_step))  # type: ignore[attr-defined]
+        u = torch.add(u, step_dir, alpha=t_step, out=u_new)
+        drop = a1 * t_step + 0.5 * a2 * tau * tau
         closed = closed and abs(drop) <= CLOSED_FORM_MAX_DROP * e_h
         e_t = None if closed else energy.value(u)
         g = energy.grad(u)
@@ -579,5 +621,6 @@ def _landweber_single(
         max_energy_increase=max_inc if math.isfinite(max_inc) else 0.0,
         energy_monotone=monotone,
         stop_reason=reason,
+        fallback_steps=fallbacks,
     )
     return SolveResult(u=u, trace=trace, samples=[verdict], method=method, elapsed_s=time.perf_counter() - start)
