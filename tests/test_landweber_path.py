@@ -195,27 +195,31 @@ def test_the_cg_cases_cover_every_way_a_run_ends():
     assert reasons == {"delta", "max_iter", "grad_tol", "precision_limit"}
 
 
-@pytest.mark.parametrize("at", [1, 4])
-def test_a_cg_restart_is_the_same_in_both_loops(monkeypatch, at):
-    """A direction that is no longer a descent direction (here: its slope ``<d, grad E>`` is
-    reported with the wrong sign at the ``at``-th step) is replaced by ``-grad E`` and counted, in
-    the specialised loop exactly as in the general one."""
-    real = descent.fast_dot
+@pytest.mark.parametrize("kind, at", [("blur", 1), ("blur", 4), ("bicubic", 3)])
+def test_a_cg_restart_is_the_same_in_both_loops(monkeypatch, kind, at):
+    """A direction that is no longer a descent direction (here: its slope is reported with the
+    wrong sign at the ``at``-th step) is replaced by ``-grad E`` and counted, in the specialised
+    loop exactly as in the general one. The slope is ``<d, grad E>`` over the image for the blur
+    (data as large as the image) and ``<r, A d>`` over the 16x smaller data for SR x4."""
+    import edncli.energies as energies
+
+    module = energies if kind == "bicubic" else descent
+    real = module.fast_dot
     calls = {"n": 0}
 
     def flipped(a, b):
         out = real(a, b)
-        if a is not b:  # <d, grad E>: one per step, in both loops
+        if a is not b:  # the slope's inner product: one per step, in both loops
             calls["n"] += 1
             if calls["n"] == at:
                 return out.abs()
         return out
 
-    monkeypatch.setattr(descent, "fast_dot", flipped)
+    monkeypatch.setattr(module, "fast_dot", flipped)
     runs = []
     for general in (True, False):
         calls["n"] = 0
-        runs.append(_cg_run("blur", dict(stop=StopRule(delta=0.5, max_iter=100)), general))
+        runs.append(_cg_run(kind, dict(stop=StopRule(delta=0.5 if kind == "blur" else 0.05, max_iter=100)), general))
     _assert_same(*runs)
     assert runs[1].samples[0].fallback_steps == 1
     assert runs[1].samples[0].stop_reason == "delta" and runs[1].samples[0].energy_monotone

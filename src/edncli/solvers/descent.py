@@ -240,12 +240,15 @@ def descend(
     cg_type = type(direction) is ConjugateDirections
     reuse_grad = ((steepest or cg_type) and line.initial != "bb"
                   and bool(getattr(energy, "grad_returns_new", False)))
+    # <r, A d> (data space) instead of <d, grad E> (image space) where the data are smaller.
+    slope_in_data = data_only and data.f[0].numel() < u[0].numel()  # type: ignore[union-attr]
     # A fresh ConjugateDirections (no state yet) with exact steps is CGLS: its own short loop too.
     conjugate = cg_type and direction._d is None and line.initial == "exact"  # type: ignore[attr-defined]
     if ((steepest and line.initial in ("unit", "lipschitz") or conjugate) and data_only and batch == 1
             and device.type == "cpu" and stop.done is None and not _GENERAL_ONLY):
         return _data_term_single(
-            energy, u, line, stop, method, reference, callback, record_ssim, start, lipschitz, delta, reuse_grad, conjugate
+            energy, u, line, stop, method, reference, callback, record_ssim, start, lipschitz, delta, reuse_grad, conjugate,
+            slope_in_data,
         )
 
     def discrepancy_of(x: torch.Tensor) -> Optional[torch.Tensor]:
@@ -310,8 +313,9 @@ def descend(
             d = direction(u, g, k - 1, gg) if wants_gg else direction(u, g, k - 1)  # type: ignore[call-arg]
             d, sign = d.float(), 1.0
         # For the data term <r, A d> = <A^T r, d> = <grad E, d>: for d = grad E that is ||grad E||^2
-        # (known), otherwise the slope's own inner product serves the line as well (one pass).
-        dg = None if steepest else fast_dot(d, g)
+        # (known), otherwise the slope and the line share one inner product, taken in the smaller
+        # of the two spaces (<r, A d> over the data for SR, <d, grad E> over the image for CT).
+        dg = None if (steepest or slope_in_data) else fast_dot(d, g)
         if data_only:
             phi = energy.along(u, d, e, rad=gg if steepest else dg)
         else:
@@ -333,7 +337,7 @@ def descend(
             *bb_pull,
         )
         # slope = <sign d, -grad E> > 0 for a descent direction.
-        slope = list(gn2_h) if steepest else [-v for v in dg_h]  # type: ignore[union-attr]
+        slope = list(gn2_h) if steepest else [-v for v in (a1_h if slope_in_data else dg_h)]  # type: ignore[union-attr]
         # A direction that is not a descent direction (only possible for providers without a
         # descent-set layer), or not finite (<d, grad E> is then not finite), is replaced by -grad
         # for that sample, and counted. A stopped sample's non-finite direction is replaced too:
@@ -509,6 +513,7 @@ def _data_term_single(
     delta: Optional[List[float]],
     reuse_grad: bool,
     conjugate: bool,
+    slope_in_data: bool,
 ) -> SolveResult:
     """:func:`descend` on ``E = 1/2||A u - f||^2`` alone, one sample, on the CPU: ``gd`` or ``cg``.
 
@@ -565,7 +570,7 @@ def _data_term_single(
                 beta = float(np.float32(gn2_h) / np.float32(gn2_prev if gn2_prev >= _F32_CLAMP else _F32_CLAMP)) if gn2_prev > 0 else 0.0
                 d = d.mul_(beta).sub_(g)
             gn2_prev = gn2_h
-            dg = fast_dot(d, g)
+            dg = None if slope_in_data else fast_dot(d, g)
             rad, adad = energy.along(u, d, None, rad=dg).quadratic  # type: ignore[attr-defined]
             a1, a2 = rad.item(), adad.item()
             slope = -a1
