@@ -117,3 +117,29 @@ def test_card_says_validation_ran_on_phantoms_without_val_images(trained, monkey
     code, _, err = edn(monkeypatch, capsys, *_TRAIN, "--out", "v", "--val-images", "imgs")
     assert code == 0, err
     assert "on up to 8 centre crops of 32²;" in Path("v.md").read_text()
+
+
+def test_images_may_name_several_folders(tmp_path):
+    """``--images a,b``: the images of both folders, in that order; an empty name or a missing
+    folder among them is the same clear error as for one folder."""
+    import numpy as np
+    import pytest as _pytest
+
+    from edncli.errors import InputError, UsageError
+    from edncli.training.data import list_images
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    for folder, names in ((a, ("2.npy", "1.npy")), (b, ("0.npy",))):
+        for n in names:
+            np.save(folder / n, np.zeros((4, 4), np.float32))
+    assert [p.relative_to(tmp_path).as_posix() for p in list_images(f"{a},{b}")] == ["a/1.npy", "a/2.npy", "b/0.npy"]
+    with _pytest.raises(UsageError, match="empty folder name"):
+        list_images(f"{a},")
+    with _pytest.raises(InputError, match="not a folder"):
+        list_images(f"{a},{tmp_path / 'missing'}")
+    odd = tmp_path / "x,y"  # a folder whose name has a comma is still one folder
+    odd.mkdir()
+    np.save(odd / "3.npy", np.zeros((4, 4), np.float32))
+    assert [p.name for p in list_images(str(odd))] == ["3.npy"]

@@ -31,7 +31,7 @@ def _out_path(name: str) -> Path:
 def train(
     task: Annotated[str, typer.Option("--task", help=f"One of: {', '.join(TASKS)}.")],
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Checkpoint name or path (.safetensors added); a model card .md (and a training log) is written beside it. Required: there is no default, so a run never writes under a shipped checkpoint's name.")] = None,
-    images: Annotated[Optional[str], typer.Option("--images", help="Folder of training images.")] = None,
+    images: Annotated[Optional[str], typer.Option("--images", help="Folder of training images; several: comma-separated (train400,bsd68).")] = None,
     val_images: Annotated[Optional[str], typer.Option("--val-images", help="Folder of validation images.")] = None,
     kind: Annotated[str, typer.Option("--kind", help="sr/ct/deblur: edn (direction network) or baseline.")] = "edn",
     scale: Annotated[int, typer.Option("--scale", help="sr: upscaling factor.")] = 4,

@@ -14,8 +14,17 @@ IMAGE_EXTS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".pgm", ".npy")
 
 
 def list_images(folder: str | Path, option: str = "--images") -> List[Path]:
-    """Image files in ``folder`` (sorted); a clear error naming ``option`` if there are none."""
+    """Image files in ``folder`` (sorted); a clear error naming ``option`` if there are none.
+
+    ``folder`` may name several folders separated by commas (``train400,bsd68``), unless it is
+    itself a folder: their images in that order, each folder sorted, each folder checked.
+    """
     p = Path(folder)
+    if not p.is_dir() and "," in str(folder):
+        parts = str(folder).split(",")
+        if not all(parts):
+            raise UsageError(f"{option} {folder}: an empty folder name between commas")
+        return [f for part in parts for f in list_images(part, option)]
     if not p.is_dir():
         raise InputError(f"{option} {folder}: not a folder")
     files = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_EXTS and q.is_file())
