@@ -21,7 +21,9 @@ from ..errors import InputError, UsageError
 if TYPE_CHECKING:  # pragma: no cover
     from ..operators.tomography import CTGeometry
 
-WALNUT_DIR = Path("/work/shared/data/walnut")
+#: The FIPS walnut in the project's public data (``$EDN_SHARED_DATA/walnut``; by default
+#: ``../shared/data/walnut`` beside a source checkout, as the tests and benchmarks read it).
+WALNUT_DIR = Path(os.environ.get("EDN_SHARED_DATA", Path(__file__).resolve().parents[3].parent / "shared" / "data")) / "walnut"
 _NO_ANGLES = "no projection angles: the file has no /exchange/theta; pass --angles N or --angle-file FILE"
 
 
