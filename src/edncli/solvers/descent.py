@@ -89,30 +89,35 @@ class ConjugateDirections:
     Landweber's early stopping (Hanke 1995). A direction that is not a descent direction (after
     an inexact step or round-off) is replaced by ``-g`` for that sample by :func:`descend`, which
     reports it through :meth:`used` (a CG restart; counted as a fallback step). Keeps the previous
-    direction and builds the next one in its memory (a returned direction is overwritten by the
-    next call; :func:`descend` holds none across steps): one instance per run.
+    direction, negated, and builds the next one in its memory in one pass,
+    ``-d_k = g_k + beta_k (-d_{k-1})`` (:meth:`negated`; :func:`descend` steps along ``-d`` with a
+    negative step, as for ``-grad E``, and holds no direction across steps): one instance per run.
     """
 
     wants_grad_norm_sq = True
 
     def __init__(self) -> None:
-        self._d: Optional[torch.Tensor] = None
+        self._p: Optional[torch.Tensor] = None  # -d of the last step
         self._gg: Optional[torch.Tensor] = None
 
-    def __call__(self, u: torch.Tensor, grad: torch.Tensor, k: int, grad_norm_sq: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def negated(self, u: torch.Tensor, grad: torch.Tensor, k: int, grad_norm_sq: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``-d_k``, in the memory of ``-d_{k-1}`` (overwritten by the next call)."""
         gg = fast_dot(grad, grad) if grad_norm_sq is None else grad_norm_sq
-        if k == 0 or self._d is None:
-            d = -grad
+        if k == 0 or self._p is None:
+            p = grad.clone()
         else:
             beta = torch.where(self._gg > 0, gg / self._gg.clamp_min(1e-38), torch.zeros_like(gg))  # type: ignore[operator]
-            # in the memory of the previous direction (the solver holds no direction across steps)
-            d = self._d.mul_(_bcast(beta, grad)).sub_(grad)
-        self._d, self._gg = d, gg
-        return d
+            p = torch.addcmul(grad, _bcast(beta, grad), self._p, out=self._p)
+        self._p, self._gg = p, gg
+        return p
 
-    def used(self, d: torch.Tensor) -> None:
-        """The direction the solver took instead (``-g`` for the samples it restarted)."""
-        self._d = d
+    def __call__(self, u: torch.Tensor, grad: torch.Tensor, k: int, grad_norm_sq: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return -self.negated(u, grad, k, grad_norm_sq)
+
+    def used(self, d: torch.Tensor, negated: bool = False) -> None:
+        """The direction the solver took instead (``-g`` for the samples it restarted; ``negated``:
+        given as ``-d``)."""
+        self._p = d if negated else -d
 
 
 @dataclass
@@ -243,7 +248,7 @@ def descend(
     # <r, A d> (data space) instead of <d, grad E> (image space) where the data are smaller.
     slope_in_data = data_only and data.f[0].numel() < u[0].numel()  # type: ignore[union-attr]
     # A fresh ConjugateDirections (no state yet) with exact steps is CGLS: its own short loop too.
-    conjugate = cg_type and direction._d is None and line.initial == "exact"  # type: ignore[attr-defined]
+    conjugate = cg_type and direction._p is None and line.initial == "exact"  # type: ignore[attr-defined]
     if ((steepest and line.initial in ("unit", "lipschitz") or conjugate) and data_only and batch == 1
             and device.type == "cpu" and stop.done is None and not _GENERAL_ONLY):
         return _data_term_single(
@@ -309,6 +314,8 @@ def descend(
         # output is known, so the solver steps along grad E itself with sign -1.
         if steepest:
             d, sign = g, -1.0
+        elif cg_type:  # -d_CG along a negative step: the direction update is one pass
+            d, sign = direction.negated(u, g, k - 1, gg), -1.0  # type: ignore[attr-defined]
         else:
             d = direction(u, g, k - 1, gg) if wants_gg else direction(u, g, k - 1)  # type: ignore[call-arg]
             d, sign = d.float(), 1.0
@@ -337,7 +344,7 @@ def descend(
             *bb_pull,
         )
         # slope = <sign d, -grad E> > 0 for a descent direction.
-        slope = list(gn2_h) if steepest else [-v for v in (a1_h if slope_in_data else dg_h)]  # type: ignore[union-attr]
+        slope = list(gn2_h) if steepest else [-sign * v for v in (a1_h if slope_in_data else dg_h)]  # type: ignore[union-attr]
         # A direction that is not a descent direction (only possible for providers without a
         # descent-set layer), or not finite (<d, grad E> is then not finite), is replaced by -grad
         # for that sample, and counted. A stopped sample's non-finite direction is replaced too:
@@ -348,8 +355,10 @@ def descend(
         ]
         if any(bad):
             mask = torch.tensor(bad, device=device)
-            d = torch.where(_bcast(mask, d), -g, d)
-            if used is not None:
+            d = torch.where(_bcast(mask, d), -sign * g if sign > 0 else g, d)  # sign * d = -g
+            if cg_type:
+                direction.used(d, negated=True)  # type: ignore[attr-defined]
+            elif used is not None:
                 used(d)
             phi = energy.along(u, d, e)
             quad = getattr(phi, "quadratic", None)
@@ -550,7 +559,8 @@ def _data_term_single(
 
     tau_first = 1.0 if line.initial == "unit" else 1.0 / lipschitz  # type: ignore[operator]
     max_inc, monotone, fallbacks = -math.inf, True, 0
-    d: Optional[torch.Tensor] = None  # CG: the previous direction, the next one is built in its memory
+    d: Optional[torch.Tensor] = None  # CG: the previous direction (negated), the next one is built in its memory
+    one = (1,) * u.dim()  # the shape of a broadcast per-sample scalar
     gn2_prev = 0.0  # CG: ||grad E||^2 when ``d`` was built
     k = 0
     record(0, None, 0, True)
@@ -564,22 +574,23 @@ def _data_term_single(
             adad = energy.along(u, g, None, rad=gg).quadratic[1]  # type: ignore[attr-defined]
             a1, a2, slope = gn2_h, adad.item(), gn2_h
         else:
+            # d holds -d_CG (as ConjugateDirections.negated builds it), stepped along with sign -1
             if d is None:
-                d = -g
+                d = g.clone()
             else:
                 beta = float(np.float32(gn2_h) / np.float32(gn2_prev if gn2_prev >= _F32_CLAMP else _F32_CLAMP)) if gn2_prev > 0 else 0.0
-                d = d.mul_(beta).sub_(g)
+                d = torch.addcmul(g, torch.full(one, beta), d, out=d)
             gn2_prev = gn2_h
             dg = None if slope_in_data else fast_dot(d, g)
             rad, adad = energy.along(u, d, None, rad=dg).quadratic  # type: ignore[attr-defined]
             a1, a2 = rad.item(), adad.item()
-            slope = -a1
+            slope = a1
             if not math.isfinite(slope) or (not slope > 0 and gn2_h > 0):  # a CG restart, as in descend
-                d = -g
+                d = g.clone()
                 rad, adad = energy.along(u, d, None).quadratic  # type: ignore[attr-defined]
                 a1, a2, slope = rad.item(), adad.item(), gn2_h
                 fallbacks += 1
-            step_dir, sign = d, 1.0
+            step_dir, sign = d, -1.0
             if a2 > 0:
                 t_star = -sign * a1 / a2
                 if 0 < t_star < math.inf:
