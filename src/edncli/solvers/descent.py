@@ -355,7 +355,7 @@ def descend(
         ]
         if any(bad):
             mask = torch.tensor(bad, device=device)
-            d = torch.where(_bcast(mask, d), -sign * g if sign > 0 else g, d)  # sign * d = -g
+            d = torch.where(_bcast(mask, d), -g if sign > 0 else g, d)  # sign * d = -g
             if cg_type:
                 direction.used(d, negated=True)  # type: ignore[attr-defined]
             elif used is not None:
@@ -578,7 +578,8 @@ def _data_term_single(
             if d is None:
                 d = g.clone()
             else:
-                beta = float(np.float32(gn2_h) / np.float32(gn2_prev if gn2_prev >= _F32_CLAMP else _F32_CLAMP)) if gn2_prev > 0 else 0.0
+                # rounded to float32 by torch.full: the general loop's float32 quotient
+                beta = gn2_h / max(gn2_prev, _F32_CLAMP) if gn2_prev > 0 else 0.0
                 d = torch.addcmul(g, torch.full(one, beta), d, out=d)
             gn2_prev = gn2_h
             dg = None if slope_in_data else fast_dot(d, g)
