@@ -70,6 +70,10 @@ def test_sr_end_to_end_with_report_and_plot(workdir, monkeypatch, capsys):
     assert Image.open("hr.png").size == (64, 64) and Image.open("hr.png").mode.startswith("I")
     assert Path("hr.png.plot.png").stat().st_size > 1000
     assert json.loads(out)["delta_reached"] is True
+    # tv chose α by the discrepancy principle: the search's solves are counted apart, and said
+    searched = report["search_iterations"]
+    assert len(searched) == 1 and searched[0] >= sum(e["iterations"][0] for e in report["alpha_search"]) > 0
+    assert f"+{searched[0]} in the α search" in err
 
 
 def test_reconstruct_alias_and_deblur(workdir, monkeypatch, capsys):

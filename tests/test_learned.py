@@ -162,15 +162,21 @@ def test_train_cli_bad_input(tmp_path, monkeypatch, capsys):
 def test_eval_and_weights_commands(tiny_sr, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     _images(tmp_path / "clean", n=2, size=32)
-    code, out, err = edn(monkeypatch, capsys, "eval", "sr", "--images", "clean", "--methods", f"gd,edn:{tiny_sr}",
+    code, out, err = edn(monkeypatch, capsys, "eval", "sr", "--images", "clean", "--methods", f"gd,tv,edn:{tiny_sr}",
                          "--json", "table.json")
     assert code == 0, err
     doc = json.loads(Path("table.json").read_text())
-    for name in ("gd", f"edn:{tiny_sr}"):
+    for name in ("gd", "tv", f"edn:{tiny_sr}"):
         mean = doc["methods"][name]["mean"]
         assert set(mean) >= {"psnr", "ssim", "residual_sq", "iterations", "time_s"}
     assert doc["methods"][f"edn:{tiny_sr}"]["energy_monotone_all"] is True
-    assert len(doc["rows"]) == 4
+    assert len(doc["rows"]) == 6
+    # tv's α search is work outside its `iterations`: counted per image, and shown in the table
+    tv_rows = [r for r in doc["rows"] if r["method"] == "tv"]
+    assert all(r["search_iterations"] > 0 for r in tv_rows)
+    assert not any("search_iterations" in r for r in doc["rows"] if r["method"] != "tv")
+    assert doc["methods"]["tv"]["mean"]["search_iterations"] == sum(r["search_iterations"] for r in tv_rows) / 2
+    assert "α search)" in out
     monkeypatch.setenv("EDN_WEIGHTS_DIR", str(tiny_sr.parent))
     code, out, _ = edn(monkeypatch, capsys, "weights", "show", tiny_sr.stem)
     assert code == 0 and json.loads(out)["task"] == "edn-sr"
@@ -505,3 +511,15 @@ def test_training_log_is_standard_json_when_a_metric_is_not_finite(tmp_path, mon
     assert "NaN" not in text
     rows = [json.loads(line, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}")) for line in text.splitlines()]
     assert rows[-1]["val_psnr_init"] is None
+
+
+@pytest.mark.parametrize("cap", [0, 1, 2])
+def test_a_given_cap_below_the_checkpoints_min_iter_wins(tiny_sr, cap):
+    # tiny_sr defaults to 4 steps before the δ test; --max-iter N < 4 (no --min-iter) runs N steps.
+    x, op, f, u0 = _sr_problem()
+    delta = DeltaChoice(10.0, "given")  # met from the start: only the cap and min_iter decide
+    res = solve(Problem(op, f, u0, delta, task="sr"), "edn", MethodOptions(weights=str(tiny_sr), max_iter=cap))
+    assert res.iterations == cap
+    assert res.extra["min_iter"] == cap
+    free = solve(Problem(op, f, u0, delta, task="sr"), "edn", MethodOptions(weights=str(tiny_sr)))
+    assert free.iterations == free.extra["min_iter"] == 4  # without a cap the checkpoint's default holds

@@ -174,3 +174,30 @@ def test_trace_energy_is_the_exact_energy_of_each_iterate(method):
         exact.append(_exact_energy(op, f, uk))
         assert full.trace[k].energy == pytest.approx(exact[-1], rel=1e-5)
     assert all(b <= a * (1 + 1e-6) for a, b in zip(exact, exact[1:]))
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_tv_reports_the_iterations_of_its_alpha_search(batch, monkeypatch):
+    # `iterations` is the reported solve's; `search_iterations` is every other solve's, per sample,
+    # so together they are all the work tv did (counted here by wrapping its solves).
+    import edncli.solvers.methods as methods
+
+    counted = [0] * batch
+    inner = methods._tv_solve
+
+    def counting(*args, **kwargs):
+        res = inner(*args, **kwargs)
+        for i, s in enumerate(res.samples):
+            counted[i] += s.iterations
+        return res
+
+    monkeypatch.setattr(methods, "_tv_solve", counting)
+    x, op, f = _deblur_problem()
+    f = torch.cat([f, _deblur_problem(seed=3)[2]])[:batch]
+    delta = 1.05 * 0.01 * math.sqrt(f[0].numel())
+    res = solve(Problem(op, f, f.clone(), DeltaChoice(delta, "given")), "tv", MethodOptions(max_iter=400))
+    search = res.extra["search_iterations"]
+    assert len(search) == batch and all(n > 0 for n in search)
+    assert [s.iterations + n for s, n in zip(res.samples, search)] == counted
+    if batch == 2:
+        assert [p.extra["search_iterations"] for p in res.split([1, 1])] == [[n] for n in search]

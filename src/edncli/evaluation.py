@@ -223,6 +223,8 @@ def run_eval(
                     "psnr_init": psnr(u0.clamp(0, 1), x, border=cfg.border),
                 }
             )
+            if "search_iterations" in result.extra:  # tv's α search: work outside `iterations`
+                rows[-1]["search_iterations"] = int(sum(result.extra["search_iterations"]))
             if progress is not None:
                 r = rows[-1]
                 progress(f"{r['image']}: {method}: {r['psnr']:.2f} dB, {r['iterations']} it, {r['time_s']:.2f} s")
@@ -230,6 +232,8 @@ def run_eval(
     for method in cfg.methods:
         mine = [r for r in rows if r["method"] == method]
         mean = {k: float(np.mean([r[k] for r in mine])) for k in ("psnr", "ssim", "residual_sq", "iterations", "time_s")}
+        if any("search_iterations" in r for r in mine):
+            mean["search_iterations"] = float(np.mean([r.get("search_iterations", 0) for r in mine]))
         methods[method] = {
             "mean": mean,
             "images": len(mine),
@@ -268,8 +272,9 @@ def format_table(doc: dict) -> str:
     ]
     for name, m in doc["methods"].items():
         mean = m["mean"]
+        search = f" (+{mean['search_iterations']:.1f} α search)" if "search_iterations" in mean else ""
         lines.append(
-            f"| {name} | {mean['psnr']:.2f} | {mean['ssim']:.4f} | {mean['residual_sq']:.3g} | {mean['iterations']:.1f} | "
+            f"| {name} | {mean['psnr']:.2f} | {mean['ssim']:.4f} | {mean['residual_sq']:.3g} | {mean['iterations']:.1f}{search} | "
             f"{mean['time_s']:.3f} | {m['delta_reached_all']} | {m['energy_monotone_all']} |"
         )
     return "\n".join(lines)

@@ -97,6 +97,12 @@ def _options(
     )
 
 
+def _search_text(result) -> str:
+    """`` (+N in the α search)`` for tv with α by the discrepancy principle, else ``""``."""
+    search = result.extra.get("search_iterations")
+    return f" (+{sum(search)} in the α search)" if search else ""
+
+
 @dataclass(frozen=True)
 class _Job:
     """One input and where its output, report and plot go."""
@@ -273,7 +279,8 @@ def run_problems(
         )
         verdict = {True: "δ reached", False: "δ NOT reached (iteration cap)", None: "no δ set"}[reached]
         c.say(
-            f"{job.path} -> {job.out}: {method}, {result.iterations} iterations, ||Au-f|| = {result.final_discrepancy:.4g}"
+            f"{job.path} -> {job.out}: {method}, {result.iterations} iterations{_search_text(result)}, "
+            f"||Au-f|| = {result.final_discrepancy:.4g}"
             + (f" (δ = {_delta_text(doc['delta'])} per sample)" if doc["delta"] else "")
             + f", {verdict}, energy monotone: {result.energy_monotone}",
             quiet,

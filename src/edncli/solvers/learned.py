@@ -238,6 +238,8 @@ def solve_edn(problem: Problem, options: MethodOptions, callback: Callback = Non
         energy = energy + options.alpha * HuberTV(options.huber_eps)
 
     min_iter = options.min_iter if options.min_iter is not None else meta.get("min_iter", 15)  # type-checked on load
+    if options.min_iter is None and options.max_iter is not None:
+        min_iter = min(min_iter, int(options.max_iter))  # a given cap wins over the checkpoint's default
     # Networks are trained on short paths (the lagged scheme's 0-10 steps); far beyond them their
     # directions are out of distribution. After `learned_steps` network steps, a sample that has
     # not met δ continues with conjugate gradients (CGLS, exact steps) or Landweber steps

@@ -297,9 +297,13 @@ def solve_tv(problem: Problem, options: MethodOptions, callback: Callback = None
     bisections = torch.zeros(batch, dtype=torch.long)
     log: List[dict] = []
     warm = u0
+    # Iterations spent outside the reported solve (the search's solves, discarded final solves):
+    # per sample, so a report's `iterations` plus these is the method's whole work.
+    search_iterations = [0] * batch
     for _ in range(options.tv_search_steps + 16):
         alpha = (10.0**log_alpha).float()
         res = _tv_solve(problem, alpha, warm, options, None, options.tv_inner_iter)
+        search_iterations = [n + s.iterations for n, s in zip(search_iterations, res.samples)]
         disc = torch.tensor([s.final_discrepancy for s in res.samples], dtype=torch.float64)
         meets = disc <= delta
         log.append({"alpha": alpha.tolist(), "discrepancy": disc.tolist(), "iterations": [s.iterations for s in res.samples]})
@@ -326,8 +330,10 @@ def solve_tv(problem: Problem, options: MethodOptions, callback: Callback = None
         if not bool(missed.any()):
             break
         final_alpha = torch.where(missed, final_alpha / 2, final_alpha)
+        search_iterations = [n + s.iterations for n, s in zip(search_iterations, result.samples)]
         result = _tv_solve(problem, final_alpha, start, options, callback, options.iteration_cap)
     result.extra["alpha"] = final_alpha.tolist()
     result.extra["alpha_rule"] = "discrepancy"
     result.extra["alpha_search"] = log
+    result.extra["search_iterations"] = search_iterations
     return _attach_delta(result, deltas)

@@ -19,7 +19,7 @@ MONOTONE_RTOL = 1e-5
 
 #: ``extra`` keys of a result holding one value per sample (sliced by :meth:`SolveResult.split`,
 #: concatenated by the sharding merge).
-PER_SAMPLE_EXTRA = ("alpha", "final_L")
+PER_SAMPLE_EXTRA = ("alpha", "final_L", "search_iterations")
 #: ``extra`` keys holding a log: a list of dicts whose list values have one entry per sample.
 PER_SAMPLE_LOGS = ("alpha_search",)
 
