@@ -277,7 +277,7 @@ def run_problems(
                 "elapsed_s": round(result.elapsed_s, 4),
             }
         )
-        verdict = {True: "δ reached", False: "δ NOT reached (iteration cap)", None: "no δ set"}[reached]
+        verdict = {True: "δ reached", False: f"δ NOT reached ({_miss_reason(result)})", None: "no δ set"}[reached]
         c.say(
             f"{job.path} -> {job.out}: {method}, {result.iterations} iterations{_search_text(result)}, "
             f"||Au-f|| = {result.final_discrepancy:.4g}"
@@ -288,6 +288,8 @@ def run_problems(
 
     for group in _batches(jobs, build, device, batch_size):
         problems = [built[0] for _, built in group]
+        for job, built in group:
+            _warn_unreachable(job.path, built, quiet)
         name = Path(group[0][0].path).name + (f" (+{len(group) - 1})" if len(group) > 1 else "")
         callback, close = c.progress_callback(_iteration_cap(method, problems[0], options), quiet, f"{method} {name}")
         try:
@@ -307,8 +309,42 @@ def run_problems(
         print(strict_json(summaries[0] if len(summaries) == 1 else summaries))
     missed = sum(s["delta_reached"] is False for s in summaries)
     if missed:
-        c.say(f"{missed} of {len(jobs)} run(s) ended at the iteration cap without reaching δ (exit code 3)", quiet)
+        c.say(f"{missed} of {len(jobs)} run(s) ended without reaching δ (exit code 3)", quiet)
         raise typer.Exit(3)
+
+
+#: Why a run stopped short of δ, as the summary line says it (keys: ``SampleVerdict.stop_reason``).
+_STOP_TEXT = {"max_iter": "iteration cap", "grad_tol": "gradient tolerance", "precision_limit": "float32 precision limit",
+              "line_search_stalled": "line search stalled", "single_pass": "single pass"}
+
+
+def _miss_reason(result) -> str:
+    """The stop reasons of the samples that missed δ, in words (``"iteration cap"`` when unknown)."""
+    reasons = [s.stop_reason for s in result.samples if s.delta_reached is False] or ["max_iter"]
+    return ", ".join(dict.fromkeys(_STOP_TEXT.get(r, r.replace("_", " ")) for r in reasons))
+
+
+def _warn_unreachable(path: str, built: tuple, quiet: bool) -> None:
+    """Say so before solving when data no unknown reaches already exceed δ (and put the floor in
+    the report): such a run can only end at the cap. See :func:`~edncli.solvers.stopping.residual_floor`."""
+    from ..solvers.stopping import residual_floor
+
+    problem, _, context = built
+    floors, counts = residual_floor(problem.op, problem.f)
+    if not any(counts):
+        return
+    context["report_extra"] = {**(context.get("report_extra") or {}),
+                               "residual_floor": {"norm": floors, "measurements": counts[0]}}
+    deltas = problem.deltas()
+    if deltas is None:
+        return
+    missed = [i for i, (fl, d) in enumerate(zip(floors, deltas)) if fl > d]
+    if missed:
+        i = missed[0]
+        which = f" (sample {', '.join(map(str, missed))})" if len(floors) > 1 else ""
+        c.say(f"edn: warning: {path}{which}: δ = {deltas[i]:.4g} cannot be reached: {counts[i]} measurements that no "
+              f"pixel of the result reaches hold ||f|| = {floors[i]:.4g} there (for CT: a larger --size, or check --center)",
+              quiet)
 
 
 def _check_stdin(inputs: List[str], reference: Optional[str]) -> None:

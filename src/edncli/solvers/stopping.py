@@ -175,3 +175,28 @@ def choose_delta(
             sigma_fallback=fallback or None,
         )
     return None
+
+
+def residual_floor(op, f) -> "tuple[List[float], List[int]]":
+    """Per sample, ``||f||`` over the measurements no unknown reaches, and how many there are.
+
+    A measurement ``i`` whose row of ``A`` is zero (a CT detector bin outside the shadow of the
+    reconstruction grid, e.g. with too small a ``--size`` or a wrong ``--center``) is
+    ``(A u)_i = 0`` for every ``u``, so ``||A u - f|| >= ||f_i||`` over those ``i``: when that
+    exceeds δ, δ cannot be reached. A row counts as zero when ``A 1`` and ``A x`` (``x`` positive,
+    random) are both exactly 0 there: true of every zero row, and of a non-zero row only by
+    accident of measure zero (a zero-sum kernel has ``A 1 = 0`` but not ``A x = 0``). ``op`` is
+    a :class:`~edncli.operators.base.LinearOperator`, ``f`` its data ``(B, *op.out_shape)``;
+    returns ``([floor_b], [count_b])``.
+    """
+    import torch
+
+    ones = torch.ones((1, *op.in_shape), device=f.device)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    x = (0.5 + torch.rand((1, *op.in_shape), generator=gen)).to(f.device)
+    dead = (op.forward(ones) == 0) & (op.forward(x) == 0)  # (1, *out_shape)
+    if not bool(dead.any()):
+        return [0.0] * f.shape[0], [0] * f.shape[0]
+    outside = torch.where(dead, f.float(), torch.zeros((), device=f.device))
+    floors = torch.linalg.vector_norm(outside.flatten(1), dim=1, dtype=torch.float64)
+    return [float(v) for v in floors], [int(dead.sum())] * f.shape[0]
