@@ -1,4 +1,4 @@
-"""Data no unknown reaches: the residual floor, the warning before a run that cannot meet δ, and
+"""Data no unknown reaches: the residual floor, the warning after a run that could not meet δ, and
 the summary line's reason when a run stops short of δ."""
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def test_the_summary_names_why_a_run_stopped_short():
         "gradient tolerance, iteration cap"
 
 
-def test_ct_with_too_small_a_grid_warns_before_it_runs(ctdir, monkeypatch, capsys):  # noqa: F811
+def test_ct_with_too_small_a_grid_says_why_delta_was_missed(ctdir, monkeypatch, capsys):  # noqa: F811
     _sinogram(monkeypatch, capsys)  # 48x48 phantom, 68 detectors
     code, _, err = edn(monkeypatch, capsys, "ct", "--sinogram", "sino.h5", "--size", "8", "--delta", "1", "--method", "gd",
                        "--max-iter", "5", "-o", "x.tif", "--report", "x.json")

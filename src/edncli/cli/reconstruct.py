@@ -235,6 +235,8 @@ def run_problems(
     def finish(job: _Job, built: tuple, result, batch: Optional[dict]) -> None:
         """Write one input's output, report and plot (all or none), and its summary line."""
         problem, ndim, context = built
+        if result.delta_reached is False:  # checked only then: no cost to a run that met δ
+            _explain_unreachable(job.path, built, quiet)
         files = []
         if write_result is None:
             image = encode_image(c.from_tensor(result.u, ndim), output_format(job.out, fmt), bit_depth,
@@ -288,8 +290,6 @@ def run_problems(
 
     for group in _batches(jobs, build, device, batch_size):
         problems = [built[0] for _, built in group]
-        for job, built in group:
-            _warn_unreachable(job.path, built, quiet)
         name = Path(group[0][0].path).name + (f" (+{len(group) - 1})" if len(group) > 1 else "")
         callback, close = c.progress_callback(_iteration_cap(method, problems[0], options), quiet, f"{method} {name}")
         try:
@@ -324,9 +324,10 @@ def _miss_reason(result) -> str:
     return ", ".join(dict.fromkeys(_STOP_TEXT.get(r, r.replace("_", " ")) for r in reasons))
 
 
-def _warn_unreachable(path: str, built: tuple, quiet: bool) -> None:
-    """Say so before solving when data no unknown reaches already exceed δ (and put the floor in
-    the report): such a run can only end at the cap. See :func:`~edncli.solvers.stopping.residual_floor`."""
+def _explain_unreachable(path: str, built: tuple, quiet: bool) -> None:
+    """After a run that missed δ: say so when data no unknown reaches already exceed δ, so no
+    number of iterations could have met it, and put the floor in the report. See
+    :func:`~edncli.solvers.stopping.residual_floor`."""
     from ..solvers.stopping import residual_floor
 
     problem, _, context = built
