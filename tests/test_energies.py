@@ -84,3 +84,40 @@ def test_lipschitz_bound_of_sum():
     op = Blur((16, 16), gaussian_kernel(1.0), "circular")
     energy = DataFidelity(op, torch.zeros(1, 16, 16)) + 0.5 * HuberTV(0.1)
     assert energy.lipschitz == pytest.approx(op.sqnorm() + 0.5 * 80.0)
+
+
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_host_values_are_the_tensor_values_bit_for_bit(contiguous):
+    # value_host / line_host are value / along for a batch of one, as floats: the same arithmetic
+    op = BicubicDownsample((16, 16), 4)
+    gen = torch.Generator().manual_seed(3)
+    f = torch.randn(1, 4, 4, generator=gen)
+    u, d = torch.randn(2, 1, 16, 16, generator=gen)
+    if not contiguous:
+        u, d = u.transpose(1, 2).contiguous().transpose(1, 2), d.transpose(1, 2).contiguous().transpose(1, 2)
+        assert not d.is_contiguous()
+    a, b = DataFidelity(op, f), DataFidelity(op, f)
+    assert a.value_host(u) == b.value(u).item()
+    rad, adad = b.along(u, d).quadratic
+    assert a.line_host(u, d) == (rad.item(), adad.item())
+    assert a.line_host(u, d, rad=1.5)[0] == 1.5
+    # both leave the state `moved` reads: the residual becomes r + t A d without a new A u
+    v = u + 0.1 * d
+    assert a.moved(v, u, d, 0.1) and torch.allclose(a.residual(v), op(v) - f, atol=1e-5)
+
+
+def test_host_values_defer_to_a_subclass_energy():
+    class Scaled(DataFidelity):
+        def value(self, u):
+            return 2 * super().value(u)
+
+        def along(self, u, d, e0=None, rad=None):
+            line = super().along(u, d, e0, rad)
+            line.quadratic = tuple(2 * q for q in line.quadratic)
+            return line
+
+    op = BicubicDownsample((8, 8), 2)
+    f, u, d = torch.randn(1, 4, 4), torch.randn(1, 8, 8), torch.randn(1, 8, 8)
+    e = Scaled(op, f)
+    assert e.value_host(u) == e.value(u).item()
+    assert e.line_host(u, d) == tuple(float(q) for q in e.along(u, d).quadratic)

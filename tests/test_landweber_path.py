@@ -204,18 +204,22 @@ def test_a_cg_restart_is_the_same_in_both_loops(monkeypatch, kind, at):
     import edncli.energies as energies
 
     module = energies if kind == "bicubic" else descent
-    real = module.fast_dot
     calls = {"n": 0}
 
-    def flipped(a, b):
-        out = real(a, b)
-        if a is not b:  # the slope's inner product: one per step, in both loops
-            calls["n"] += 1
-            if calls["n"] == at:
-                return -out  # the slope, with the wrong sign
-        return out
+    def flipping(real):
+        def flipped(a, b):
+            out = real(a, b)
+            if a is not b:  # the slope's inner product: one per step, in both loops
+                calls["n"] += 1
+                if calls["n"] == at:
+                    return -out  # the slope, with the wrong sign
+            return out
 
-    monkeypatch.setattr(module, "fast_dot", flipped)
+        return flipped
+
+    # the general loop takes its products as tensors (fast_dot), the specialised one as floats
+    for name in ("fast_dot", "fast_dot_host"):
+        monkeypatch.setattr(module, name, flipping(getattr(module, name)))
     runs = []
     for general in (True, False):
         calls["n"] = 0

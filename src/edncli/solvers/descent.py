@@ -38,7 +38,7 @@ from typing import Callable, List, Optional, Protocol
 import numpy as np
 import torch
 
-from ..energies import Energy, data_term_of, fast_dot
+from ..energies import Energy, data_term_of, fast_dot, fast_dot_host
 from ..metrics import quality_each
 from .stopping import Deltas, delta_values, per_sample_deltas
 from .trace import MONOTONE_RTOL, IterationRecord, SampleVerdict, SolveResult
@@ -536,10 +536,9 @@ def _data_term_single(
     float64 quotient of two float32 numbers rounds to the same float32 (53 >= 2 * 24 + 2 bits).
     """
     delta0 = None if delta is None else delta[0]
-    e_t = energy.value(u)
+    e_h = energy.value_host(u)  # type: ignore[attr-defined]
     g = energy.grad(u)
-    gg = fast_dot(g, g)
-    e_h, gn2_h = e_t.item(), gg.item()
+    gn2_h = fast_dot_host(g, g)
     disc_h = math.sqrt(max(2 * e_h, 0.0))
     trace: List[IterationRecord] = []
 
@@ -571,8 +570,8 @@ def _data_term_single(
         if not conjugate:
             # <r, A grad E> = ||grad E||^2 is known: along() computes A d and ||A d||^2 only
             step_dir, sign = g, -1.0
-            adad = energy.along(u, g, None, rad=gg).quadratic[1]  # type: ignore[attr-defined]
-            a1, a2, slope = gn2_h, adad.item(), gn2_h
+            a1, a2 = energy.line_host(u, g, rad=gn2_h)  # type: ignore[attr-defined]
+            slope = gn2_h
         else:
             # d holds -d_CG (as ConjugateDirections.negated builds it), stepped along with sign -1
             if d is None:
@@ -582,14 +581,13 @@ def _data_term_single(
                 beta = gn2_h / max(gn2_prev, _F32_CLAMP) if gn2_prev > 0 else 0.0
                 d = torch.addcmul(g, torch.full(one, beta), d, out=d)
             gn2_prev = gn2_h
-            dg = None if slope_in_data else fast_dot(d, g)
-            rad, adad = energy.along(u, d, None, rad=dg).quadratic  # type: ignore[attr-defined]
-            a1, a2 = rad.item(), adad.item()
+            dg = None if slope_in_data else fast_dot_host(d, g)
+            a1, a2 = energy.line_host(u, d, rad=dg)  # type: ignore[attr-defined]
             slope = a1
             if not math.isfinite(slope) or (not slope > 0 and gn2_h > 0):  # a CG restart, as in descend
                 d = g.clone()
-                rad, adad = energy.along(u, d, None).quadratic  # type: ignore[attr-defined]
-                a1, a2, slope = rad.item(), adad.item(), gn2_h
+                a1, a2 = energy.line_host(u, d)  # type: ignore[attr-defined]
+                slope = gn2_h
                 fallbacks += 1
             step_dir, sign = d, -1.0
             if a2 > 0:
@@ -608,17 +606,15 @@ def _data_term_single(
         u = torch.add(u, step_dir, alpha=t_step, out=u_new)
         drop = a1 * t_step + 0.5 * a2 * tau * tau
         closed = closed and abs(drop) <= CLOSED_FORM_MAX_DROP * e_h
-        e_t = None if closed else energy.value(u)
+        e_new = e_h + drop if closed else energy.value_host(u)  # type: ignore[attr-defined]
         g = energy.grad(u)
-        gg = fast_dot(g, g)
         e_old, gn2_old = e_h, gn2_h
-        e_h = e_old + drop if closed else e_t.item()  # type: ignore[union-attr]
-        gn2_h = gg.item()
+        e_h = e_new
+        gn2_h = fast_dot_host(g, g)
         rose = not e_h <= e_old
         if rose:  # round-off guard, as in the general loop: undo the step and stop
             u = prev_u.clone()
             g = energy.grad(prev_u) if prev_g is None else prev_g
-            gg = fast_dot(g, g)
             e_h, gn2_h = e_old, gn2_old
         disc_h = math.sqrt(max(2 * e_h, 0.0))
         inc = e_h - e_old
