@@ -282,3 +282,16 @@ def test_fan_distances_with_parallel_beam_are_a_usage_error(ctdir, monkeypatch, 
             code, _, err = edn(monkeypatch, capsys, *cmd, *extra)
             assert code == 2 and err.count("\n") == 1 and "are for --beam fan" in err, err
     assert not Path("x.tif").exists() and not Path("s2.h5").exists()
+
+
+@pytest.mark.parametrize("geometry", [["--detector-spacing", "0.01"],
+                                      ["--beam", "fan", "--source-origin", "1", "--origin-detector", "50"]])
+def test_a_default_size_below_two_pixels_names_the_rule_not_a_size_option_never_given(ctdir, monkeypatch, capsys,
+                                                                                         geometry):
+    _sinogram(monkeypatch, capsys)
+    code, _, err = edn(monkeypatch, capsys, "ct", "--sinogram", "sino.npy", "--angles", "60", *geometry, "-o", "x.tif")
+    assert code == 2, err
+    assert err.startswith("edn: error: the default reconstruction size, 68 detectors") and "give --size N" in err
+    assert err.count("\n") == 1 and not Path("x.tif").exists()
+    code, _, err = edn(monkeypatch, capsys, "ct", "--sinogram", "sino.npy", "--angles", "60", "--size", "1", "-o", "x.tif")
+    assert code == 2 and "--size must be >= 2, got 1" in err

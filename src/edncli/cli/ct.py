@@ -96,14 +96,21 @@ def _geometry(sino, size, beam, spacing, source_origin, origin_detector, center,
     from ..operators.tomography import CTGeometry
 
     det = sino.detectors
+    given = size is not None
     if size is None:
         if beam == "fan" and source_origin is not None and origin_detector is not None and source_origin > 0:
             # the detector's width scaled to the rotation axis (the framing of the walnut's reference)
             size = int(round(det * spacing * source_origin / (source_origin + origin_detector)))
+            rule = (f"{det} detectors x spacing {spacing:g} x source-origin {source_origin:g} / "
+                    f"(source-origin + origin-detector {source_origin + origin_detector:g})")
         else:  # the largest square inside the field of view
             size = int(math.floor(det * spacing / math.sqrt(2)))
+            rule = f"{det} detectors x spacing {spacing:g} / sqrt(2)"
     if size < 2:
-        raise UsageError(f"--size must be >= 2, got {size}")
+        if given:
+            raise UsageError(f"--size must be >= 2, got {size}")
+        raise UsageError(f"the default reconstruction size, {rule}, is {size} pixel(s); give --size N "
+                         "(or check the geometry's distances and --detector-spacing)")
     center_rule = "given"
     if center is None:
         distinct = np.unique(sino.theta)  # a repeated angle is no step of the scan
