@@ -239,6 +239,11 @@ class _PerSampleWeighted(Energy):
         return {**self.term.describe(), "alpha": [float(a) for a in self.weights]}
 
 
+#: tv's α search ends for a sample when the largest α known to meet δ has a discrepancy of at
+#: least (1 - this) δ: the discrepancy principle's α to within ~1.5% of its value.
+TV_DISC_RTOL = 0.01
+
+
 def _tv_solve(problem: Problem, alpha: torch.Tensor, u0: torch.Tensor, options: MethodOptions, callback: Callback, max_iter: int) -> SolveResult:
     data = DataFidelity(problem.op, problem.f)
     # α on u's device once: a CPU α would be copied to the GPU at every energy and gradient call
@@ -282,7 +287,11 @@ def solve_tv(problem: Problem, options: MethodOptions, callback: Callback = None
         raise UsageError("method tv needs --alpha, or a δ (--delta / --noise-sigma) to choose α by the discrepancy principle")
 
     # Morozov: disc(α) grows with α; per sample, find the largest α with disc(α) <= δ by
-    # stepping in decades until bracketed, then bisecting in log α. Warm starts keep solves short.
+    # stepping in decades until bracketed, then by the Illinois method (regula falsi that halves
+    # the weight of an end point kept twice) on log disc against log α, which is nearly linear:
+    # 3-5 solves instead of bisection's 8. A sample is done when its largest α meeting δ has a
+    # discrepancy within TV_DISC_RTOL of δ, or after `tv_search_steps` bracketed steps. Warm
+    # starts keep solves short.
     tv = HuberTV(options.huber_eps)
     u0 = problem.u0
     # Start where the two terms balance at a discrepancy of δ: α R(u) ~ δ^2 / 2, with u the
@@ -290,11 +299,16 @@ def solve_tv(problem: Problem, options: MethodOptions, callback: Callback = None
     probe = u0 if float(tv.value(u0).min()) > 0 else problem.op.adjoint(problem.f) / problem.op.sqnorm()
     r0 = tv.value(probe).clamp_min(1e-12)
     delta = torch.tensor(deltas, dtype=torch.float64)  # (B,), per sample
+    log_delta = torch.log10(delta)
     log_alpha = torch.log10(((0.5 * delta**2).to(r0) / r0).clamp(1e-12, 1e12)).cpu().double()
     lo = torch.full((batch,), -math.inf, dtype=torch.float64)  # largest log α known to meet δ
     hi = torch.full((batch,), math.inf, dtype=torch.float64)  # smallest log α known to miss δ
+    f_lo = torch.full((batch,), math.nan, dtype=torch.float64)  # log disc - log δ there (<= 0) ...
+    f_hi = torch.full((batch,), math.nan, dtype=torch.float64)  # ... (> 0), as the Illinois weights
+    d_lo = torch.full((batch,), -math.inf, dtype=torch.float64)  # log disc at lo, unweighted
+    kept = torch.zeros(batch, dtype=torch.long)  # +1: lo moved last, -1: hi moved last
     best_u = u0.clone()
-    bisections = torch.zeros(batch, dtype=torch.long)
+    bracketed_steps = torch.zeros(batch, dtype=torch.long)
     log: List[dict] = []
     warm = u0
     # Iterations spent outside the reported solve (the search's solves, discarded final solves):
@@ -306,18 +320,29 @@ def solve_tv(problem: Problem, options: MethodOptions, callback: Callback = None
         search_iterations = [n + s.iterations for n, s in zip(search_iterations, res.samples)]
         disc = torch.tensor([s.final_discrepancy for s in res.samples], dtype=torch.float64)
         meets = disc <= delta
+        f = torch.log10(disc.clamp_min(1e-300)) - log_delta
         log.append({"alpha": alpha.tolist(), "discrepancy": disc.tolist(), "iterations": [s.iterations for s in res.samples]})
-        lo = torch.where(meets, torch.maximum(lo, log_alpha), lo)
-        hi = torch.where(meets, hi, torch.minimum(hi, log_alpha))
-        best_u[meets.to(best_u.device)] = res.u[meets.to(best_u.device)]
+        up_lo = meets & (log_alpha > lo)
+        up_hi = ~meets & (log_alpha < hi)
+        # Illinois: the end point that stays for a second step in a row counts half as much
+        f_hi = torch.where(up_lo & (kept > 0), 0.5 * f_hi, f_hi)
+        f_lo = torch.where(up_hi & (kept < 0), 0.5 * f_lo, f_lo)
+        lo, f_lo, d_lo = (torch.where(up_lo, log_alpha, lo), torch.where(up_lo, f, f_lo),
+                          torch.where(up_lo, f + log_delta, d_lo))
+        hi, f_hi = torch.where(up_hi, log_alpha, hi), torch.where(up_hi, f, f_hi)
+        kept = torch.where(up_lo, 1, torch.where(up_hi, -1, kept))
+        best_u[up_lo.to(best_u.device)] = res.u[up_lo.to(best_u.device)]
         warm = res.u
         bracketed = torch.isfinite(lo) & torch.isfinite(hi)
-        bisections += bracketed.long()
-        finished = (bracketed & (bisections >= options.tv_search_steps)) | (lo > 6) | (hi < -12)
+        bracketed_steps += bracketed.long()
+        close = d_lo >= log_delta + math.log10(1 - TV_DISC_RTOL)
+        finished = close | (bracketed & (bracketed_steps >= options.tv_search_steps)) | (lo > 6) | (hi < -12)
         if bool(finished.all()):
             break
+        t = (-f_lo / (f_hi - f_lo)).nan_to_num(0.5)
+        t = torch.where((t > 0) & (t < 1), t, torch.full_like(t, 0.5)).clamp(0.02, 0.98)
         log_alpha = torch.where(
-            bracketed, 0.5 * (lo + hi), torch.where(torch.isfinite(hi), hi - 1.0, lo + 1.0)
+            bracketed, lo + t * (hi - lo), torch.where(torch.isfinite(hi), hi - 1.0, lo + 1.0)
         )
     found = torch.isfinite(lo)
     final_log = torch.where(found, lo, hi - 1.0)
