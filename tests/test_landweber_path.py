@@ -111,6 +111,23 @@ def test_specialised_loop_with_reference_and_callback():
     assert seen[True] == seen[False] == list(range(len(runs[1].trace)))
 
 
+@pytest.mark.parametrize("conjugate", [False, True])
+def test_records_built_after_the_loop_are_the_records_a_callback_sees(conjugate):
+    # Without a callback (or a reference) the specialised loop builds its records after the loop.
+    x, op, f = _problem("blur")
+    seen = []
+    runs = [
+        descend(DataFidelity(op, f), torch.zeros_like(x), ConjugateDirections() if conjugate else negative_gradient,
+                line=LineSearch(initial="exact" if conjugate else "lipschitz"), stop=StopRule(delta=0.3, max_iter=50),
+                callback=callback)
+        for callback in (seen.append, None)
+    ]
+    _assert_same(*runs)
+    assert seen == runs[0].trace and len(seen) == runs[1].iterations + 1
+    times = [r.time_s for r in runs[1].trace]
+    assert times == sorted(times) and times[0] > 0  # each taken when its iterate was
+
+
 def test_the_cases_cover_every_way_a_run_ends():
     """The comparison above is only a real check if its cases end in every possible way."""
     reasons = set()
