@@ -235,7 +235,9 @@ def run_problems(
     def finish(job: _Job, built: tuple, result, batch: Optional[dict]) -> None:
         """Write one input's output, report and plot (all or none), and its summary line."""
         problem, ndim, context = built
-        if result.delta_reached is False:  # checked only then: no cost to a run that met δ
+        # checked only then (no cost to a run that met δ), and only where this process holds all
+        # of the data (under torchrun rank 0's problem is its own chunk of the slices)
+        if result.delta_reached is False and problem.f.shape[0] == len(result.samples):
             _explain_unreachable(job.path, built, quiet)
         files = []
         if write_result is None:
