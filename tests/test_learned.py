@@ -173,7 +173,7 @@ def test_eval_and_weights_commands(tiny_sr, tmp_path, monkeypatch, capsys):
     assert len(doc["rows"]) == 6
     # tv's α search is work outside its `iterations`: counted per image, and shown in the table
     tv_rows = [r for r in doc["rows"] if r["method"] == "tv"]
-    assert all(r["search_iterations"] > 0 for r in tv_rows)
+    assert all(r["search_iterations"] > 0 and r["alpha"] > 0 for r in tv_rows)
     assert not any("search_iterations" in r for r in doc["rows"] if r["method"] != "tv")
     assert doc["methods"]["tv"]["mean"]["search_iterations"] == sum(r["search_iterations"] for r in tv_rows) / 2
     assert "α search)" in out

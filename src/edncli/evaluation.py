@@ -225,6 +225,8 @@ def run_eval(
             )
             if "search_iterations" in result.extra:  # tv's α search: work outside `iterations`
                 rows[-1]["search_iterations"] = int(sum(result.extra["search_iterations"]))
+            if "alpha" in result.extra:  # tv: the α it used (given, or by the discrepancy principle)
+                rows[-1]["alpha"] = float(result.extra["alpha"][0])
             if progress is not None:
                 r = rows[-1]
                 progress(f"{r['image']}: {method}: {r['psnr']:.2f} dB, {r['iterations']} it, {r['time_s']:.2f} s")
