@@ -64,13 +64,31 @@ def walnut(args):
     f = f / scale  # unknown absolute scale: normalise the data to max 1
     u0 = op.fbp(f)
     delta = choose_delta("auto", None, 1.0, int(f[0].numel()), f.numpy())
+    # The FIPS reference slice, compared after an affine fit (bench_walnut_steps.fitted_psnr),
+    # where the reconstruction has its size.
+    from bench_walnut_steps import fitted_psnr  # benchmarks/ is on sys.path when run as a script
+
+    from edncli.io.sinograms import WALNUT_DIR
+
+    ref_path = Path(WALNUT_DIR) / "walnut.png"
+    ref = to_luminance(read_image(ref_path)[0]).astype(np.float64) if ref_path.is_file() else None
+    if ref is not None and ref.shape != (args.walnut_size, args.walnut_size):
+        ref = None
+    fbp_psnr = None if ref is None else fitted_psnr(u0[0].numpy().astype(np.float64), ref)
     out = {}
     for m in args.methods:
-        opts = MethodOptions(max_iter=args.walnut_iterations, alpha=args.alpha if m == "tv" else None)
+        # measured data: tv's α by the discrepancy principle (the simulated part's fixed α has no
+        # meaning at this scan's scale)
+        opts = MethodOptions(max_iter=args.walnut_iterations)
         res = solve(Problem(op, f, u0, delta, task="ct"), m, opts)
-        out[m] = (res.u[0].numpy(), {"iterations": res.iterations, "delta_reached": res.delta_reached,
-                                     "energy_monotone": res.energy_monotone, "final_discrepancy": res.final_discrepancy})
-    return u0[0].numpy(), out, delta
+        stats = {"iterations": res.iterations, "delta_reached": res.delta_reached,
+                 "energy_monotone": res.energy_monotone, "final_discrepancy": res.final_discrepancy}
+        if "alpha" in res.extra:
+            stats.update(alpha=res.extra["alpha"][0], search_iterations=sum(res.extra["search_iterations"]))
+        if ref is not None:
+            stats["psnr_vs_reference"] = fitted_psnr(res.u[0].numpy().astype(np.float64), ref)
+        out[m] = (res.u[0].numpy(), stats)
+    return u0[0].numpy(), out, delta, fbp_psnr
 
 
 def main() -> None:
@@ -102,20 +120,23 @@ def main() -> None:
     fig.savefig(args.out / "ct_psnr.png", dpi=100)
     plt.close(fig)
 
-    fbp, rec, delta = walnut(args)
+    fbp, rec, delta, fbp_psnr = walnut(args)
     fig, axes = plt.subplots(1, 1 + len(rec), figsize=(3 * (1 + len(rec)), 3.2), constrained_layout=True)
     vmax = np.percentile(fbp, 99.5)
     axes[0].imshow(fbp, cmap="gray", vmin=0, vmax=vmax)
-    axes[0].set_title("FBP (start)")
+    db = (lambda v: "" if v is None else f", {v:.2f} dB")  # PSNR against the reference slice
+    axes[0].set_title(f"FBP (start){db(fbp_psnr)}")
     for ax, (m, (img, info)) in zip(axes[1:], rec.items()):
         ax.imshow(img, cmap="gray", vmin=0, vmax=vmax)
-        ax.set_title(f"{m}: {info['iterations']} it, δ {'met' if info['delta_reached'] else 'not met'}")
+        ax.set_title(f"{m}: {info['iterations']} it, δ {'met' if info['delta_reached'] else 'not met'}"
+                     f"{db(info.get('psnr_vs_reference'))}")
     for ax in axes:
         ax.axis("off")
     fig.savefig(args.out / "walnut.png", dpi=100)
     plt.close(fig)
     doc = {"simulated": {"protocol": proto, "mean_psnr_per_iteration": mean},
-           "walnut": {"delta": delta.as_dict(), "methods": {m: info for m, (_, info) in rec.items()}}}
+           "walnut": {"delta": delta.as_dict(), "fbp_psnr_vs_reference": fbp_psnr,
+                      "methods": {m: info for m, (_, info) in rec.items()}}}
     (args.out / "ct.json").write_text(json.dumps(doc, indent=2))
     print("| method | " + " | ".join(f"it {k}" for k in (0, 5, 10, 20, args.iterations)) + " | best (it) |")
     print("|---|" + "---|" * 6)
