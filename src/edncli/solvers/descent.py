@@ -576,7 +576,7 @@ def _data_term_single(
         k += 1
         tau0 = tau_first
         if not conjugate:
-            # <r, A grad E> = ||grad E||^2 is known: along() computes A d and ||A d||^2 only
+            # <r, A grad E> = ||grad E||^2 is known: line_host() computes A d and ||A d||^2 only
             step_dir, sign = g, -1.0
             a1, a2 = energy.line_host(u, g, rad=gn2_h)  # type: ignore[attr-defined]
             slope = gn2_h
