@@ -87,3 +87,19 @@ def test_ct_stack_with_unequal_noise_stops_each_slice_at_its_own_delta(ctdir, mo
     # the quiet slice ran on to its own, smaller δ: more iterations than the noisy one
     assert report["samples"][0]["iterations"] > report["samples"][1]["iterations"]
     assert json.loads(out)["delta"] == pytest.approx(report["delta"])
+    # the summary line gives the range of the slices' δ and says so
+    lo, hi = min(report["delta"]), max(report["delta"])
+    assert f"(δ = {lo:.4g}–{hi:.4g} per sample)" in err
+
+
+def test_a_single_image_summary_states_one_delta_not_per_sample(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray((_noisy_stack((1, 32, 32))[0].clip(0, 1) * 255).astype(np.uint8)).save("lr.png")
+    code, _, err = edn(monkeypatch, capsys, "sr", "--scale", "2", "lr.png", "-o", "hr.tif", "--method", "gd",
+                       "--report", "r.json")
+    assert code == 0, err
+    delta = json.loads(Path("r.json").read_text())["delta"]
+    assert isinstance(delta, float)
+    assert f"(δ = {delta:.4g})," in err and "per sample" not in err

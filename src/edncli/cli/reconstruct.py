@@ -285,7 +285,7 @@ def run_problems(
         c.say(
             f"{job.path} -> {job.out}: {method}, {result.iterations} iterations{_search_text(result)}, "
             f"||Au-f|| = {result.final_discrepancy:.4g}"
-            + (f" (δ = {_delta_text(doc['delta'])} per sample)" if doc["delta"] else "")
+            + (f" (δ = {_delta_text(doc['delta'])})" if doc["delta"] else "")
             + f", {verdict}, energy monotone: {result.energy_monotone}",
             quiet,
         )
@@ -385,7 +385,7 @@ def _delta_text(delta) -> str:
     """δ for a summary line: one value, or the range of the per-sample values."""
     if isinstance(delta, (list, tuple)):
         lo, hi = min(delta), max(delta)
-        return f"{lo:.4g}" if f"{lo:.4g}" == f"{hi:.4g}" else f"{lo:.4g}–{hi:.4g}"
+        return (f"{lo:.4g}" if f"{lo:.4g}" == f"{hi:.4g}" else f"{lo:.4g}–{hi:.4g}") + " per sample"
     return f"{delta:.4g}"
 
 
