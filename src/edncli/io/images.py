@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..errors import InputError, UsageError
+from .values import float32_problem
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".npy", ".h5", ".hdf5", ".jpg", ".jpeg", ".bmp", ".pgm")
 WRITE_FORMATS = ("png", "tif", "npy", "h5")
@@ -69,8 +70,9 @@ def _to_unit(arr: np.ndarray, source: str) -> np.ndarray:
         arr = arr.astype(np.float64)
     else:
         raise InputError(f"{source}: unsupported pixel type {arr.dtype}")
-    if not np.all(np.isfinite(arr)):
-        raise InputError(f"{source}: the image holds NaN or Inf values")
+    problem = float32_problem(arr)
+    if problem is not None:
+        raise InputError(f"{source}: the image {problem}")
     return arr.astype(np.float32)
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import numpy as np
 
 from ..errors import InputError, UsageError
+from .values import float32_problem
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..operators.tomography import CTGeometry
@@ -147,9 +148,11 @@ def _real(arr, what: str) -> np.ndarray:
 
 
 def _check_finite(arr: np.ndarray, what: str) -> None:
-    if not np.all(np.isfinite(arr)):
-        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-        raise InputError(f"{what} holds {bad} NaN/Inf values; fix or crop the data before reconstructing")
+    """Finite values float32 can compute with (:func:`~edncli.io.values.float32_problem`)."""
+    problem = float32_problem(arr)
+    if problem is not None:
+        fix = "" if "rescale" in problem else "; fix or crop the data before reconstructing"
+        raise InputError(f"{what} {problem}{fix}")
 
 
 def _slice_list(slices: Optional[Sequence[int] | range | slice], n_rows: int, what: str) -> list[int]:

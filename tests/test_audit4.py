@@ -1,0 +1,83 @@
+"""Audit findings of 2026-12-07: data float32 cannot hold, memory exhaustion, stdout in a folder
+run, bad inputs inside a folder, gray+alpha PNGs and ambiguous array layouts.
+
+Each test names the defect it guards against.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edncli.io.values import MAX_SQUARED_NORM, float32_problem
+
+from .test_cli import _clean, edn
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _clean(tmp_path / "clean.png", n=32)
+    return tmp_path
+
+
+def _one_line(err: str) -> bool:
+    lines = [line for line in err.splitlines() if line.strip()]
+    return len(lines) == 1 and lines[0].startswith("edn: error:") and "Traceback" not in err
+
+
+# ------------------------------------------------------------ data float32 cannot compute with
+@settings(max_examples=80, deadline=None)
+@given(st.floats(min_value=-300, max_value=300), st.integers(1, 40))
+def test_accepted_data_have_a_finite_float32_energy(exponent, n):
+    arr = np.full(n, 10.0**exponent)
+    log_squared = np.log10(n) + 2 * exponent  # log10 ||arr||^2, computed without overflow
+    if float32_problem(arr) is None:  # what is accepted computes without overflow, with margin
+        with np.errstate(over="raise"):
+            energy = 0.5 * float(np.sum(np.square(arr.astype(np.float32))))
+        assert np.isfinite(energy) and log_squared + np.log10(4.0) <= np.log10(np.finfo(np.float32).max)
+    else:  # and only data near float32's limit are refused
+        assert log_squared > np.log10(MAX_SQUARED_NORM) - 1e-6
+
+
+def test_float32_problem_names_nan_inf_and_size():
+    assert "2 NaN/Inf" in float32_problem(np.array([1.0, np.nan, np.inf]))
+    assert "rescale" in float32_problem(np.array([1e100]))
+    assert float32_problem(np.zeros((3, 3))) is None and float32_problem(np.array([0.5, 1e12])) is None
+
+
+@pytest.mark.parametrize("value", [1e100, 1e25])
+@pytest.mark.parametrize(
+    "cmd",
+    [
+        ["sr", "--scale", "4", "big.npy", "-o", "out.tif", "--method", "gd"],
+        ["sr", "--scale", "4", "big.npy", "-o", "out.tif", "--method", "gd", "--delta", "1"],
+        ["simulate", "sr", "--scale", "4", "big.npy", "-o", "out.tif"],
+    ],
+)
+def test_data_beyond_float32_are_refused_as_input_errors(workdir, monkeypatch, capsys, value, cmd):
+    # was: 1e100 (float64) became Inf after the NaN/Inf check: RuntimeWarnings, a misleading
+    # "noise level is 0", or an Inf-filled output written with exit 0 / a NaN run with exit 3
+    np.save("big.npy", np.random.default_rng(0).random((16, 16)) * value)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        code, out, err = edn(monkeypatch, capsys, *cmd)
+    assert code == 4 and _one_line(err) and "big.npy" in err and "rescale" in err, err
+    assert not Path("out.tif").exists()
+
+
+def test_a_sinogram_beyond_float32_is_one_line_without_warnings(workdir, monkeypatch, capsys):
+    s = np.random.default_rng(0).random((60, 91))
+    s[3, 4] = 1e300
+    np.save("s.npy", s)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        code, _, err = edn(monkeypatch, capsys, "ct", "--sinogram", "s.npy", "--angles", "60", "-o", "x.tif")
+    assert code == 4 and _one_line(err) and "s.npy" in err and "rescale" in err, err
+    assert not Path("x.tif").exists()
