@@ -81,3 +81,22 @@ def test_a_sinogram_beyond_float32_is_one_line_without_warnings(workdir, monkeyp
         code, _, err = edn(monkeypatch, capsys, "ct", "--sinogram", "s.npy", "--angles", "60", "-o", "x.tif")
     assert code == 4 and _one_line(err) and "s.npy" in err and "rescale" in err, err
     assert not Path("x.tif").exists()
+
+
+# ------------------------------------------------------------------------- host memory exhausted
+def test_running_out_of_host_memory_is_one_line_exit_4(workdir, monkeypatch, capsys):
+    # was: torch's "DefaultCPUAllocator: can't allocate memory" as a 50-line traceback, exit 1
+    # (a 32² image x1e6 asks for a 4 PB output: refused by the allocator on any machine)
+    code, _, err = edn(monkeypatch, capsys, "sr", "--scale", "1000000", "clean.png", "-o", "big.png", "--method", "gd",
+                       "--delta", "1")
+    assert code == 4 and _one_line(err) and "out of memory" in err and "GB was asked for" in err and "--scale" in err, err
+    assert not Path("big.png").exists()
+
+
+def test_cpu_oom_is_told_from_other_runtime_errors():
+    from edncli.cli.main import cpu_oom_bytes
+
+    text = "[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried to allocate 80 bytes."
+    assert cpu_oom_bytes(RuntimeError(text)) == 80
+    assert cpu_oom_bytes(RuntimeError("DefaultCPUAllocator: can't allocate memory")) == 0
+    assert cpu_oom_bytes(RuntimeError("shape mismatch")) is None

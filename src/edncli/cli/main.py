@@ -6,7 +6,9 @@ without reaching δ (result still written), 4 input/output or checkpoint failure
 
 from __future__ import annotations
 
+import re
 import sys
+from typing import Optional
 
 import typer
 
@@ -107,14 +109,21 @@ def run() -> None:
         print(f"edn: error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
     except MemoryError:
-        print("edn: error: out of memory; try a smaller input or fewer slices at a time", file=sys.stderr)
+        common.remove_created_folders()
+        print(f"edn: error: out of memory; {CPU_OOM_HINT}", file=sys.stderr)
         sys.exit(4)
     except RuntimeError as exc:  # typer's Exit/Abort (RuntimeError subclasses) are caught above
-        if not is_gpu_oom(exc):
+        common.remove_created_folders()
+        if is_gpu_oom(exc):
+            detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            hint = "try --tile 512 (or smaller), a smaller --batch-size, fewer slices, or --device cpu"
+            print(f"edn: error: out of GPU memory ({detail}); {hint}", file=sys.stderr)
+            sys.exit(4)
+        wanted = cpu_oom_bytes(exc)
+        if wanted is None:
             raise
-        detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        hint = "try --tile 512 (or smaller), a smaller --batch-size, fewer slices, or --device cpu"
-        print(f"edn: error: out of GPU memory ({detail}); {hint}", file=sys.stderr)
+        size = f" (an array of {wanted / 1e9:.3g} GB was asked for)" if wanted else ""
+        print(f"edn: error: out of memory{size}; {CPU_OOM_HINT}", file=sys.stderr)
         sys.exit(4)
     if code == 130:  # typer turns Ctrl-C into an exit code of 130
         common.remove_created_folders()  # only the still-empty ones: finished outputs stay
@@ -133,6 +142,21 @@ def show_click_error(exc: BaseException) -> None:
     ctx = getattr(exc, "ctx", None)
     hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
     print(f"edn: error: {message}{hint}", file=sys.stderr)
+
+
+#: What to try when host memory runs out.
+CPU_OOM_HINT = "try a smaller --scale or --size, --tile 512 (networks), a smaller --batch-size, or fewer --slices"
+
+
+def cpu_oom_bytes(exc: BaseException) -> Optional[int]:
+    """The size of the failed allocation when ``exc`` is torch's host out-of-memory error
+    (``DefaultCPUAllocator: can't allocate memory: you tried to allocate N bytes``), else None;
+    0 when the message names no size."""
+    text = str(exc)
+    if "can't allocate memory" not in text:
+        return None
+    match = re.search(r"allocate (\d+) bytes", text)
+    return int(match.group(1)) if match else 0
 
 
 def is_gpu_oom(exc: BaseException) -> bool:
