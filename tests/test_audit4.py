@@ -100,3 +100,35 @@ def test_cpu_oom_is_told_from_other_runtime_errors():
     assert cpu_oom_bytes(RuntimeError(text)) == 80
     assert cpu_oom_bytes(RuntimeError("DefaultCPUAllocator: can't allocate memory")) == 0
     assert cpu_oom_bytes(RuntimeError("shape mismatch")) is None
+
+
+# ------------------------------------------------------------- '-' where one file cannot serve
+@pytest.fixture
+def folder(workdir):
+    Path("in").mkdir()
+    for name in ("a.png", "b.png"):
+        Path("in", name).write_bytes(Path("clean.png").read_bytes())
+    return workdir
+
+
+@pytest.mark.parametrize(
+    "extra, option",
+    [
+        (["--output-dir", "out", "--report", "-"], "--report -"),
+        (["--output-dir", "out", "--plot", "-"], "--plot -"),
+        (["--output-dir", "-"], "--output-dir -"),
+    ],
+)
+def test_stdout_for_a_folder_of_inputs_is_a_usage_error(folder, monkeypatch, capsys, extra, option):
+    # was: exit 0 and a folder literally named '-' holding a.json, b.json (or the images)
+    code, _, err = edn(monkeypatch, capsys, "sr", "--scale", "2", "in/", "--method", "gd", *extra)
+    assert code == 2 and _one_line(err) and option in err, err
+    assert not Path("-").exists() and not Path("out").exists()
+
+
+@pytest.mark.parametrize("out", ["-", "somewhere/"])
+def test_train_out_must_name_a_checkpoint(workdir, monkeypatch, capsys, out):
+    # was: --out - wrote -.safetensors, -.md and -.train.jsonl
+    code, _, err = edn(monkeypatch, capsys, "train", "--task", "sudoku", "--out", out)
+    assert code == 2 and _one_line(err) and "--out" in err, err
+    assert not list(Path(".").glob("-*")) and not list(Path(".").glob("*.safetensors"))

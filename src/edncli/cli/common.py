@@ -215,6 +215,8 @@ def plan_outputs(inputs: List[str], output: Optional[str], output_dir: Optional[
         return [output]
     if output_dir is None:
         raise UsageError(f"{len(inputs)} inputs: pass --output-dir DIR instead of -o")
+    if str(output_dir) == "-":
+        raise UsageError("--output-dir -: give a folder; '-' (stdout) is for -o with one input")
     if output not in (None, ""):
         raise UsageError("with several inputs use --output-dir, not -o" if len(inputs) > 1
                          else f"give -o {output} or --output-dir {output_dir}, not both")
@@ -244,6 +246,9 @@ def side_path(base: Optional[str], several: bool, input_path: str, suffix: str) 
         return None
     if not several:
         return base
+    if base == "-":
+        option = "--report" if suffix == ".json" else "--plot"
+        raise UsageError(f"{option} -: with a folder or glob of inputs there is one {option[2:]} per input; name a folder, not stdout")
     folder = Path(base)
     make_folder(folder, "with a folder or glob of inputs, --report/--plot name a folder:")
     return str(folder / f"{Path(input_path).stem}{suffix}")

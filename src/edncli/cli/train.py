@@ -19,7 +19,14 @@ from . import common as c
 TASKS = ("sr", "ct", "deblur", "denoiser", "sudoku")
 
 
+def _check_out_name(name: str) -> None:
+    """``--out`` names a checkpoint file: not stdout, not a folder."""
+    if name.strip() in ("", "-") or name.endswith(("/", "\\")):
+        raise UsageError(f"--out {name!r}: give a checkpoint name (e.g. my-sr), not stdout or a folder")
+
+
 def _out_path(name: str) -> Path:
+    _check_out_name(name)
     p = Path(name)
     if p.suffix != ".safetensors":
         p = p.with_suffix(".safetensors") if p.suffix == "" else Path(str(p) + ".safetensors")
@@ -28,7 +35,37 @@ def _out_path(name: str) -> Path:
     return p
 
 
+#: The options each task reads, by parameter name; any other option given is a usage error.
+_COMMON = {"task", "out", "device", "seed", "quiet", "force", "threads"}
+_NETWORK = {"images", "val_images", "depth", "width", "patch", "batch", "steps", "lr"}
+_LAGGED = _COMMON | _NETWORK | {
+    "kind", "noise", "init", "shuffle", "precision", "residual", "batchnorm", "layer", "zeta1", "zeta2", "zeta",
+    "lag_every", "max_lag_steps", "min_iter", "val_every", "val_size", "val_count", "val_noise", "resume", "init_from",
+}
+READS = {
+    "sr": _LAGGED | {"scale", "downsampler"},
+    "ct": _LAGGED | {"angles"},
+    "deblur": _LAGGED | {"kernel_sigma", "kernel_size"},
+    "denoiser": _COMMON | _NETWORK | {"arch", "sigma", "time_limit"},
+    "sudoku": _COMMON | {"puzzles", "epochs", "n_puzzles", "baseline", "time_limit"},
+}
+
+
+def _check_options_read(ctx: typer.Context, task: str) -> None:
+    """An option given on the command line that ``task`` does not read: one line, exit 2
+    (``edn train --task sudoku --steps 1`` trained its default epochs and said nothing)."""
+    from .._click_compat import ParameterSource
+
+    for param in ctx.command.params:
+        if param.name in READS[task] or ctx.get_parameter_source(param.name) != ParameterSource.COMMANDLINE:
+            continue
+        tasks = "|".join(t for t in TASKS if param.name in READS[t])
+        option = max(param.opts, key=len)
+        raise UsageError(f"{option} is for --task {tasks}; --task {task} does not use it")
+
+
 def train(
+    ctx: typer.Context,
     task: Annotated[str, typer.Option("--task", help=f"One of: {', '.join(TASKS)}.")],
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Checkpoint name or path (.safetensors added); a model card .md (and a training log) is written beside it. Required: there is no default, so a run never writes under a shipped checkpoint's name.")] = None,
     images: Annotated[Optional[str], typer.Option("--images", help="Folder of training images; several: comma-separated (train400,bsd68).")] = None,
@@ -84,6 +121,7 @@ def train(
 
     if task not in TASKS:
         raise UsageError(f"--task must be one of {', '.join(TASKS)}, got {task!r}")
+    _check_options_read(ctx, task)
     command = "edn " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     dev = c.resolve_device(device)
     if threads is not None:
@@ -96,6 +134,7 @@ def train(
         raise UsageError(f"--residual is for --task sr|ct|deblur; --task {task} has its own architecture")
     if not out:
         raise UsageError("--out is required: the name or path of the checkpoint to write, e.g. --out my-" + task)
+    _check_out_name(out)
     for name, value, tasks in (
         ("--time-limit", time_limit, ("denoiser", "sudoku")), ("--resume", resume, ("sr", "ct", "deblur")),
         ("--init-from", init_from, ("sr", "ct", "deblur")), ("--arch", arch, ("denoiser",)),
