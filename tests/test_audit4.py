@@ -132,3 +132,30 @@ def test_train_out_must_name_a_checkpoint(workdir, monkeypatch, capsys, out):
     code, _, err = edn(monkeypatch, capsys, "train", "--task", "sudoku", "--out", out)
     assert code == 2 and _one_line(err) and "--out" in err, err
     assert not list(Path(".").glob("-*")) and not list(Path(".").glob("*.safetensors"))
+
+
+# ------------------------------------------------------------------- a bad file inside a folder
+@pytest.mark.parametrize("bad", ["empty", "nan"])
+def test_a_bad_image_in_a_folder_stops_the_run_before_any_output(folder, monkeypatch, capsys, bad):
+    # was: exit 4 at z's turn, with out/a.png, out/b.png and their reports already written and
+    # nothing on stdout to say so
+    if bad == "empty":
+        Path("in", "z.png").write_bytes(b"")
+    else:
+        import tifffile
+
+        tifffile.imwrite("in/z.tif", np.full((16, 16), np.nan, np.float32))
+    code, out, err = edn(monkeypatch, capsys, "sr", "--scale", "2", "in/", "--output-dir", "out", "--report", "reps",
+                         "--method", "gd", "--json")
+    assert code == 4 and _one_line(err) and "in/z." in err, err
+    assert not Path("out").exists() and not Path("reps").exists() and out == ""
+
+
+def test_a_good_folder_gives_the_same_results_as_single_runs(folder, monkeypatch, capsys):
+    from edncli.io.images import read_image
+
+    code, out, err = edn(monkeypatch, capsys, "sr", "--scale", "2", "in/", "--output-dir", "out", "--method", "gd", "--json")
+    assert code == 0, err
+    code, _, err = edn(monkeypatch, capsys, "sr", "--scale", "2", "in/b.png", "-o", "b.png", "--method", "gd")
+    assert code == 0, err
+    assert np.array_equal(read_image("out/b.png")[0], read_image("b.png")[0])

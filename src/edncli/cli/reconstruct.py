@@ -138,6 +138,21 @@ def _batches(jobs: List[_Job], build: Callable[[str, object], tuple], device, si
         yield group
 
 
+def _check_inputs(jobs: List[_Job], build: Callable[[str, object], tuple]) -> None:
+    """Build every input's problem once on the CPU, and drop it, before any is solved: an
+    unreadable, NaN or ill-shaped file anywhere in a folder stops the run before it writes a
+    single output (it used to stop at that file, after writing the ones before it). Reading is
+    cheap next to solving; the random state is left as it was."""
+    import torch
+
+    state = torch.random.get_rng_state()
+    try:
+        for job in jobs:
+            build(job.path, "cpu")
+    finally:
+        torch.random.set_rng_state(state)
+
+
 def plan_jobs(
     inputs: List[str], outputs: List[str], report: Optional[str], plot: Optional[str], force: bool, as_json: bool,
     fmt: Optional[str], bit_depth: int, check: bool = True, check_formats: bool = True, several: bool = False,
@@ -290,6 +305,8 @@ def run_problems(
             quiet,
         )
 
+    if len(jobs) > 1:
+        _check_inputs(jobs, build)
     for group in _batches(jobs, build, device, batch_size):
         problems = [built[0] for _, built in group]
         name = Path(group[0][0].path).name + (f" (+{len(group) - 1})" if len(group) > 1 else "")
