@@ -159,3 +159,56 @@ def test_a_good_folder_gives_the_same_results_as_single_runs(folder, monkeypatch
     code, _, err = edn(monkeypatch, capsys, "sr", "--scale", "2", "in/b.png", "-o", "b.png", "--method", "gd")
     assert code == 0, err
     assert np.array_equal(read_image("out/b.png")[0], read_image("b.png")[0])
+
+
+# ------------------------------------------------------------- channels: gray+alpha, (H, W, 2)
+def _la16_png(path: str, gray: np.ndarray) -> None:
+    """A 16-bit gray+alpha PNG (colour type 4) written by hand."""
+    import struct
+    import zlib
+
+    h, w = gray.shape
+    la = np.stack([gray, np.full_like(gray, 65535)], -1).astype(">u2")
+    raw = b"".join(b"\0" + la[i].tobytes() for i in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 4, 0, 0, 0)
+    Path(path).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_a_16_bit_gray_alpha_png_is_read_as_gray():
+    # was: Pillow opens it as RGBA, so edn read three equal channels (and wrote a colour result)
+    from edncli.io.images import read_image
+
+    gray = (np.random.default_rng(0).random((12, 10)) * 65535).astype(np.uint16)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        _la16_png(f"{d}/la.png", gray)
+        arr, _ = read_image(f"{d}/la.png")
+    assert arr.shape == (12, 10)
+    assert np.abs(arr - gray / 65535).max() <= 1 / 255  # read at 8 bits, as the README says
+
+
+def test_an_hw2_array_is_two_channels_not_h_images(workdir, monkeypatch, capsys):
+    # was: (32, 32, 2) was taken as 32 channels of 32x2 images, exit 0
+    import tifffile
+
+    np.save("hw2.npy", np.random.default_rng(0).random((32, 32, 2)).astype(np.float32))
+    code, _, err = edn(monkeypatch, capsys, "sr", "--scale", "2", "hw2.npy", "-o", "hw2.tif", "--method", "gd", "--delta", "1")
+    assert code == 0, err
+    assert tifffile.imread("hw2.tif").shape == (2, 64, 64)
+
+
+def test_a_two_channel_result_is_not_written_as_gray_alpha_png(workdir, monkeypatch, capsys):
+    # was: the second data channel became the PNG's alpha, lost when the file is read back
+    import edncli.solvers.methods as methods
+
+    np.save("c2.npy", np.random.default_rng(0).random((2, 16, 16)).astype(np.float32))
+    solved = []
+    monkeypatch.setattr(methods, "solve", lambda *a, **k: solved.append(1))  # refused before any solve
+    code, _, err = edn(monkeypatch, capsys, "sr", "--scale", "2", "c2.npy", "-o", "c2.png", "--method", "gd")
+    assert code == 2 and _one_line(err) and "1, 3 or 4 channels" in err, err
+    assert not Path("c2.png").exists() and not solved

@@ -241,20 +241,25 @@ def test_16bit_colour_png_from_stdin(tmp_path, monkeypatch):
     np.testing.assert_array_equal(np.round(arr * 65535).astype(np.uint16), np.moveaxis(pixels, -1, 0))
 
 
-@pytest.mark.parametrize("channels", [2, 3, 4])
+@pytest.mark.parametrize("channels", [3, 4])
 def test_colour_png_output_is_16_bit_and_round_trips(tmp_path, channels):
     arr = np.random.default_rng(2).random((channels, 9, 10)).astype(np.float32)
     path = tmp_path / "o.png"
     path.write_bytes(encode_image(arr, "png", 16))
     ihdr = path.read_bytes()[16:29]
-    assert ihdr[8] == 16 and ihdr[9] == {2: 4, 3: 2, 4: 6}[channels]
-    if channels >= 3:
-        back, info = read_image(path)
-        assert info.dtype == "uint16"
-        np.testing.assert_allclose(back, arr[:3], atol=0.5 / 65535 + 1e-7)
+    assert ihdr[8] == 16 and ihdr[9] == {3: 2, 4: 6}[channels]
+    back, info = read_image(path)
+    assert info.dtype == "uint16"
+    np.testing.assert_allclose(back, arr[:3], atol=0.5 / 65535 + 1e-7)
     with Image.open(path) as im:  # a standard PNG: Pillow decodes it (at 8 bits)
-        np.testing.assert_allclose(np.moveaxis(np.asarray(im.convert("RGBA")), -1, 0)[:channels if channels > 2 else 1] / 255,
-                                   arr[:channels if channels > 2 else 1], atol=1 / 255 + 1e-6)
+        np.testing.assert_allclose(np.moveaxis(np.asarray(im.convert("RGBA")), -1, 0)[:channels] / 255,
+                                   arr[:channels], atol=1 / 255 + 1e-6)
+
+
+def test_a_two_channel_png_is_refused():
+    # PNG's only two-channel type is gray + alpha: the second channel would become transparency
+    with pytest.raises(UsageError, match="1, 3 or 4 channels, the result has 2"):
+        encode_image(np.zeros((2, 9, 10), np.float32), "png", 16)
 
 
 def test_cli_writes_16bit_colour_png_unless_bit_depth_8(workdir, monkeypatch, capsys):
@@ -267,7 +272,7 @@ def test_cli_writes_16bit_colour_png_unless_bit_depth_8(workdir, monkeypatch, ca
 
 
 def test_png_with_more_than_four_channels_is_a_usage_error():
-    with pytest.raises(UsageError, match="1 to 4 channels"):
+    with pytest.raises(UsageError, match="1, 3 or 4 channels"):
         encode_image(np.zeros((5, 4, 4), np.float32), "png")
 
 

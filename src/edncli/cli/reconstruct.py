@@ -138,7 +138,17 @@ def _batches(jobs: List[_Job], build: Callable[[str, object], tuple], device, si
         yield group
 
 
-def _check_inputs(jobs: List[_Job], build: Callable[[str, object], tuple]) -> None:
+def _check_output_holds(job: _Job, built: tuple, fmt: Optional[str]) -> None:
+    """A PNG output takes 1, 3 or 4 channels; anything else is refused before it is solved."""
+    from ..io.images import PNG_CHANNELS, output_format
+
+    problem, ndim, _ = built
+    channels = 1 if ndim == 2 else int(problem.f.shape[0])
+    if output_format(job.out, fmt) == "png" and channels not in PNG_CHANNELS:
+        raise UsageError(f"{job.out}: a PNG holds 1, 3 or 4 channels and {job.path} has {channels}; write .tif, .npy or .h5")
+
+
+def _check_inputs(jobs: List[_Job], build: Callable[[str, object], tuple], check: Callable[[_Job, tuple], None]) -> None:
     """Build every input's problem once on the CPU, and drop it, before any is solved: an
     unreadable, NaN or ill-shaped file anywhere in a folder stops the run before it writes a
     single output (it used to stop at that file, after writing the ones before it). Reading is
@@ -148,7 +158,7 @@ def _check_inputs(jobs: List[_Job], build: Callable[[str, object], tuple]) -> No
     state = torch.random.get_rng_state()
     try:
         for job in jobs:
-            build(job.path, "cpu")
+            check(job, build(job.path, "cpu"))
     finally:
         torch.random.set_rng_state(state)
 
@@ -305,9 +315,15 @@ def run_problems(
             quiet,
         )
 
+    def holds(job: _Job, built: tuple) -> None:
+        if write_result is None:
+            _check_output_holds(job, built, fmt)
+
     if len(jobs) > 1:
-        _check_inputs(jobs, build)
+        _check_inputs(jobs, build, holds)
     for group in _batches(jobs, build, device, batch_size):
+        for job, built in group:
+            holds(job, built)  # before the solve, not after it
         problems = [built[0] for _, built in group]
         name = Path(group[0][0].path).name + (f" (+{len(group) - 1})" if len(group) > 1 else "")
         callback, close = c.progress_callback(_iteration_cap(method, problems[0], options), quiet, f"{method} {name}")

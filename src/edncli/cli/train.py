@@ -121,7 +121,6 @@ def train(
 
     if task not in TASKS:
         raise UsageError(f"--task must be one of {', '.join(TASKS)}, got {task!r}")
-    _check_options_read(ctx, task)
     command = "edn " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     dev = c.resolve_device(device)
     if threads is not None:
@@ -134,6 +133,7 @@ def train(
         raise UsageError(f"--residual is for --task sr|ct|deblur; --task {task} has its own architecture")
     if not out:
         raise UsageError("--out is required: the name or path of the checkpoint to write, e.g. --out my-" + task)
+    _check_options_read(ctx, task)
     _check_out_name(out)
     for name, value, tasks in (
         ("--time-limit", time_limit, ("denoiser", "sudoku")), ("--resume", resume, ("sr", "ct", "deblur")),

@@ -84,6 +84,8 @@ def _channels_first(arr: np.ndarray, source: str) -> np.ndarray:
             return arr[..., 0]
         if arr.shape[-1] in (3, 4) and arr.shape[0] not in (3, 4):
             arr = np.moveaxis(arr, -1, 0)
+        elif arr.shape[-1] == 2 and arr.shape[0] > 4:  # (H, W, 2): two channels last, not H images
+            arr = np.moveaxis(arr, -1, 0)
         if arr.shape[0] == 4:  # drop alpha
             arr = arr[:3]
         if arr.shape[0] == 1:
@@ -97,6 +99,14 @@ def _channels_first(arr: np.ndarray, source: str) -> np.ndarray:
 _PNG16_LOW = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L"}
 
 
+def _rawmode(im) -> Optional[str]:
+    """The raw mode Pillow decodes a single-tile image's data with (``LA;16B``...), or None."""
+    if len(getattr(im, "tile", ())) != 1:
+        return None
+    args = im.tile[0][3]
+    return args[0] if isinstance(args, tuple) else args
+
+
 def _png16_colour(im, source) -> Optional[np.ndarray]:
     """The full 16-bit samples ``(H, W, C)`` of a 16-bit RGB/RGBA PNG, or None for other images.
 
@@ -107,8 +117,7 @@ def _png16_colour(im, source) -> Optional[np.ndarray]:
 
     if im.format != "PNG" or len(im.tile) != 1:
         return None
-    tile = im.tile[0]
-    rawmode = tile[3][0] if isinstance(tile[3], tuple) else tile[3]
+    rawmode = _rawmode(im)
     if rawmode not in _PNG16_LOW:
         return None
     high = np.asarray(im)
@@ -176,6 +185,8 @@ def _read_raw(path: str, dataset: Optional[str]) -> tuple[np.ndarray, str]:
                     full = _png16_colour(im, source) if im.mode in ("RGB", "RGBA") else None
                     if full is not None:
                         arr = full
+                    elif _rawmode(im) == "LA;16B":  # 16-bit gray+alpha: Pillow gives 8-bit RGBA, R = G = B
+                        arr = np.asarray(im)[..., 0]
                     elif im.mode in ("I;16", "I;16B", "I;16L"):
                         arr = np.asarray(im, dtype=np.uint16)
                     elif im.mode == "I":
@@ -264,6 +275,11 @@ def _png16(hwc: np.ndarray) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
 
 
+#: Channel counts a PNG output stores as data: gray, RGB, RGBA (two would be gray + alpha,
+#: which readers take as transparency, not as a second channel).
+PNG_CHANNELS = (1, 3, 4)
+
+
 def encode_image(arr: np.ndarray, fmt: str, bit_depth: int = 16, dataset: str = "image", stack: bool = False) -> bytes:
     """Encode a float image (``(H, W)`` or ``(C, H, W)``) to bytes in ``fmt``.
 
@@ -278,8 +294,8 @@ def encode_image(arr: np.ndarray, fmt: str, bit_depth: int = 16, dataset: str = 
 
         if bit_depth not in (8, 16):
             raise UsageError(f"--bit-depth must be 8 or 16, got {bit_depth}")
-        if arr.ndim == 3 and not 1 <= arr.shape[0] <= 4:
-            raise UsageError(f"PNG holds 1 to 4 channels, the result has {arr.shape[0]}; write .tif, .npy or .h5")
+        if arr.ndim == 3 and arr.shape[0] not in PNG_CHANNELS:  # 2 would be gray + transparency
+            raise UsageError(f"a PNG holds 1, 3 or 4 channels, the result has {arr.shape[0]}; write .tif, .npy or .h5")
         hwc = np.moveaxis(arr, 0, -1) if arr.ndim == 3 else arr
         if hwc.ndim == 3 and hwc.shape[-1] == 1:
             hwc = hwc[..., 0]
