@@ -212,3 +212,41 @@ def test_a_two_channel_result_is_not_written_as_gray_alpha_png(workdir, monkeypa
     code, _, err = edn(monkeypatch, capsys, "sr", "--scale", "2", "c2.npy", "-o", "c2.png", "--method", "gd")
     assert code == 2 and _one_line(err) and "1, 3 or 4 channels" in err, err
     assert not Path("c2.png").exists() and not solved
+
+
+# --------------------------------------------------------- options that would be silently ignored
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["sr", "--scale", "2", "clean.png", "-o", "o.tif", "--tile-overlap", "10"], "--tile-overlap 10 needs --tile"),
+        (["sr", "--scale", "2", "clean.png", "-o", "o.tif", "--bit-depth", "8"], "--bit-depth is for PNG outputs"),
+        (["simulate", "sr", "--scale", "2", "clean.png", "-o", "o.tif", "--bit-depth", "8"], "--bit-depth is for PNG"),
+    ],
+)
+def test_an_option_with_nothing_to_act_on_is_a_usage_error(workdir, monkeypatch, capsys, args, words):
+    # was: accepted and ignored (the README: an option the run does not read is exit 2)
+    code, _, err = edn(monkeypatch, capsys, *args)
+    assert code == 2 and _one_line(err) and words in err, err
+    assert not Path("o.tif").exists()
+
+
+def test_bit_depth_still_sets_a_png_output(workdir, monkeypatch, capsys):
+    from PIL import Image
+
+    for depth, mode in (("8", "L"), (None, "I;16")):
+        extra = ["--bit-depth", depth] if depth else []
+        code, _, err = edn(monkeypatch, capsys, "sr", "--scale", "2", "clean.png", "-o", "o.png", "--method", "gd",
+                           "--force", *extra)
+        assert code == 0, err
+        with Image.open("o.png") as im:
+            assert im.mode == mode
+
+
+def test_a_slice_listed_twice_is_a_usage_error():
+    # was: --slices 1,1 reconstructed the same row twice into a 2-slice stack
+    from edncli.cli.ct import parse_slices
+    from edncli.errors import UsageError
+
+    assert parse_slices("3,1,2") == [3, 1, 2] and parse_slices("0:3") == [0, 1, 2]
+    with pytest.raises(UsageError, match="row 1 is listed more than once"):
+        parse_slices("1,2,1")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import glob
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence
 
 import typer
 from typing_extensions import Annotated
@@ -75,7 +75,19 @@ ReferenceOpt = Annotated[
     Optional[str], typer.Option("--reference", help="Ground truth image: adds PSNR/SSIM per iteration to the report.")
 ]
 Format = Annotated[Optional[str], typer.Option("--format", help="Output format: png, tif, npy or h5 (default: from -o).")]
-BitDepth = Annotated[int, typer.Option("--bit-depth", help="Bits per sample for PNG output (8 or 16).")]
+BitDepth = Annotated[Optional[int], typer.Option("--bit-depth", help="Bits per sample for PNG output (8 or 16; default 16).")]
+
+
+def png_bit_depth(bit_depth: Optional[int], formats: Sequence[str]) -> int:
+    """``--bit-depth`` for the outputs' ``formats``: 16 when not given; 8 or 16 when given, and
+    only with a PNG output (TIFF, NPY and HDF5 keep float32: it would be ignored)."""
+    if bit_depth is None:
+        return 16
+    if "png" not in formats:
+        raise UsageError(f"--bit-depth is for PNG outputs; {'/'.join(sorted(set(formats)))} keeps float32: drop --bit-depth")
+    if bit_depth not in (8, 16):
+        raise UsageError(f"--bit-depth must be 8 or 16, got {bit_depth}")
+    return bit_depth
 Dataset = Annotated[Optional[str], typer.Option("--dataset", help="HDF5 dataset path of the input.")]
 Json = Annotated[bool, typer.Option("--json", help="Print the run summary as one JSON object on stdout.")]
 BatchSize = Annotated[

@@ -63,9 +63,13 @@ def parse_slices(spec: Optional[str]) -> Optional[List[int]]:
         if ":" in spec:
             lo, hi = spec.split(":", 1)
             return list(range(int(lo), int(hi)))
-        return [int(s) for s in spec.split(",") if s.strip()]
+        rows = [int(s) for s in spec.split(",") if s.strip()]
     except ValueError:
         raise UsageError(f"--slices must be like '5', '0:16' or '3,7,9', got {spec!r}") from None
+    twice = sorted({r for r in rows if rows.count(r) > 1})
+    if twice:  # the stack would hold the same slice twice, its report two verdicts for one row
+        raise UsageError(f"--slices {spec}: row {', '.join(map(str, twice))} is listed more than once; give each row once")
+    return rows
 
 
 def _check_baseline_weights() -> None:
@@ -170,7 +174,7 @@ def ct(
     report: c.Report = None,
     plot: c.Plot = None,
     fmt: c.Format = None,
-    bit_depth: c.BitDepth = 16,
+    bit_depth: c.BitDepth = None,
     dataset: c.Dataset = None,
     flat_field: FlatField = "auto",
     device: c.Device = "auto",

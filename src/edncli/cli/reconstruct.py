@@ -165,7 +165,7 @@ def _check_inputs(jobs: List[_Job], build: Callable[[str, object], tuple], check
 
 def plan_jobs(
     inputs: List[str], outputs: List[str], report: Optional[str], plot: Optional[str], force: bool, as_json: bool,
-    fmt: Optional[str], bit_depth: int, check: bool = True, check_formats: bool = True, several: bool = False,
+    fmt: Optional[str], bit_depth: Optional[int], check: bool = True, check_formats: bool = True, several: bool = False,
     read_too: Sequence[Tuple[str, Union[str, Path, None]]] = (),
 ) -> List[_Job]:
     """Each input's output, report and plot, with ``check`` all checked before any work: writable,
@@ -208,9 +208,7 @@ def plan_jobs(
         labels = [f"the {kind} of {job.path}" for job in jobs for kind in ("output", "report", "plot")]
     c.check_exists_for_write([p for job in jobs for p in (job.out, job.rep, job.plt)], force, labels, json_stdout=as_json)
     if check_formats:
-        formats = {output_format(job.out, fmt) for job in jobs}
-        if "png" in formats and bit_depth not in (8, 16):
-            raise UsageError(f"--bit-depth must be 8 or 16, got {bit_depth}")
+        c.png_bit_depth(bit_depth, [output_format(job.out, fmt) for job in jobs])
     return jobs
 
 
@@ -227,7 +225,7 @@ def run_problems(
     force: bool,
     quiet: bool,
     fmt: Optional[str],
-    bit_depth: int,
+    bit_depth: Optional[int],
     as_json: bool,
     write_result: Optional[Callable[[str, object, object], None]] = None,
     solver: Optional[Callable] = None,
@@ -266,7 +264,7 @@ def run_problems(
             _explain_unreachable(job.path, built, quiet)
         files = []
         if write_result is None:
-            image = encode_image(c.from_tensor(result.u, ndim), output_format(job.out, fmt), bit_depth,
+            image = encode_image(c.from_tensor(result.u, ndim), output_format(job.out, fmt), bit_depth or 16,
                                  stack=context.get("stack", False))
             files.append((job.out, image))
         # the whole input's δ: under torchrun ``problem`` holds rank 0's slices only
@@ -458,7 +456,7 @@ def sr(
     plot: c.Plot = None,
     output_dir: c.OutputDir = None,
     fmt: c.Format = None,
-    bit_depth: c.BitDepth = 16,
+    bit_depth: c.BitDepth = None,
     dataset: c.Dataset = None,
     device: c.Device = "auto",
     seed: c.Seed = 0,
@@ -551,7 +549,7 @@ def deblur(
     plot: c.Plot = None,
     output_dir: c.OutputDir = None,
     fmt: c.Format = None,
-    bit_depth: c.BitDepth = 16,
+    bit_depth: c.BitDepth = None,
     dataset: c.Dataset = None,
     device: c.Device = "auto",
     seed: c.Seed = 0,

@@ -45,15 +45,16 @@ def simulate_sr(
     crop: Crop = False,
     seed: c.Seed = 0,
     fmt: c.Format = None,
-    bit_depth: c.BitDepth = 16,
+    bit_depth: c.BitDepth = None,
     force: c.Force = False,
 ) -> None:
     """Downsample by --scale and add noise. Use .tif/.npy output to keep the noise exact."""
-    from ..io.images import check_writable, write_image
+    from ..io.images import check_writable, output_format, write_image
     from ..operators.downsample import check_scale, make_sr_operator
 
     scale = check_scale(scale)
     check_writable(output, force)
+    depth = c.png_bit_depth(bit_depth, [output_format(output, fmt)])  # before any work
     arr = _read_clean(input)
     h, w = arr.shape[-2:]
     if crop and min(h, w) >= scale:  # too small to crop: the operator names the original size
@@ -64,7 +65,7 @@ def simulate_sr(
     u = c.to_tensor(arr, "cpu")
     op = make_sr_operator(u.shape[-2:], scale, downsampler)
     f = _noisy(op(u), noise_sigma, seed)
-    write_image(output, c.from_tensor(f, arr.ndim), fmt=fmt, bit_depth=bit_depth, force=force)
+    write_image(output, c.from_tensor(f, arr.ndim), fmt=fmt, bit_depth=depth, force=force)
 
 
 @app.command("deblur")
@@ -78,16 +79,17 @@ def simulate_deblur(
     noise_sigma: NoiseOpt = 0.01,
     seed: c.Seed = 0,
     fmt: c.Format = None,
-    bit_depth: c.BitDepth = 16,
+    bit_depth: c.BitDepth = None,
     force: c.Force = False,
 ) -> None:
     """Blur with a Gaussian (or file) kernel and add noise."""
-    from ..io.images import check_writable, write_image
+    from ..io.images import check_writable, output_format, write_image
     from ..operators.blur import Blur, gaussian_kernel, read_kernel
 
     check_writable(output, force)
+    depth = c.png_bit_depth(bit_depth, [output_format(output, fmt)])  # before any work
     k = read_kernel(kernel) if kernel is not None else gaussian_kernel(kernel_sigma, kernel_size)  # type: ignore[arg-type]
     arr = _read_clean(input)
     u = c.to_tensor(arr, "cpu")
     f = _noisy(Blur(u.shape[-2:], k, boundary)(u), noise_sigma, seed)
-    write_image(output, c.from_tensor(f, arr.ndim), fmt=fmt, bit_depth=bit_depth, force=force)
+    write_image(output, c.from_tensor(f, arr.ndim), fmt=fmt, bit_depth=depth, force=force)

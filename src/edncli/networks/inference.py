@@ -90,6 +90,8 @@ class InferenceConfig:
             raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.ensemble not in ENSEMBLES:
             raise UsageError(f"--ensemble must be 1 (off) or 8 (flips and 90° rotations), got {self.ensemble}")
+        if self.tile is None and self.tile_overlap is not None:
+            raise UsageError(f"--tile-overlap {self.tile_overlap} needs --tile N: it is the band neighbouring tiles share")
         if self.tile_overlap is not None and self.tile_overlap < 0:
             raise UsageError(f"--tile-overlap must be >= 0, got {self.tile_overlap}")
         if self.tile is not None:
