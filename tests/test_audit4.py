@@ -250,3 +250,9 @@ def test_a_slice_listed_twice_is_a_usage_error():
     assert parse_slices("3,1,2") == [3, 1, 2] and parse_slices("0:3") == [0, 1, 2]
     with pytest.raises(UsageError, match="row 1 is listed more than once"):
         parse_slices("1,2,1")
+
+
+def test_float32_problem_reads_in_chunks_with_the_same_verdict():
+    gen = np.random.default_rng(1)
+    for arr in (gen.random((7, 9)), np.r_[gen.random(30), np.nan, np.inf], np.full(50, 4e17)):
+        assert float32_problem(arr, chunk=4) == float32_problem(arr)

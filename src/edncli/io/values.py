@@ -16,19 +16,28 @@ import numpy as np
 MAX_SQUARED_NORM = float(np.finfo(np.float32).max) / 2**10
 
 
-def float32_problem(arr: np.ndarray) -> Optional[str]:
-    """Why ``arr`` (any real dtype) cannot serve as float32 data, or None when it can."""
-    a = np.asarray(arr)
-    if a.size == 0:
-        return None
+def float32_problem(arr: np.ndarray, chunk: int = 1 << 22) -> Optional[str]:
+    """Why ``arr`` (any real dtype) cannot serve as float32 data, or None when it can.
+
+    Read in chunks of ``chunk`` values, so a large scan needs no full-size temporary.
+    """
+    flat = np.asarray(arr).reshape(-1)
+    bad, peak = 0, 0.0
     with np.errstate(over="ignore", invalid="ignore"):
-        finite = np.isfinite(a)
-        if not finite.all():
-            return f"holds {int(a.size - np.count_nonzero(finite))} NaN/Inf values"
-        peak = float(np.max(np.abs(a), initial=0.0))
+        for lo in range(0, flat.size, chunk):
+            part = flat[lo : lo + chunk]
+            finite = np.isfinite(part)
+            bad += int(part.size - np.count_nonzero(finite))
+            if not bad:
+                peak = max(peak, float(np.max(np.abs(part), initial=0.0)))
+        if bad:
+            return f"holds {bad} NaN/Inf values"
         if peak == 0.0:
             return None
-        squared = float(np.sum(np.square(a / peak, dtype=np.float64))) * peak * peak
+        squared = 0.0
+        for lo in range(0, flat.size, chunk):
+            squared += float(np.sum(np.square(flat[lo : lo + chunk] / peak, dtype=np.float64)))
+        squared *= peak * peak
     if not squared <= MAX_SQUARED_NORM:  # also catches an overflow to inf
         return (
             f"holds values up to {peak:.3g}, too large for float32 arithmetic (the sum of squares would "
