@@ -256,3 +256,22 @@ def test_float32_problem_reads_in_chunks_with_the_same_verdict():
     gen = np.random.default_rng(1)
     for arr in (gen.random((7, 9)), np.r_[gen.random(30), np.nan, np.inf], np.full(50, 4e17)):
         assert float32_problem(arr, chunk=4) == float32_problem(arr)
+
+
+# ------------------------------------------------------------ a NaN energy is never "monotone"
+@pytest.mark.parametrize("batch", [1, 2])
+def test_a_nan_energy_is_not_reported_as_monotone(batch):
+    # was: every comparison with NaN is false, so a run on NaN data said energy_monotone: True
+    import torch
+
+    from edncli.energies import DataFidelity
+    from edncli.operators.blur import Blur, gaussian_kernel
+    from edncli.solvers.descent import LineSearch, StopRule, descend, negative_gradient
+
+    op = Blur((16, 16), gaussian_kernel(1.0, 5), "reflect")
+    f = torch.rand(batch, 16, 16)
+    f[0, 3, 3] = float("nan")
+    res = descend(DataFidelity(op, f), torch.zeros(batch, 16, 16), negative_gradient, line=LineSearch(),
+                  stop=StopRule(max_iter=5))
+    assert res.energy_monotone is False
+    assert [s.energy_monotone for s in res.samples] == [False] + [True] * (batch - 1)

@@ -270,7 +270,7 @@ def descend(
     active = [True] * batch
     iters = [0] * batch
     max_inc = [-math.inf] * batch
-    monotone = [True] * batch
+    monotone = [math.isfinite(v) for v in e_h]  # a NaN/Inf energy certifies nothing
     fallbacks = [0] * batch
     reasons: List[str] = [""] * batch
     prev_u: Optional[torch.Tensor] = None
@@ -479,7 +479,7 @@ def descend(
                 continue
             inc = e_h[i] - e_old_h[i]  # type: ignore[index]
             max_inc[i] = max(max_inc[i], inc)
-            if inc > MONOTONE_RTOL * abs(e_old_h[i]) + 1e-12:  # type: ignore[index]
+            if not inc <= MONOTONE_RTOL * abs(e_old_h[i]) + 1e-12:  # type: ignore[index]  # NaN: not certified
                 monotone[i] = False
         for i in range(batch):
             if stalled[i] and active[i]:
@@ -565,7 +565,7 @@ def _data_term_single(
         return "max_iter" if k >= stop.max_iter else ""
 
     tau_first = 1.0 if line.initial == "unit" else 1.0 / lipschitz  # type: ignore[operator]
-    max_inc, monotone, fallbacks = -math.inf, True, 0
+    max_inc, monotone, fallbacks = -math.inf, math.isfinite(e_h), 0  # a NaN/Inf energy certifies nothing
     d: Optional[torch.Tensor] = None  # CG: the previous direction (negated), the next one is built in its memory
     one = (1,) * u.dim()  # the shape of a broadcast per-sample scalar
     gn2_prev = 0.0  # CG: ||grad E||^2 when ``d`` was built
@@ -627,7 +627,7 @@ def _data_term_single(
         disc_h = math.sqrt(max(2 * e_h, 0.0))
         inc = e_h - e_old
         max_inc = max(max_inc, inc)
-        if inc > MONOTONE_RTOL * abs(e_old) + 1e-12:
+        if not inc <= MONOTONE_RTOL * abs(e_old) + 1e-12:  # NaN: not certified
             monotone = False
         stalled = rose or not ok
         record(k, None if stalled else tau, trials, not stalled)

@@ -219,7 +219,8 @@ class _Tracker:
         moved = moved.cpu()
         self.max_inc = torch.where(moved, torch.maximum(self.max_inc, inc), self.max_inc)
         tol = MONOTONE_RTOL * e_old.double().abs().cpu() + 1e-12
-        self.monotone &= ~(moved & (inc > tol))
+        self.monotone &= ~(moved & ~(inc <= tol))  # a NaN energy certifies nothing
+        self.monotone &= torch.isfinite(e_new.double().cpu()) | ~moved
 
     def stop(self, i: int, k: int, reason: str) -> None:
         self.active[i] = False
