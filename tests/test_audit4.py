@@ -275,3 +275,34 @@ def test_a_nan_energy_is_not_reported_as_monotone(batch):
                   stop=StopRule(max_iter=5))
     assert res.energy_monotone is False
     assert [s.energy_monotone for s in res.samples] == [False] + [True] * (batch - 1)
+
+
+# -------------------------------------------------------------- edn eval: tv with --iterations
+@pytest.fixture
+def evalfolder(workdir):
+    Path("ev").mkdir()
+    for i in range(2):
+        _clean(Path("ev", f"{i}.png"), n=32, seed=i)
+    return workdir
+
+
+def test_eval_tv_with_fixed_iterations_takes_alpha_from_the_noise_level(evalfolder, monkeypatch, capsys):
+    # was: exit 2 "method tv needs --alpha, or a δ", after gd had already run, with no way to
+    # follow the advice (edn eval had no --alpha; --noise-sigma was given)
+    code, out, err = edn(monkeypatch, capsys, "eval", "sr", "--scale", "2", "--images", "ev", "--methods", "gd,tv",
+                         "--iterations", "3", "--json", "t.json", "--quiet")
+    assert code == 0, err
+    rows = [r for r in json.loads(Path("t.json").read_text())["rows"] if r["method"] == "tv"]
+    assert len(rows) == 2 and all(r["iterations"] <= 3 and r["search_iterations"] > 0 for r in rows)
+
+
+def test_eval_tv_noise_free_needs_alpha_up_front(evalfolder, monkeypatch, capsys):
+    args = ["eval", "sr", "--scale", "2", "--images", "ev", "--noise-sigma", "0", "--iterations", "3", "--methods", "gd,tv"]
+    code, out, err = edn(monkeypatch, capsys, *args)
+    assert code == 2 and _one_line(err) and "--alpha" in err and out == "", err  # before any method ran
+    code, out, err = edn(monkeypatch, capsys, *args, "--alpha", "0.002", "--json", "t.json", "--quiet")
+    assert code == 0, err
+    rows = [r for r in json.loads(Path("t.json").read_text())["rows"] if r["method"] == "tv"]
+    assert rows and all(r["iterations"] == 3 for r in rows)
+    code, _, err = edn(monkeypatch, capsys, *args[:-1], "gd", "--alpha", "0.002")
+    assert code == 2 and "--alpha applies to tv" in err

@@ -128,6 +128,16 @@ def check_config(cfg: EvalConfig) -> None:
     if unread and not names.intersection(NETWORK_METHODS):
         raise UsageError(f"{' and '.join(unread)}: only networks read this, and none of --methods "
                          f"{','.join(cfg.methods)} evaluates one ({', '.join(NETWORK_METHODS)} do)")
+    alpha = cfg.extra.get("alpha")
+    if alpha is not None:
+        if not (isinstance(alpha, (int, float)) and alpha > 0 and math.isfinite(alpha)):
+            raise UsageError(f"--alpha must be > 0 and finite, got {alpha}")
+        if "tv" not in names:
+            raise UsageError(f"--alpha applies to tv, which --methods {','.join(cfg.methods)} does not list")
+    elif "tv" in names and cfg.iterations is not None and cfg.noise_sigma == 0:
+        # with noise, tv still takes α from the known noise level (the discrepancy principle)
+        raise UsageError("tv chooses α by the discrepancy principle, and --noise-sigma 0 gives it no noise level: "
+                         "give --alpha A (e.g. --alpha 0.001) or drop tv from --methods")
     if cfg.learned_steps is not None and not names.intersection(METHOD_OPTIONS["--learned-steps"]):
         raise UsageError(f"--learned-steps applies to edn, which --methods {','.join(cfg.methods)} does not list")
 
@@ -186,9 +196,11 @@ def run_eval(
         x = torch.from_numpy(image)[None].to(device)
         op, f = simulate(x, cfg, index, device, op_cache)
         m = int(f[0].numel())
-        delta = None
-        if cfg.iterations is None:
-            delta = DeltaChoice(cfg.tau * cfg.noise_sigma * math.sqrt(m), "noise_sigma", cfg.noise_sigma, cfg.tau, m)
+        known = None if cfg.noise_sigma == 0 else DeltaChoice(
+            cfg.tau * cfg.noise_sigma * math.sqrt(m), "noise_sigma", cfg.noise_sigma, cfg.tau, m)
+        # every method stops at δ, or with --iterations runs that many steps; tv then still
+        # takes its α from δ (it needs a noise level for that), and its final solve is capped
+        delta = known if cfg.iterations is None else None
         u0 = cfg.spec.initial(op, f)
         for method in cfg.methods:
             name, weights = _split(method)
@@ -201,7 +213,8 @@ def run_eval(
             opts.extra.update(cfg.extra)
             if name == "tv" and cfg.extra.get("alpha") is not None:
                 opts.alpha = float(cfg.extra["alpha"])  # type: ignore[arg-type]
-            problem = Problem(op=op, f=f, u0=u0, delta=delta, task=cfg.spec.task)
+            fixed_tv = name == "tv" and cfg.iterations is not None and opts.alpha is None
+            problem = Problem(op=op, f=f, u0=u0, delta=known if fixed_tv else delta, task=cfg.spec.task)
             t0 = time.perf_counter()
             result = solve(problem, name, opts)
             elapsed = time.perf_counter() - t0

@@ -30,15 +30,20 @@ Luma = Annotated[str, typer.Option(
     "Gray images are used as they are.")]
 
 
+EvalAlpha = Annotated[Optional[float], typer.Option(
+    "--alpha", help="tv: a fixed α (default: chosen by the discrepancy principle from the known noise level).")]
+
+
 def _run(spec, images, methods, noise_sigma, seed, tau, iterations, max_iter, border, limit, json_out, device, quiet,
          force, size=None, kernel_sigma=1.6, extra=None, learned_steps=None, handover=None, precision="fp32", luma="full",
-         ensemble=1):
+         ensemble=1, alpha=None):
     from ..evaluation import EvalConfig, check_config, format_table, parse_methods, run_eval
     from ..io.images import IMAGE_SUFFIXES, write_bytes
 
     cfg = EvalConfig(spec=spec, methods=parse_methods(methods), noise_sigma=noise_sigma, seed=seed, tau=tau,
                      iterations=iterations, max_iter=max_iter, border=border, limit=limit, size=size,
-                     kernel_sigma=kernel_sigma, extra=extra or {}, learned_steps=learned_steps,
+                     kernel_sigma=kernel_sigma, extra={**(extra or {}), **({} if alpha is None else {"alpha": alpha})},
+                     learned_steps=learned_steps,
                      handover=handover or EvalConfig.handover, precision=precision, luma=luma, ensemble=ensemble)
     check_config(cfg)  # option values first: usage errors before any file is looked at
     if json_out == "-":  # the table goes to stdout: two things there would mix
@@ -64,6 +69,7 @@ def eval_sr(
     noise_sigma: Noise = 0.01,
     seed: c.Seed = 0,
     tau: c.Tau = 1.0,
+    alpha: EvalAlpha = None,
     iterations: Iterations = None,
     learned_steps: c.LearnedSteps = None,
     handover: c.Handover = None,
@@ -84,7 +90,7 @@ def eval_sr(
 
     spec = TaskSpec("sr", scale=check_scale(scale), downsampler=downsampler)
     _run(spec, images, methods, noise_sigma, seed, tau, iterations, max_iter, border, limit, json_out, device, quiet, force,
-         learned_steps=learned_steps, handover=handover, precision=precision, luma=luma, ensemble=ensemble)
+         learned_steps=learned_steps, handover=handover, precision=precision, luma=luma, ensemble=ensemble, alpha=alpha)
 
 
 @app.command("deblur")
@@ -97,6 +103,7 @@ def eval_deblur(
     noise_sigma: Noise = 0.01,
     seed: c.Seed = 0,
     tau: c.Tau = 1.0,
+    alpha: EvalAlpha = None,
     iterations: Iterations = None,
     learned_steps: c.LearnedSteps = None,
     handover: c.Handover = None,
@@ -116,7 +123,7 @@ def eval_deblur(
 
     spec = TaskSpec("deblur", kernel_sigma=(kernel_sigma, kernel_sigma), kernel_size=kernel_size, boundary=boundary)
     _run(spec, images, methods, noise_sigma, seed, tau, iterations, max_iter, border, limit, json_out, device, quiet,
-         force, kernel_sigma=kernel_sigma, learned_steps=learned_steps, handover=handover, precision=precision, luma=luma, ensemble=ensemble)
+         force, kernel_sigma=kernel_sigma, learned_steps=learned_steps, handover=handover, precision=precision, luma=luma, ensemble=ensemble, alpha=alpha)
 
 
 @app.command("ct")
@@ -128,6 +135,7 @@ def eval_ct(
     noise_sigma: Noise = 0.1,
     seed: c.Seed = 0,
     tau: c.Tau = 1.0,
+    alpha: EvalAlpha = None,
     iterations: Iterations = None,
     learned_steps: c.LearnedSteps = None,
     handover: c.Handover = None,
@@ -149,4 +157,4 @@ def eval_ct(
         raise UsageError(f"--size must be >= 8, got {size}")
     spec = TaskSpec("ct", angles=angles)
     _run(spec, images, methods, noise_sigma, seed, tau, iterations, max_iter, border, limit, json_out, device, quiet,
-         force, size=size, learned_steps=learned_steps, handover=handover, precision=precision, luma=luma, ensemble=ensemble)
+         force, size=size, learned_steps=learned_steps, handover=handover, precision=precision, luma=luma, ensemble=ensemble, alpha=alpha)
