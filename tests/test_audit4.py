@@ -306,3 +306,19 @@ def test_eval_tv_noise_free_needs_alpha_up_front(evalfolder, monkeypatch, capsys
     assert rows and all(r["iterations"] == 3 for r in rows)
     code, _, err = edn(monkeypatch, capsys, *args[:-1], "gd", "--alpha", "0.002")
     assert code == 2 and "--alpha applies to tv" in err
+
+
+# ------------------------------------------------------------------- Python warnings as one line
+def test_a_library_warning_is_one_edn_warning_line(workdir, monkeypatch, capsys):
+    # was: "…/tomography.py:760: UserWarning: could not write the CT matrix cache …" plus the
+    # source line it came from
+    import warnings
+
+    from edncli.cli import main
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        monkeypatch.setattr(main.rec, "run_problems", lambda **kw: warnings.warn("could not write the cache\n  somewhere"))
+        code, _, err = edn(monkeypatch, capsys, "sr", "--scale", "2", "clean.png", "-o", "o.png", "--method", "gd")
+    assert code == 0
+    assert err.strip() == "edn: warning: could not write the cache somewhere", err

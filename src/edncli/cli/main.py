@@ -89,6 +89,9 @@ def run() -> None:
 
     from . import common
 
+    import warnings
+
+    warnings.showwarning = _show_warning
     common._CREATED.clear()  # folders made by an earlier in-process run are not this run's
     common.INTERRUPT_REPORTED = False
     try:
@@ -142,6 +145,13 @@ def show_click_error(exc: BaseException) -> None:
     ctx = getattr(exc, "ctx", None)
     hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
     print(f"edn: error: {message}{hint}", file=sys.stderr)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A Python warning as one ``edn: warning: ...`` line on stderr (not file:line, category and
+    the source line: e.g. the CT matrix cache that cannot be written)."""
+    text = " ".join(str(message).split())
+    print(f"edn: warning: {text}", file=file or sys.stderr)
 
 
 #: What to try when host memory runs out.
