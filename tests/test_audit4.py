@@ -322,3 +322,29 @@ def test_a_library_warning_is_one_edn_warning_line(workdir, monkeypatch, capsys)
         code, _, err = edn(monkeypatch, capsys, "sr", "--scale", "2", "clean.png", "-o", "o.png", "--method", "gd")
     assert code == 0
     assert err.strip() == "edn: warning: could not write the cache somewhere", err
+
+
+# -------------------------------------------------- a CT volume of 4 slices as its own reference
+def test_a_four_slice_volume_serves_as_reference_not_as_rgba(tmp_path, monkeypatch, capsys):
+    # was: the 4-page TIFF was read as RGBA, its 4th slice dropped as alpha: "shape (3, 48, 48)
+    # does not match the result (4, 48, 48)" (and with --slices 0:3 silently taken as 3 slices)
+    import tifffile
+    import torch
+
+    from edncli.io.sinograms import write_sinogram
+    from edncli.operators.tomography import CTGeometry, simulate_ct
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EDN_CACHE_DIR", str(tmp_path / "cache"))
+    yy, xx = np.mgrid[-1 : 1 : 32j, -1 : 1 : 32j]
+    vol = np.stack([np.exp(-4 * ((xx - 0.1 * k) ** 2 + yy**2)) for k in range(4)]).astype(np.float32)
+    geom = CTGeometry(32, np.linspace(0, np.pi, 30, endpoint=False), 46)
+    write_sinogram("scan.h5", simulate_ct(torch.from_numpy(vol), geom, noise_sigma=0.0).numpy(), geom.angles)
+    tifffile.imwrite("ref.tif", vol, photometric="minisblack")  # pages, as edn writes a volume
+    code, _, err = edn(monkeypatch, capsys, "ct", "--sinogram", "scan.h5", "--size", "32", "-o", "v.tif", "--method", "gd",
+                       "--delta", "0.5", "--max-iter", "3", "--reference", "ref.tif", "--report", "r.json")
+    assert code in (0, 3), err
+    assert "psnr" in json.loads(Path("r.json").read_text())["trace"][-1]
+    code, _, err = edn(monkeypatch, capsys, "ct", "--sinogram", "scan.h5", "--size", "32", "-o", "w.tif", "--method", "gd",
+                       "--slices", "0:3", "--max-iter", "3", "--reference", "ref.tif")
+    assert code == 2 and _one_line(err) and "does not match" in err, err

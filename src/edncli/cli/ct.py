@@ -136,7 +136,7 @@ def _geometry(sino, size, beam, spacing, source_origin, origin_detector, center,
         if not math.isfinite(value):
             raise UsageError(f"--center must be a finite number of detector pixels, got {center!r}")
         if not -0.5 <= value <= det - 0.5:  # the rotation axis must project onto the detector
-            raise UsageError(f"--center {center} is outside the detector: give a position in 0..{det - 1} (detector pixels)")
+            raise UsageError(f"--center {center} is outside the detector: give a position from -0.5 to {det - 0.5:g} (detector pixels, 0 = the first pixel's centre)")
     geom = CTGeometry(
         size=size, angles=sino.theta, detectors=det, detector_spacing=spacing, beam=beam,
         source_origin=source_origin, origin_detector=origin_detector, center=value,
@@ -281,7 +281,8 @@ def ct(
                 if reference is not None:
                     from .reconstruct import _reference
 
-                    problem.reference = _reference(reference, (sino.n_slices, geom.size, geom.size), device)[lo:hi]
+                    problem.reference = _reference(reference, (sino.n_slices, geom.size, geom.size), device,
+                                                   stack=sino.n_slices > 1)[lo:hi]
                 ctx = {
                     "inputs": {"path": sinogram, **sino.describe(), "init": init},
                     "report_extra": {"geometry": geom.describe(), "center": center_value, "center_rule": center_rule,

@@ -387,14 +387,16 @@ def _check_stdin(inputs: List[str], reference: Optional[str]) -> None:
         raise UsageError("the input and --reference are both '-' (stdin); give one of them as a file")
 
 
-def _reference(path: Optional[str], shape, device):
+def _reference(path: Optional[str], shape, device, stack: bool = False):
+    """The ``--reference`` image as a ``shape`` tensor (one image serves every sample);
+    ``stack``: the result is a CT volume, so a 3D file holds slices as stored (see :func:`read_image`)."""
     if path is None:
         return None
     from ..errors import InputError
     from ..io.images import read_image
 
     try:
-        arr, _ = read_image(path)
+        arr, _ = read_image(path, stack=stack)
     except InputError as err:  # name the option: the input and the reference are both image files
         raise InputError(f"--reference {err}") from None
     ref = c.to_tensor(arr, device)

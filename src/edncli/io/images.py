@@ -220,11 +220,19 @@ def _default_dataset(fh, label: str) -> str:
     raise InputError(f"{label}: several datasets in the HDF5 file ({', '.join(names[:5])}); pass --dataset")
 
 
-def read_image(path: str | Path, dataset: Optional[str] = None) -> tuple[np.ndarray, ImageInfo]:
-    """Read an image as float32 in [0, 1] (floats kept as stored), shape ``(H, W)`` or ``(C, H, W)``."""
+def read_image(path: str | Path, dataset: Optional[str] = None, stack: bool = False) -> tuple[np.ndarray, ImageInfo]:
+    """Read an image as float32 in [0, 1] (floats kept as stored), shape ``(H, W)`` or ``(C, H, W)``.
+
+    ``stack``: a 3D array is ``(slices, H, W)`` as stored (a CT volume), never colour channels
+    to reorder or an alpha channel to drop.
+    """
     raw, label = _read_raw(str(path), dataset)
     bit_depth = int(raw.dtype.itemsize * 8) if np.issubdtype(raw.dtype, np.integer) else None
-    arr = _channels_first(_to_unit(raw, label), label)
+    unit = _to_unit(raw, label)
+    if stack and unit.ndim == 3:
+        arr = unit
+    else:
+        arr = _channels_first(unit, label)
     if arr.shape[-1] < 2 or arr.shape[-2] < 2:
         raise InputError(f"{label}: image of shape {arr.shape} is too small")
     fmt = _format_from_suffix(Path(label)) if label != "stdin" else "stdin"
