@@ -348,3 +348,25 @@ def test_a_four_slice_volume_serves_as_reference_not_as_rgba(tmp_path, monkeypat
     code, _, err = edn(monkeypatch, capsys, "ct", "--sinogram", "scan.h5", "--size", "32", "-o", "w.tif", "--method", "gd",
                        "--slices", "0:3", "--max-iter", "3", "--reference", "ref.tif")
     assert code == 2 and _one_line(err) and "does not match" in err, err
+
+
+# ------------------------------------------------------------------- FBP in bounded memory blocks
+@pytest.mark.parametrize("beam", ["parallel", "fan"])
+def test_fbp_in_small_blocks_equals_the_default_and_is_batch_independent(monkeypatch, beam):
+    # was: one chunk held 16 angles x all pixels x the batch in float64 (5000² needed 24 GB and
+    # the process was killed); now blocks of pixels and angles, each sample on its own
+    import torch
+
+    import edncli.operators.tomography as tomo
+
+    if beam == "parallel":
+        geom = tomo.CTGeometry.parallel(40, 30)
+    else:
+        geom = tomo.CTGeometry(40, np.linspace(0, 2 * np.pi, 30, endpoint=False), 60, beam="fan",
+                               source_origin=200.0, origin_detector=100.0)
+    sino = torch.rand(3, *geom.sino_shape, generator=torch.Generator().manual_seed(0))
+    whole = tomo.fbp(sino, geom)
+    assert torch.equal(torch.cat([tomo.fbp(sino[i : i + 1], geom) for i in range(3)]), whole)
+    monkeypatch.setattr(tomo, "FBP_BLOCK", 333)  # pixel blocks of 333, one angle at a time
+    small = tomo.fbp(sino, geom)
+    assert torch.allclose(small, whole, rtol=1e-5, atol=1e-6 * float(whole.abs().max()))

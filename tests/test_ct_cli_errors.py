@@ -51,7 +51,7 @@ def test_center_outside_the_detector_is_a_usage_error(ctdir, monkeypatch, capsys
     code, _, err = edn(monkeypatch, capsys, "ct", "--sinogram", "sino.npy", "--angles", "60", "--size", "48",
                        f"--center={center}", "-o", "x.tif")
     assert code == 2, err
-    assert err.startswith("edn: error: --center") and "outside the detector" in err and "0..67" in err
+    assert err.startswith("edn: error: --center") and "outside the detector" in err and "-0.5 to 67.5" in err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert not Path("x.tif").exists()
 

@@ -808,6 +808,11 @@ def _pixel_centres(size: int, device: torch.device) -> tuple[torch.Tensor, torch
     return x.reshape(-1), y.reshape(-1)
 
 
+#: Values per block of FBP's back-projection (pixels x angles): bounds its memory (~10 float64
+#: arrays of this many values, ~340 MB) for any image size.
+FBP_BLOCK = 1 << 22
+
+
 def fbp(sinogram: torch.Tensor, geometry: CTGeometry, filter: str = "ramp", chunk: int = 16) -> torch.Tensor:
     """Filtered back-projection ``(B, n_angles, detectors) -> (B, size, size)``.
 
@@ -851,38 +856,48 @@ def fbp(sinogram: torch.Tensor, geometry: CTGeometry, filter: str = "ramp", chun
         spacing = float((unorm * so / sdp).mean())
         q = 0.5 * _filter_rows(sino * pre, spacing, filter)
         weight = 2 * math.pi / K
-    B = sino.shape[0]
-    out = torch.zeros(B, px.numel(), dtype=torch.float64, device=dev)
-    for a0 in range(0, K, chunk):
-        a1 = min(K, a0 + chunk)
-        ux, uy = u[a0:a1, 0:1], u[a0:a1, 1:2]
-        if geometry.beam == "parallel":
-            rx, ry = vec[a0:a1, 0:1], vec[a0:a1, 1:2]
-            Px, Py = px[None, :] - D[a0:a1, 0:1], py[None, :] - D[a0:a1, 1:2]
-            t = (Px * ry - Py * rx) / (ux * ry - uy * rx)
-            wgt = None
-        else:
-            Sx, Sy = vec[a0:a1, 0:1], vec[a0:a1, 1:2]
-            vx, vy = px[None, :] - Sx, py[None, :] - Sy
-            smdx, smdy = Sx - D[a0:a1, 0:1], Sy - D[a0:a1, 1:2]
-            t = (smdx * vy - smdy * vx) / (ux * vy - uy * vx)
-            so_c = so[a0:a1, None]
-            U = (-(vx * Sx + vy * Sy) / so_c) / so_c
-            wgt = 1.0 / U**2
-        pos = t + mid
-        i0 = torch.floor(pos)
-        frac = pos - i0
-        i0 = i0.long()
-        vals = torch.zeros(B, a1 - a0, px.numel(), dtype=torch.float64, device=dev)
-        qa = q[:, a0:a1, :]
-        for off, wt in ((0, 1 - frac), (1, frac)):
-            ii = i0 + off
-            ok = (ii >= 0) & (ii < n_det)
-            g = torch.gather(qa, 2, ii.clamp(0, n_det - 1).unsqueeze(0).expand(B, -1, -1))
-            vals += g * (wt * ok)
-        if wgt is not None:
-            vals = vals * wgt
-        out += vals.sum(1)
+    B, npix = sino.shape[0], px.numel()
+    out = torch.zeros(B, npix, dtype=torch.float64, device=dev)
+    # Blocks of pixels and angles whose temporaries (about ten (angles, pixels) float64 arrays)
+    # stay near FBP_BLOCK values each, whatever the size: 5000² once needed 24 GB here. Each
+    # sample is summed on its own, so a slice's FBP does not depend on the batch it came in
+    # (a sharded run equals a single-process one).
+    pblock = min(npix, FBP_BLOCK)
+    chunk = max(1, min(chunk, FBP_BLOCK // pblock))
+    for p0 in range(0, npix, pblock):
+        bx, by = px[p0 : p0 + pblock], py[p0 : p0 + pblock]
+        for a0 in range(0, K, chunk):
+            a1 = min(K, a0 + chunk)
+            ux, uy = u[a0:a1, 0:1], u[a0:a1, 1:2]
+            if geometry.beam == "parallel":
+                rx, ry = vec[a0:a1, 0:1], vec[a0:a1, 1:2]
+                Px, Py = bx[None, :] - D[a0:a1, 0:1], by[None, :] - D[a0:a1, 1:2]
+                t = (Px * ry - Py * rx) / (ux * ry - uy * rx)
+                wgt = None
+            else:
+                Sx, Sy = vec[a0:a1, 0:1], vec[a0:a1, 1:2]
+                vx, vy = bx[None, :] - Sx, by[None, :] - Sy
+                smdx, smdy = Sx - D[a0:a1, 0:1], Sy - D[a0:a1, 1:2]
+                t = (smdx * vy - smdy * vx) / (ux * vy - uy * vx)
+                so_c = so[a0:a1, None]
+                U = (-(vx * Sx + vy * Sy) / so_c) / so_c
+                wgt = 1.0 / U**2
+            pos = t + mid
+            i0 = torch.floor(pos)
+            frac = pos - i0
+            i0 = i0.long()
+            taps = []
+            for off, wt in ((0, 1 - frac), (1, frac)):
+                ii = i0 + off
+                ok = (ii >= 0) & (ii < n_det)
+                w_ok = wt * ok if wgt is None else wt * ok * wgt
+                taps.append((ii.clamp(0, n_det - 1), w_ok))
+            del t, pos, i0, frac
+            for b in range(B):
+                qa = q[b, a0:a1, :]
+                vals = torch.gather(qa, 1, taps[0][0]) * taps[0][1]
+                vals += torch.gather(qa, 1, taps[1][0]) * taps[1][1]
+                out[b, p0 : p0 + pblock] += vals.sum(0)
     return (weight * out).reshape(B, geometry.size, geometry.size).to(torch.float32)
 
 
