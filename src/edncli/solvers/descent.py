@@ -451,6 +451,14 @@ def descend(
             disc_new = None
         else:
             e_h, gn2_h, disc_new = _host(e_new, gg, discrepancy_of(u))
+        # A sample that has stopped keeps the energy it stopped with: its iterate no longer moves,
+        # and re-evaluating it (from a residual refreshed every REFRESH_EVERY steps) would move
+        # its recorded energy, and the batch's, by round-off, up as often as down.
+        if not all(active):
+            e_h = [e_h[i] if active[i] else e_old_h[i] for i in range(batch)]  # type: ignore[index]
+            gn2_h = [gn2_h[i] if active[i] else gn2_old_h[i] for i in range(batch)]  # type: ignore[index]
+            if disc_new is not None and disc_h is not None:
+                disc_new = [disc_new[i] if active[i] else disc_h[i] for i in range(batch)]
         # Round-off guard: the Armijo test used the line's closed form; if the energy evaluated
         # at the new point is higher (possible only at the limit of float32 precision), the step
         # is undone and that sample stops: the recorded energy never rises.
