@@ -400,3 +400,17 @@ def test_the_batch_trace_energy_never_rises_after_some_slices_stopped(tmp_path, 
     assert min(stops) < max(stops)  # some slices stopped while others went on
     energy = [t["energy"] for t in doc["trace"]]
     assert doc["energy_monotone"] and all(b <= a for a, b in zip(energy, energy[1:])), energy
+
+
+@pytest.mark.parametrize(
+    "task, methods, words",
+    [
+        (["sr", "--scale", "2"], "gd,edn", "x4 average downsampling, not x2"),
+        (["deblur"], "gd,edn:edn-sr-x4", "is for task 'sr', not 'deblur'"),
+        (["deblur"], "gd,baseline:edn-deblur", "needs a baseline checkpoint"),
+    ],
+)
+def test_eval_checks_every_checkpoint_before_any_work(evalfolder, monkeypatch, capsys, task, methods, words):
+    # was: gd ran (and printed its progress) on the first image before the checkpoint was refused
+    code, out, err = edn(monkeypatch, capsys, "eval", *task, "--images", "ev", "--methods", methods)
+    assert code == 4 and _one_line(err) and words in err and out == "", err

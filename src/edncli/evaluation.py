@@ -190,6 +190,12 @@ def run_eval(
         if 2 * cfg.border >= min(x.shape):
             raise UsageError(f"--border {cfg.border} leaves no pixels of {Path(path).name} ({x.shape[0]}x{x.shape[1]} as evaluated)")
         clean.append(x)
+    from .solvers.learned import check_learned
+
+    for method in cfg.methods:  # every checkpoint before any work (not at its method's turn)
+        name, weights = _split(method)
+        if name in ("edn", "baseline"):
+            check_learned(name, weights, cfg.spec)
     rows: List[dict] = []
     op_cache: dict = {}
     for index, (path, image) in enumerate(zip(files, clean)):

@@ -186,6 +186,17 @@ def load_learned(kind: str, name_or_path: str, device) -> Tuple[torch.nn.Module,
     return net, meta
 
 
+def check_learned(kind: str, weights: Optional[str], spec: TaskSpec) -> None:
+    """Raise what ``solve_edn``/``solve_baseline`` would raise for this checkpoint on a problem of
+    ``spec`` (missing, corrupt, another kind, task or scale), without a problem: ``edn eval``
+    checks every method's checkpoint before the first image is solved."""
+    name = weights or DEFAULT_WEIGHTS.get((kind, spec.task))
+    if name is None:
+        raise CheckpointError(f"method {kind} has no shipped network for task {spec.task!r}; pass --weights")
+    _, meta = load_learned(kind, name, "cpu")
+    checkpoint_spec(meta).check_compatible(spec, meta["name"])
+
+
 def _problem_spec(problem: Problem) -> TaskSpec:
     desc = problem.op.describe()
     if problem.task == "sr":
