@@ -1,6 +1,7 @@
 """CT quality: PSNR per iteration of gd, tv and edn (paper 001 Fig. 4 shape), and the measured walnut.
 
     python benchmarks/bench_ct.py --out benchmarks/ct          # writes ct_psnr.png, walnut.png, ct.json
+    python benchmarks/bench_ct.py --out benchmarks/ct --start zero --weights edn-ct-zero --angles 90 --no-walnut
 
 Simulated part: centre crops of ../shared/data/set12 resized to --size, parallel beam over
 180° with --angles, Gaussian noise --noise-sigma (sinogram units); every method runs a fixed
@@ -43,15 +44,17 @@ def simulated(args):
         xt = torch.from_numpy(x)[None]
         gen = torch.Generator().manual_seed(i)
         f = op(xt) + args.noise_sigma * torch.randn((1, *op.out_shape), generator=gen)
-        u0 = op.fbp(f)
+        u0 = op.fbp(f) if args.start == "fbp" else torch.zeros((1, *op.in_shape))
         for m in args.methods:
-            opts = MethodOptions(max_iter=args.iterations, min_iter=args.iterations, alpha=args.alpha if m == "tv" else None)
+            opts = MethodOptions(max_iter=args.iterations, min_iter=args.iterations, alpha=args.alpha if m == "tv" else None,
+                                 weights=args.weights if m == "edn" else None)
             res = solve(Problem(op, f, u0, None, reference=xt, task="ct"), m, opts)
             c = [r.psnr for r in res.trace]
             curves[m].append(c + [c[-1]] * (args.iterations + 1 - len(c)))  # a run that stopped early stays put
     mean = {m: np.mean(np.array([c[: args.iterations + 1] for c in v]), axis=0).tolist() for m, v in curves.items()}
     return mean, {"images": [p.name for p in files], "size": args.size, "angles": args.angles, "noise_sigma": args.noise_sigma,
-                  "alpha_tv": args.alpha, "iterations": args.iterations}
+                  "alpha_tv": args.alpha, "iterations": args.iterations,
+                  "start": args.start, "weights": args.weights}
 
 
 def walnut(args):
@@ -101,6 +104,10 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=0.05)
     ap.add_argument("--iterations", type=int, default=30)
     ap.add_argument("--images", type=int, default=4)
+    ap.add_argument("--start", choices=("fbp", "zero"), default="fbp",
+                    help="simulated part: every method from FBP, or from zero as in the paper's Fig. 4")
+    ap.add_argument("--weights", default=None, help="edn checkpoint (default: the method's, edn-ct)")
+    ap.add_argument("--no-walnut", action="store_true", help="only the simulated part")
     ap.add_argument("--walnut-size", type=int, default=164)
     ap.add_argument("--walnut-iterations", type=int, default=100)
     args = ap.parse_args()
@@ -115,10 +122,18 @@ def main() -> None:
     fig, ax = plt.subplots(figsize=(5, 3.5), constrained_layout=True)
     for m, c in mean.items():
         ax.plot(range(len(c)), c, marker=".", label=m)
-    ax.set(xlabel="iteration", ylabel="mean PSNR (dB)", title=f"CT {args.size}², {args.angles} angles, σ={args.noise_sigma}")
+    ax.set(xlabel="iteration", ylabel="mean PSNR (dB)",
+           title=f"CT {args.size}², {args.angles} angles, σ={args.noise_sigma}, from {args.start}")
     ax.legend()
-    fig.savefig(args.out / "ct_psnr.png", dpi=100)
+    suffix = "" if args.start == "fbp" else f"_{args.start}"
+    fig.savefig(args.out / f"ct_psnr{suffix}.png", dpi=100)
     plt.close(fig)
+    if args.no_walnut:
+        (args.out / f"ct{suffix}.json").write_text(json.dumps({"simulated": {"protocol": proto, "mean_psnr_per_iteration": mean}}, indent=2))
+        for m, c in mean.items():
+            best = int(np.argmax(c))
+            print(f"| {m} | " + " | ".join(f"{c[k]:.2f}" for k in (0, 1, 3, 5, 10, 20, args.iterations)) + f" | {c[best]:.2f} ({best}) |")
+        return
 
     fbp, rec, delta, fbp_psnr = walnut(args)
     fig, axes = plt.subplots(1, 1 + len(rec), figsize=(3 * (1 + len(rec)), 3.2), constrained_layout=True)
