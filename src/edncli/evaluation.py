@@ -258,7 +258,10 @@ def run_eval(
         methods[method] = {
             "mean": mean,
             "images": len(mine),
-            "delta_reached_all": all(r["delta_reached"] is not False for r in mine),
+            # None (printed n/a) when no row tested δ (--iterations, noise-free data): "all of
+            # nothing" is not a reached δ
+            "delta_reached_all": (None if all(r["delta_reached"] is None for r in mine)
+                                  else all(r["delta_reached"] is not False for r in mine)),
             "energy_monotone_all": all(r["energy_monotone"] for r in mine),
         }
     return {
@@ -296,6 +299,6 @@ def format_table(doc: dict) -> str:
         search = f" (+{mean['search_iterations']:.1f} α search)" if "search_iterations" in mean else ""
         lines.append(
             f"| {name} | {mean['psnr']:.2f} | {mean['ssim']:.4f} | {mean['residual_sq']:.3g} | {mean['iterations']:.1f}{search} | "
-            f"{mean['time_s']:.3f} | {m['delta_reached_all']} | {m['energy_monotone_all']} |"
+            f"{mean['time_s']:.3f} | {'n/a' if m['delta_reached_all'] is None else m['delta_reached_all']} | {m['energy_monotone_all']} |"
         )
     return "\n".join(lines)

@@ -175,7 +175,7 @@ def plan_jobs(
     input/output errors (exit 4). ``report`` and ``plot`` name folders when there are several
     inputs or ``several`` (the input was a folder or glob, see :func:`~edncli.cli.common.names_several`).
     ``read_too``: ``(option, path)`` of the other files the run reads (``--reference``,
-    ``--kernel``); no output, report or plot may be one of them, even with ``force``."""
+    ``--kernel``); no output, report or plot may be one of them or a main input, even with ``force``."""
     import os
 
     from ..io.images import output_format
@@ -200,8 +200,10 @@ def plan_jobs(
                 continue
             if read[real] is not None:
                 raise UsageError(f"{option} {p} is the {read[real]} file of this run; edn never replaces an input")
-            if option != "-o":
-                raise UsageError(f"{option} {p} is an input of this run; edn never replaces an input with a {option[2:]}")
+            what = "its result" if option == "-o" else f"a {option[2:]}"
+            where = "-o/--output-dir" if option == "-o" else option
+            # even with --force: the measurements are the one thing a rerun cannot recreate
+            raise UsageError(f"{where} {p} is an input of this run; edn never replaces an input with {what}")
     if len(jobs) == 1:
         labels = [f"-o {jobs[0].out}", f"--report {jobs[0].rep}", f"--plot {jobs[0].plt}"]
     else:

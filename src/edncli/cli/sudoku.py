@@ -38,6 +38,17 @@ def _echo(msg: str, quiet: bool) -> None:
         typer.echo(msg)
 
 
+def _check_not_input(puzzle: str, outputs: dict) -> None:
+    """Refuse, even with ``--force``, an output that is the puzzle file being read."""
+    import os
+
+    if not os.path.isfile(puzzle):  # a puzzle string, or - for stdin
+        return
+    for option, p in outputs.items():
+        if p is not None and os.path.realpath(p) == os.path.realpath(puzzle):
+            raise UsageError(f"{option} {p} is the puzzle file of this run; edn never replaces an input")
+
+
 def _check_outputs(paths: List[Optional[Path]], force: bool) -> None:
     """Before any work: refuse to overwrite an existing file without ``--force``, to replace a
     non-regular file at all, to write one file twice, or ``-`` (these outputs are files); a
@@ -112,6 +123,7 @@ def solve(
     from ..sudoku.solve import infeasible_energy, solve_table
 
     _check_outputs([out, json_out], force)
+    _check_not_input(puzzle, {"--out": out, "--json": json_out})
     table = puzzles_from_argument(puzzle)
     single = len(table) == 1 and table.source == "argument"
     conflicts = find_conflicts(table.puzzles[0]) if single else []
@@ -170,6 +182,7 @@ def evaluate(
     from ..sudoku.evaluate import evaluate_methods, format_table
 
     _check_outputs([json_out], force)
+    _check_not_input(str(puzzles), {"--json": json_out})
     names = [m.strip() for m in methods.split(",") if m.strip()]
     table = evaluate_methods(
         puzzles,

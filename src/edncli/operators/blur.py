@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -26,8 +27,8 @@ def gaussian_kernel(sigma: float, size: int | None = None) -> torch.Tensor:
 
     The commands default to :data:`DEFAULT_KERNEL_SIZE` instead, one size for all of them.
     """
-    if not sigma > 0:
-        raise UsageError(f"--kernel-sigma must be > 0, got {sigma}")
+    if not (sigma > 0 and math.isfinite(sigma)):  # inf: a box blur that no sigma describes
+        raise UsageError(f"--kernel-sigma must be > 0 and finite, got {sigma}")
     if size is None:
         size = 2 * int(np.ceil(3 * sigma)) + 1
     if size < 1 or size % 2 == 0:

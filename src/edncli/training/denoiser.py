@@ -155,6 +155,9 @@ def train_denoiser(cfg: DenoiserTrainConfig, out: str | Path, command: str = "",
     ckpt, card, log_path = output_paths(out)
     if ckpt.exists() and not cfg.force:
         raise UsageError(f"output {ckpt} exists; pass --force to overwrite it or choose another name")
+    from .lagged import check_side_files
+
+    check_side_files(ckpt, log_path, force=cfg.force)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     torch.manual_seed(cfg.seed)

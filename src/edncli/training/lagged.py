@@ -322,6 +322,7 @@ def _train(cfg: TrainConfig, out: Path, *, command: str, device: torch.device, q
     same = resume is not None and Path(resume).resolve() == Path(out).resolve()
     if out.exists() and not force and not same:
         raise UsageError(f"{out} exists; pass --force to overwrite it (or --resume {out})")
+    check_side_files(out, log_path, force=force or same)
     torch.manual_seed(cfg.seed + rank)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     images = load_gray_images(list_images(cfg.images), min_size=cfg.patch) if cfg.images else []
@@ -530,6 +531,19 @@ def warm_start(net: torch.nn.Module, cfg: TrainConfig, name_or_path: str) -> Non
         elif value.shape == own[key].shape:
             own[key] = value.clone()
     net.load_state_dict(own)
+
+
+def check_side_files(out: Path, log_path: Optional[Path], force: bool) -> None:
+    """Before any work: the model card and the training log written beside ``out`` are outputs
+    too, so neither replaces a file without ``force`` (a resume of ``out`` continues its own),
+    and neither may be a folder or another non-regular file."""
+    for what, p in (("model card", out.with_suffix(".md")), ("training log", log_path)):
+        if p is None or not (p.exists() or p.is_symlink()):
+            continue
+        if not p.is_file():
+            raise UsageError(f"{p} (the {what} of {out.name}) exists and is not a regular file; choose another --out")
+        if not force:
+            raise UsageError(f"{p} (the {what} of {out.name}) exists; pass --force to overwrite it")
 
 
 def _check_resume_fits(resume: Path, meta: dict, cfg: TrainConfig, arch: dict) -> None:
