@@ -346,6 +346,17 @@ def check_exists_for_write(
             check_writable(p, force)
 
 
+def check_not_inputs(outputs: dict, inputs: Sequence[str], what: str) -> None:
+    """Refuse, even with ``--force``, an output (``{option: path or None}``) that is one of the
+    files the run reads (``-`` and puzzle strings are no files): ``what`` names the input."""
+    import os
+
+    read = {os.path.realpath(p) for p in inputs if p != "-" and os.path.isfile(p)}
+    for option, p in outputs.items():
+        if p is not None and str(p) != "-" and os.path.realpath(p) in read:
+            raise UsageError(f"{option} {p} is {what} of this run; edn never replaces an input")
+
+
 def check_dataset(dataset: Optional[str], inputs: List[str]) -> None:
     """``--dataset`` names an HDF5 dataset: a usage error with an input that is not HDF5."""
     if dataset is None:

@@ -50,10 +50,7 @@ def _run(spec, images, methods, noise_sigma, seed, tau, iterations, max_iter, bo
         raise UsageError("--json -: the table is printed on stdout; give --json FILE")
     files = c.expand_inputs(images, exts=IMAGE_SUFFIXES)
     if json_out is not None:
-        import os
-
-        if os.path.realpath(json_out) in {os.path.realpath(f) for f in files}:
-            raise UsageError(f"--json {json_out} is an input of this run; edn never replaces an input with a report")
+        c.check_not_inputs({"--json": json_out}, files, "an input")
         c.check_exists_for_write([json_out], force)
     dev = c.resolve_device(device)
     doc = run_eval([Path(f) for f in files], cfg, dev, progress=None if quiet else (lambda m: c.say(m, False)))

@@ -16,6 +16,7 @@ import typer
 from typing_extensions import Annotated
 
 from ..errors import InputError, UsageError
+from . import common as c
 
 app = typer.Typer(
     name="sudoku",
@@ -36,17 +37,6 @@ Weights = Annotated[
 def _echo(msg: str, quiet: bool) -> None:
     if not quiet:
         typer.echo(msg)
-
-
-def _check_not_input(puzzle: str, outputs: dict) -> None:
-    """Refuse, even with ``--force``, an output that is the puzzle file being read."""
-    import os
-
-    if not os.path.isfile(puzzle):  # a puzzle string, or - for stdin
-        return
-    for option, p in outputs.items():
-        if p is not None and os.path.realpath(p) == os.path.realpath(puzzle):
-            raise UsageError(f"{option} {p} is the puzzle file of this run; edn never replaces an input")
 
 
 def _check_outputs(paths: List[Optional[Path]], force: bool) -> None:
@@ -123,7 +113,7 @@ def solve(
     from ..sudoku.solve import infeasible_energy, solve_table
 
     _check_outputs([out, json_out], force)
-    _check_not_input(puzzle, {"--out": out, "--json": json_out})
+    c.check_not_inputs({"--out": out, "--json": json_out}, [puzzle], "the puzzle file")
     table = puzzles_from_argument(puzzle)
     single = len(table) == 1 and table.source == "argument"
     conflicts = find_conflicts(table.puzzles[0]) if single else []
@@ -182,7 +172,7 @@ def evaluate(
     from ..sudoku.evaluate import evaluate_methods, format_table
 
     _check_outputs([json_out], force)
-    _check_not_input(str(puzzles), {"--json": json_out})
+    c.check_not_inputs({"--json": json_out}, [str(puzzles)], "the puzzle file")
     names = [m.strip() for m in methods.split(",") if m.strip()]
     table = evaluate_methods(
         puzzles,

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, UsageError
 
 FORMAT_VERSION = 1
 
@@ -194,3 +194,16 @@ def write_model_card(card_path: str | Path, name: str, meta: Dict[str, Any], sha
     if body:
         lines += ["", body.strip()]
     atomic_write_bytes(card_path, ("\n".join(lines) + "\n").encode())
+
+
+def check_side_files(out: Path, log_path: Optional[Path], force: bool) -> None:
+    """Before any work: the model card and the training log written beside ``out`` are outputs
+    too, so neither replaces a file without ``force`` (a resume of ``out`` continues its own),
+    and neither may be a folder or another non-regular file."""
+    for what, p in (("model card", out.with_suffix(".md")), ("training log", log_path)):
+        if p is None or not (p.exists() or p.is_symlink()):
+            continue
+        if not p.is_file():
+            raise UsageError(f"{p} (the {what} of {out.name}) exists and is not a regular file; choose another --out")
+        if not force:
+            raise UsageError(f"{p} (the {what} of {out.name}) exists; pass --force to overwrite it")

@@ -155,7 +155,7 @@ def train_denoiser(cfg: DenoiserTrainConfig, out: str | Path, command: str = "",
     ckpt, card, log_path = output_paths(out)
     if ckpt.exists() and not cfg.force:
         raise UsageError(f"output {ckpt} exists; pass --force to overwrite it or choose another name")
-    from .lagged import check_side_files
+    from ..io.checkpoints import check_side_files
 
     check_side_files(ckpt, log_path, force=cfg.force)
     if cfg.threads:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from ..energies import DataFidelity
 from ..errors import CheckpointError, UsageError
-from ..io.checkpoints import save_checkpoint, write_model_card
+from ..io.checkpoints import check_side_files, save_checkpoint, write_model_card
 from ..io.reports import strict_json
 from ..metrics import psnr
 from ..networks.backbones import BackboneConfig
@@ -531,19 +531,6 @@ def warm_start(net: torch.nn.Module, cfg: TrainConfig, name_or_path: str) -> Non
         elif value.shape == own[key].shape:
             own[key] = value.clone()
     net.load_state_dict(own)
-
-
-def check_side_files(out: Path, log_path: Optional[Path], force: bool) -> None:
-    """Before any work: the model card and the training log written beside ``out`` are outputs
-    too, so neither replaces a file without ``force`` (a resume of ``out`` continues its own),
-    and neither may be a folder or another non-regular file."""
-    for what, p in (("model card", out.with_suffix(".md")), ("training log", log_path)):
-        if p is None or not (p.exists() or p.is_symlink()):
-            continue
-        if not p.is_file():
-            raise UsageError(f"{p} (the {what} of {out.name}) exists and is not a regular file; choose another --out")
-        if not force:
-            raise UsageError(f"{p} (the {what} of {out.name}) exists; pass --force to overwrite it")
 
 
 def _check_resume_fits(resume: Path, meta: dict, cfg: TrainConfig, arch: dict) -> None:
