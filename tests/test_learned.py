@@ -490,10 +490,10 @@ def test_resume_continues_the_step_count_quietly_and_refuses_nothing_to_do(tmp_p
                      device=torch.device("cpu"), quiet=True, resume=first, log_path=tmp_path / "b.train.jsonl")
     assert not [w for w in caught if "lr_scheduler" in str(w.message)]
     assert read_metadata(more)["metrics"]["steps"] == 4
-    assert [json.loads(r)["step"] for r in (tmp_path / "b.train.jsonl").read_text().splitlines()] == [4]
-    with pytest.raises(UsageError, match="leaves nothing to do"):
-        train(TrainConfig(steps=4, **common), tmp_path / "c.safetensors", command="pytest", device=torch.device("cpu"),
-              quiet=True, resume=more, log_path=tmp_path / "c.train.jsonl")
+    assert [json.loads(r)["step"] for r in (tmp_path / "b.train.jsonl").read_text().splitlines()] == [2, 4]
+    with pytest.raises(UsageError, match="its weights are those of step 2, so --steps 2 leaves nothing to do"):
+        train(TrainConfig(steps=2, **common), tmp_path / "c.safetensors", command="pytest", device=torch.device("cpu"),
+              quiet=True, resume=first, log_path=tmp_path / "c.train.jsonl")
     assert not list(tmp_path.glob("c.*"))
 
 

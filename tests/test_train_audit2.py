@@ -42,7 +42,9 @@ def test_force_rerun_starts_a_fresh_log_and_resume_continues_it(trained, monkeyp
     assert [json.loads(r)["step"] for r in Path("a.train.jsonl").read_text().splitlines()] == [2]
     code, _, err = edn(monkeypatch, capsys, *_TRAIN, "--out", "a", "--resume", "a.safetensors", "--steps", "4")
     assert code == 0, err
-    assert [json.loads(r)["step"] for r in Path("a.train.jsonl").read_text().splitlines()] == [2, 4]
+    rows = [json.loads(r) for r in Path("a.train.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 2, 4]  # the resumed weights are validated again, as a candidate
+    assert [r.get("resumed", False) for r in rows] == [False, True, False]
 
 
 def test_resume_from_another_file_does_not_overwrite_out_without_force(trained, monkeypatch, capsys):

@@ -100,7 +100,7 @@ def train(
     val_size: Annotated[int, typer.Option("--val-size", help="sr/ct/deblur: side of the validation centre crops (images smaller are skipped).")] = 96,
     val_count: Annotated[int, typer.Option("--val-count", help="sr/ct/deblur: how many validation images (crops) to use.")] = 8,
     val_noise: Annotated[float, typer.Option("--val-noise-sigma", help="sr/ct/deblur: noise std of the validation measurements; the best checkpoint at this level is kept.")] = 0.01,
-    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue from this checkpoint.")] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue from this checkpoint, at the step of its weights (its best validated step).")] = None,
     init_from: Annotated[Optional[str], typer.Option("--init-from", help="sr/ct/deblur: start from the backbone of this baseline or edn checkpoint (same task, depth, width), as the paper starts from a pretrained DnCNN.")] = None,
     arch: Annotated[Optional[str], typer.Option("--arch", help="denoiser: gradncnn, dnicnn, dndicnn or dncnn.")] = None,
     sigma: Annotated[Optional[str], typer.Option("--sigma", help="denoiser: noise std range lo:hi.")] = None,

@@ -324,11 +324,9 @@ def _train(cfg: TrainConfig, out: Path, *, command: str, device: torch.device, q
         raise UsageError(f"{out} exists; pass --force to overwrite it (or --resume {out})")
     check_side_files(out, log_path, force=force or same)
     torch.manual_seed(cfg.seed + rank)
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     images = load_gray_images(list_images(cfg.images), min_size=cfg.patch) if cfg.images else []
     if cfg.spec.task != "ct" and not images:
         raise UsageError(f"--images is required for task {cfg.spec.task}")
-    sampler = _Sampler(cfg, images, seed=cfg.seed * 1000 + rank)
     val_x = _validation_set(cfg, cfg.seed)  # on every rank, so a usage error stops them all alike
     if rank != 0:
         val_x = None
@@ -343,6 +341,7 @@ def _train(cfg: TrainConfig, out: Path, *, command: str, device: torch.device, q
         net = BaselineNet(bb)
         arch = baseline_arch(bb)
     state = TrainState()
+    time_before = 0.0  # training time of the resumed checkpoint, so time_s and the card's time add up
     if cfg.init_from is not None and resume is None:
         warm_start(net, cfg, cfg.init_from)
     if resume is not None:
@@ -360,12 +359,23 @@ def _train(cfg: TrainConfig, out: Path, *, command: str, device: torch.device, q
         steps = meta.get("metrics", {}).get("steps", 0)
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
             raise CheckpointError(f"--resume {resume}: corrupt edn metadata (metrics.steps must be an integer >= 0, got {steps!r})")
-        state.step = steps
-        if steps >= cfg.steps:
+        state.step = _resume_step(meta, steps)
+        if state.step >= cfg.steps:
             raise UsageError(
-                f"--resume {resume}: it has trained {steps} steps already, so --steps {cfg.steps} leaves nothing "
-                f"to do; give --steps above {steps}"
+                f"--resume {resume}: its weights are those of step {state.step}, so --steps {cfg.steps} leaves "
+                f"nothing to do; give --steps above {state.step}"
             )
+        if state.step != steps and rank == 0 and not quiet:
+            print(f"edn: resuming at step {state.step}, the checkpoint's best validated step, whose weights it "
+                  f"holds (the run had reached step {steps})", file=sys.stderr)
+        t = meta.get("train_time_s")
+        time_before = float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) and t >= 0 else 0.0
+    # A resumed run draws new samples: its streams are seeded by (seed, rank, the step it starts at),
+    # so it neither replays the batches of steps 1, 2, ... nor depends on how it got there.
+    stream = cfg.seed * 1000 + rank if state.step == 0 else int(
+        np.random.SeedSequence([cfg.seed, rank, state.step]).generate_state(1)[0])
+    gen = torch.Generator().manual_seed(stream)
+    sampler = _Sampler(cfg, images, seed=stream)
     net.to(device).train()
     if cfg.precision != "fp32":
         # autocast around the backbone only (networks/inference.py); NHWC where it pays (CPU)
@@ -386,7 +396,7 @@ def _train(cfg: TrainConfig, out: Path, *, command: str, device: torch.device, q
 
     lagged = None
     op_cache: dict = {}
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() - time_before
     # A resumed run continues its own log; any other run starts a fresh one (no rows of an older run).
     log_fh = open(log_path, "a" if same else "w") if (log_path is not None and rank == 0) else None
     bar = None
@@ -398,11 +408,14 @@ def _train(cfg: TrainConfig, out: Path, *, command: str, device: torch.device, q
     interrupted = False
     _raise_on_sigterm()
 
-    def validate(loss: Optional[float]) -> None:
-        """Validate, log a row, keep the state if it is the best so far (rank 0 only)."""
+    def validate(loss: Optional[float], **flags: bool) -> None:
+        """Validate, log a row, keep the state if it is the best so far (rank 0 only).
+
+        ``flags`` (``resumed``, ``interrupted``) mark the rows that are not a scheduled validation.
+        """
         nonlocal best_state
         row_metrics = evaluate(cfg, net, val_x, device)  # type: ignore[arg-type]
-        row = {"step": state.step, "loss": loss, "time_s": time.perf_counter() - t0, **row_metrics}
+        row = {"step": state.step, "loss": loss, "time_s": time.perf_counter() - t0, **row_metrics, **flags}
         state.history.append(row)
         if log_fh is not None:
             log_fh.write(strict_json(row) + "\n")
@@ -418,8 +431,12 @@ def _train(cfg: TrainConfig, out: Path, *, command: str, device: torch.device, q
             if rank == 0 and cfg.init_from is not None and resume is None and state.step == 0:
                 # The warm start is a candidate too: training keeps it if no later step validates higher.
                 validate(None)
+            if rank == 0 and resume is not None:
+                # So are the resumed weights: a resume that only validates lower keeps them.
+                validate(None, resumed=True)
             while state.step < cfg.steps:
-                if cfg.kind == "edn" and state.step >= cfg.lag_every and state.step % cfg.lag_every == 0:
+                if cfg.kind == "edn" and state.step >= cfg.lag_every and (state.step % cfg.lag_every == 0 or lagged is None):
+                    # (a resume between two refreshes takes its copy at once)
                     lagged = copy.deepcopy(net).eval()
                     for p in lagged.parameters():
                         p.requires_grad_(False)
@@ -453,8 +470,7 @@ def _train(cfg: TrainConfig, out: Path, *, command: str, device: torch.device, q
             # and the card says it was interrupted.
             interrupted = True
             if rank == 0 and best_state is None:
-                metrics = evaluate(cfg, net, val_x, device)  # type: ignore[arg-type]
-                state.history.append({"step": state.step, "loss": None, "time_s": time.perf_counter() - t0, **metrics})
+                validate(None, interrupted=True)
     finally:
         if bar is not None:
             bar.close()
@@ -531,6 +547,18 @@ def warm_start(net: torch.nn.Module, cfg: TrainConfig, name_or_path: str) -> Non
         elif value.shape == own[key].shape:
             own[key] = value.clone()
     net.load_state_dict(own)
+
+
+def _resume_step(meta: dict, steps: int) -> int:
+    """The step whose weights a checkpoint holds: its best validated step (what training writes),
+    or its step count where it has no finite best row."""
+    best = meta.get("metrics", {}).get("best")
+    step = best.get("step") if isinstance(best, dict) else None
+    psnr = best.get("val_psnr") if isinstance(best, dict) else None
+    if (isinstance(step, int) and not isinstance(step, bool) and 0 <= step <= steps
+            and isinstance(psnr, (int, float)) and math.isfinite(psnr)):
+        return step
+    return steps
 
 
 def _check_resume_fits(resume: Path, meta: dict, cfg: TrainConfig, arch: dict) -> None:
