@@ -118,3 +118,88 @@ def test_an_edn_resume_between_two_refreshes_uses_a_lagged_copy_at_once(tmp_path
     train(_cfg(imgs, steps=5, **cfg), tmp_path / "f.safetensors", command="pytest", device=_CPU, quiet=True,
           resume=first)
     assert lags == [True, True]
+
+
+# ---- CLI wording and options (fifth audit's open findings) ----------------------------------
+
+from .test_cli import edn  # noqa: E402
+
+_EX = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _one_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("edn: error:") and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_a_folder_given_as_a_file_is_called_a_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d").mkdir()
+    code, _, err = edn(monkeypatch, capsys, "deblur", "--kernel", "d", _EX / "camera_blur.tif", "-o", "x.png")
+    assert code == 4 and "--kernel d: is a folder, not a file" in _one_line(err)
+    code, _, err = edn(monkeypatch, capsys, "sr", "--weights", "d", _EX / "camera_lr_x4.tif", "-o", "x.png")
+    assert code == 4 and "--weights d: is a folder, not a file" in _one_line(err)
+    _images(tmp_path / "imgs", n=2, size=32)
+    code, _, err = edn(monkeypatch, capsys, "train", "--task", "sr", "--images", "imgs", "--depth", "3", "--width", "8",
+                       "--patch-size", "24", "--steps", "2", "--out", "r", "--resume", "d", "--quiet")
+    assert code == 4 and "checkpoint d: is a folder, not a file" in _one_line(err)
+    assert not list(tmp_path.glob("x.*")) and not list(tmp_path.glob("r.*"))
+
+
+def test_a_corrupt_npy_is_not_met_with_numpys_pickle_hint(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    Path("k.npy").write_bytes(b"garbage, not an array")
+    Path("in.npy").write_bytes(b"garbage, not an array")
+    for args in (["deblur", "--kernel", "k.npy", _EX / "camera_blur.tif"], ["sr", "in.npy"]):
+        code, _, err = edn(monkeypatch, capsys, *args, "-o", "x.png")
+        line = _one_line(err)
+        assert code == 4 and "not a NumPy array file" in line and "allow_pickle" not in line, line
+
+
+def test_an_hdf5_kernel_with_several_datasets_is_chosen_with_kernel_dataset(tmp_path, monkeypatch, capsys):
+    import h5py
+    import numpy as np
+
+    from edncli.io.images import read_image
+    from edncli.operators.blur import gaussian_kernel
+
+    monkeypatch.chdir(tmp_path)
+    wide, narrow = gaussian_kernel(2.5, 15).numpy(), gaussian_kernel(0.8, 15).numpy()
+    with h5py.File("k.h5", "w") as fh:
+        fh["wide"], fh["narrow"] = wide, narrow
+    clean = _EX / "camera.png"
+    code, _, err = edn(monkeypatch, capsys, "simulate", "deblur", "--kernel", "k.h5", clean, "-o", "b.tif")
+    assert code == 4 and "several datasets" in err and "pass --kernel-dataset" in _one_line(err)
+    for name in ("wide", "narrow"):
+        code, _, err = edn(monkeypatch, capsys, "simulate", "deblur", "--kernel", "k.h5", "--kernel-dataset", name,
+                           "--noise-sigma", "0", clean, "-o", f"{name}.tif")
+        assert code == 0, err
+    a, b = read_image("wide.tif")[0], read_image("narrow.tif")[0]
+    assert float(np.abs(np.diff(a, axis=1)).mean()) < float(np.abs(np.diff(b, axis=1)).mean())  # wider = smoother
+    code, _, err = edn(monkeypatch, capsys, "deblur", "--kernel", "k.h5", "--kernel-dataset", "narrow", "narrow.tif",
+                       "-o", "s.tif", "--method", "tv", "--noise-sigma", "0.01", "--report", "s.json", "--quiet")
+    assert code in (0, 3), err
+    code, _, err = edn(monkeypatch, capsys, "deblur", "--kernel-sigma", "1", "--kernel-dataset", "narrow",
+                       "narrow.tif", "-o", "t.tif")
+    assert code == 2 and "--kernel-dataset applies to --kernel FILE" in _one_line(err)
+    np.save("k.npy", narrow)
+    code, _, err = edn(monkeypatch, capsys, "deblur", "--kernel", "k.npy", "--kernel-dataset", "narrow", "narrow.tif",
+                       "-o", "t.tif")
+    assert code == 2 and "applies to an HDF5 kernel only" in _one_line(err)
+    assert not Path("t.tif").exists()
+
+
+def test_weights_list_keeps_errors_out_of_task_and_names_only_usable_checkpoints(tmp_path, monkeypatch, capsys):
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "junk.safetensors").write_bytes(b"not a checkpoint")
+    monkeypatch.setenv("EDN_WEIGHTS_DIR", str(tmp_path / "w"))
+    code, out, err = edn(monkeypatch, capsys, "weights", "list", "--json")
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert code == 0 and rows["junk"]["task"] is None and rows["junk"]["error"]
+    assert rows["edn-sr-x4"]["task"] == "edn-sr" and rows["edn-sr-x4"]["error"] is None
+    code, out, _ = edn(monkeypatch, capsys, "weights", "list")
+    assert "junk" in out and "unreadable" in out
+    code, _, err = edn(monkeypatch, capsys, "sr", "--weights", "nosuch", _EX / "camera_lr_x4.tif", "-o", "x.png")
+    line = _one_line(err)
+    assert code == 4 and "edn-sr-x4" in line and "junk" not in line

@@ -6,6 +6,8 @@ without reaching δ (result still written), 4 input/output or checkpoint failure
 
 from __future__ import annotations
 
+import os
+
 
 class EdnError(Exception):
     """Base class: a problem the user can fix; ``str(err)`` is the one-line message."""
@@ -35,3 +37,11 @@ class DeviceError(EdnError):
     """A device that was asked for but is not there (e.g. ``cuda`` on a machine without a GPU)."""
 
     exit_code = 2
+
+
+def not_a_file(path: "str | os.PathLike[str]") -> str:
+    """Why ``path`` is not a readable regular file, for a message: a folder, something else, or missing."""
+    p = os.fspath(path)
+    if os.path.isdir(p):
+        return "is a folder, not a file"
+    return "is not a regular file" if os.path.exists(p) else "no such file"

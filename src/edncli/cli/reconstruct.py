@@ -531,7 +531,8 @@ def deblur(
     output: c.Output = None,  # type: ignore[assignment]
     kernel_sigma: Annotated[Optional[float], typer.Option("--kernel-sigma", help="Gaussian blur std (pixels).")] = None,
     kernel_size: Annotated[Optional[int], typer.Option("--kernel-size", help="Gaussian kernel side (odd; default 25, as in edn simulate/eval/train).")] = None,
-    kernel: Annotated[Optional[Path], typer.Option("--kernel", help="Kernel file (.npy, .txt, image); normalised to sum 1.")] = None,
+    kernel: Annotated[Optional[Path], typer.Option("--kernel", help="Kernel file (.npy, .txt, image, HDF5); normalised to sum 1.")] = None,
+    kernel_dataset: Annotated[Optional[str], typer.Option("--kernel-dataset", help="Dataset of an HDF5 --kernel holding several.")] = None,
     boundary: Annotated[str, typer.Option("--boundary", help="reflect, circular or zero.")] = "reflect",
     method: MethodOpt = "edn",
     init: InitOpt = None,
@@ -581,7 +582,9 @@ def deblur(
     if kernel is not None and kernel_size is not None:
         raise UsageError(f"--kernel-size applies to the Gaussian of --kernel-sigma; --kernel {kernel} has its own size, drop --kernel-size")
     size = DEFAULT_KERNEL_SIZE if kernel_size is None else kernel_size  # not `or`: --kernel-size 0 is an error
-    k = gaussian_kernel(kernel_sigma, size) if kernel is None else read_kernel(kernel)
+    if kernel_dataset is not None and kernel is None:
+        raise UsageError("--kernel-dataset applies to --kernel FILE (an HDF5 kernel); drop it or give --kernel")
+    k = gaussian_kernel(kernel_sigma, size) if kernel is None else read_kernel(kernel, kernel_dataset)
     init = init or "blurred"
     if init not in ("blurred", "zero"):
         raise UsageError(f"--init for deblur must be blurred or zero, got {init!r}")

@@ -75,6 +75,7 @@ def simulate_deblur(
     kernel_sigma: Annotated[Optional[float], typer.Option("--kernel-sigma", help="Gaussian blur σ in pixels.")] = 1.6,
     kernel_size: Annotated[Optional[int], typer.Option("--kernel-size", help="Gaussian kernel side (odd).")] = 25,
     kernel: Annotated[Optional[Path], typer.Option("--kernel", help="Kernel file instead of a Gaussian.")] = None,
+    kernel_dataset: Annotated[Optional[str], typer.Option("--kernel-dataset", help="Dataset of an HDF5 --kernel holding several.")] = None,
     boundary: Annotated[str, typer.Option("--boundary", help="reflect, zero or circular.")] = "reflect",
     noise_sigma: NoiseOpt = 0.01,
     seed: c.Seed = 0,
@@ -88,7 +89,9 @@ def simulate_deblur(
 
     check_writable(output, force)
     depth = c.png_bit_depth(bit_depth, [output_format(output, fmt)])  # before any work
-    k = read_kernel(kernel) if kernel is not None else gaussian_kernel(kernel_sigma, kernel_size)  # type: ignore[arg-type]
+    if kernel_dataset is not None and kernel is None:
+        raise UsageError("--kernel-dataset applies to --kernel FILE (an HDF5 kernel); drop it or give --kernel")
+    k = read_kernel(kernel, kernel_dataset) if kernel is not None else gaussian_kernel(kernel_sigma, kernel_size)  # type: ignore[arg-type]
     arr = _read_clean(input)
     u = c.to_tensor(arr, "cpu")
     f = _noisy(Blur(u.shape[-2:], k, boundary)(u), noise_sigma, seed)

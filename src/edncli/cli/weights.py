@@ -11,7 +11,7 @@ app = typer.Typer(help="List and inspect checkpoints (shipped in weights/ or in 
 
 
 JsonList = Annotated[
-    bool, typer.Option("--json", help="Print a JSON array on stdout: one object (name, task, bytes, sha256, path) per checkpoint.")
+    bool, typer.Option("--json", help="Print a JSON array on stdout: one object (name, task, bytes, sha256, path, error) per checkpoint; an unreadable one has task null and error set.")
 ]
 
 
@@ -23,23 +23,27 @@ def list_cmd(as_json: JsonList = False) -> None:
 
     rows = []
     for path in list_weights():
+        error: Optional[str] = None
+        task: Optional[str] = None
         try:
-            meta = read_metadata(path)
-            task = meta["task"]
+            task = read_metadata(path)["task"]
         except Exception as exc:  # a foreign file in the folder must not hide the others
-            task = f"unreadable ({exc})"
+            error = str(exc)
         try:
             digest: Optional[str] = sha256_of(path)
         except OSError:  # unreadable: listed (its task says why), not fatal
             digest = None
-        rows.append({"name": path.stem, "task": task, "bytes": path.stat().st_size, "sha256": digest, "path": str(path)})
+        rows.append({"name": path.stem, "task": task, "bytes": path.stat().st_size, "sha256": digest, "path": str(path),
+                     "error": error})
     if as_json:
         from ..io.reports import strict_json
 
         print(strict_json(rows, indent=2))
         return
     for r in rows:
-        print(f"{r['name']:<22} {r['task']:<18} {r['bytes'] / 1e6:6.2f} MB  {(r['sha256'] or '-')[:16]:<16}  {r['path']}")
+        task = r["task"] if r["error"] is None else "unreadable"
+        why = "" if r["error"] is None else f"  ({r['error']})"
+        print(f"{r['name']:<22} {task:<18} {r['bytes'] / 1e6:6.2f} MB  {(r['sha256'] or '-')[:16]:<16}  {r['path']}{why}")
 
 
 @app.command("show")

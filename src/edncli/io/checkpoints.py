@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from ..errors import CheckpointError, UsageError
+from ..errors import CheckpointError, UsageError, not_a_file
 
 FORMAT_VERSION = 1
 
@@ -75,7 +75,7 @@ def read_metadata(path: str | Path) -> Dict[str, Any]:
     """The edn metadata of a checkpoint, without loading its tensors."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path}: no such file")
+        raise CheckpointError(f"checkpoint {path}: {not_a_file(path)}")
     try:
         from safetensors import safe_open
 

@@ -133,13 +133,25 @@ def _png16_colour(im, source) -> Optional[np.ndarray]:
     return (high.astype(np.uint16) << 8) | low.astype(np.uint16)
 
 
-def read_image_array(path: str | Path, dataset: Optional[str] = None) -> np.ndarray:
-    """The raw array stored in an image file (no scaling)."""
-    arr, _ = _read_raw(str(path), dataset)
+def read_image_array(path: str | Path, dataset: Optional[str] = None, *, option: str = "--dataset") -> np.ndarray:
+    """The raw array stored in an image file (no scaling); ``option`` names the dataset option in messages."""
+    arr, _ = _read_raw(str(path), dataset, option=option)
     return arr
 
 
-def _read_raw(path: str, dataset: Optional[str]) -> tuple[np.ndarray, str]:
+def load_npy(source, label: str) -> np.ndarray:
+    """``np.load`` without pickle; a file that is not a plain ``.npy`` array is one clear :class:`InputError`
+    (numpy's own message suggests ``allow_pickle``, which edn never sets)."""
+    try:
+        return np.load(source, allow_pickle=False)
+    except ValueError as exc:
+        if "pickle" in str(exc).lower():
+            raise InputError(f"{label}: not a NumPy array file (corrupt, or it holds Python objects, which edn does "
+                             "not load)") from None
+        raise
+
+
+def _read_raw(path: str, dataset: Optional[str], option: str = "--dataset") -> tuple[np.ndarray, str]:
     if path == "-":
         data = sys.stdin.buffer.read()
         if not data:
@@ -161,10 +173,10 @@ def _read_raw(path: str, dataset: Optional[str]) -> tuple[np.ndarray, str]:
         source = p
         label = str(p)
     if dataset is not None and fmt != "h5":
-        raise UsageError(f"--dataset {dataset} applies to HDF5 inputs only, and {label} is not HDF5; drop it")
+        raise UsageError(f"{option} {dataset} applies to HDF5 inputs only, and {label} is not HDF5; drop it")
     try:
         if fmt == "npy":
-            arr = np.load(source, allow_pickle=False)
+            arr = load_npy(source, label)
         elif fmt == "tif":
             import tifffile
 
@@ -173,9 +185,9 @@ def _read_raw(path: str, dataset: Optional[str]) -> tuple[np.ndarray, str]:
             import h5py
 
             with h5py.File(source, "r") as fh:
-                key = dataset or _default_dataset(fh, label)
+                key = dataset or _default_dataset(fh, label, option)
                 if key not in fh:
-                    raise InputError(f"{label}: no dataset {key!r} in the HDF5 file (pass --dataset)")
+                    raise InputError(f"{label}: no dataset {key!r} in the HDF5 file (pass {option})")
                 arr = np.asarray(fh[key])
         else:
             from PIL import Image, UnidentifiedImageError
@@ -209,7 +221,7 @@ def _read_raw(path: str, dataset: Optional[str]) -> tuple[np.ndarray, str]:
     return arr, label
 
 
-def _default_dataset(fh, label: str) -> str:
+def _default_dataset(fh, label: str, option: str = "--dataset") -> str:
     for key in ("/exchange/data", "image", "data"):
         if key in fh:
             return key
@@ -217,7 +229,7 @@ def _default_dataset(fh, label: str) -> str:
     fh.visititems(lambda name, obj: names.append(name) if hasattr(obj, "shape") else None)
     if len(names) == 1:
         return names[0]
-    raise InputError(f"{label}: several datasets in the HDF5 file ({', '.join(names[:5])}); pass --dataset")
+    raise InputError(f"{label}: several datasets in the HDF5 file ({', '.join(names[:5])}); pass {option}")
 
 
 def read_image(path: str | Path, dataset: Optional[str] = None, stack: bool = False) -> tuple[np.ndarray, ImageInfo]:

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import List
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, not_a_file
 
 SUFFIX = ".safetensors"
 
@@ -31,13 +31,16 @@ def resolve_weights(name_or_path: str, what: str = "--weights") -> Path:
     p = Path(name_or_path)
     if p.suffix == SUFFIX or p.is_file() or os.sep in name_or_path:
         if not p.is_file():
-            raise CheckpointError(f"{what} {name_or_path}: no such checkpoint file")
+            why = not_a_file(p)
+            raise CheckpointError(f"{what} {name_or_path}: {'no such checkpoint file' if why == 'no such file' else why}")
         return p
     for d in (*weights_dirs(), Path()):
         cand = d / f"{name_or_path}{SUFFIX}"
         if cand.is_file():
             return cand
-    known = ", ".join(sorted(q.stem for q in list_weights()))
+    if p.is_dir():
+        raise CheckpointError(f"{what} {name_or_path}: is a folder, not a file (nor the name of a checkpoint)")
+    known = ", ".join(sorted(q.stem for q in list_weights() if _readable(q)))
     env = os.environ.get("EDN_WEIGHTS_DIR")
     note = f"; $EDN_WEIGHTS_DIR {env} is not a folder" if env and not Path(env).is_dir() else ""
     raise CheckpointError(f"{what} {name_or_path}: no such checkpoint; shipped: {known or 'none'} (see edn weights list){note}")
@@ -52,3 +55,14 @@ def list_weights() -> List[Path]:
                 if q.is_file():
                     seen.setdefault(q.stem, q)
     return list(seen.values())
+
+
+def _readable(path: Path) -> bool:
+    """Whether ``path``'s edn header reads (so an error's list of names offers only usable ones)."""
+    from .checkpoints import read_metadata
+
+    try:
+        read_metadata(path)
+    except Exception:
+        return False
+    return True

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -59,23 +59,29 @@ def check_kernel(kernel: np.ndarray, source: str = "kernel") -> torch.Tensor:
     return torch.from_numpy(k / total).float()
 
 
-def read_kernel(path: str | Path) -> torch.Tensor:
-    """Read a kernel from ``.npy``, ``.txt``/``.csv`` (whitespace or comma separated) or an image."""
+def read_kernel(path: str | Path, dataset: Optional[str] = None) -> torch.Tensor:
+    """Read a kernel from ``.npy``, ``.txt``/``.csv`` (whitespace or comma separated), an image or
+    HDF5 (``dataset``, from ``--kernel-dataset``, picks one of several)."""
+    from ..errors import not_a_file
+    from ..io.images import load_npy, read_image_array
+
     p = Path(path)
     if not p.is_file():
-        raise InputError(f"--kernel {p}: no such file")
+        raise InputError(f"--kernel {p}: {not_a_file(p)}")
     try:
+        if dataset is not None and p.suffix.lower() in (".npy", ".txt", ".csv", ".dat"):
+            raise UsageError(f"--kernel-dataset {dataset} applies to an HDF5 kernel only, and {p} is not HDF5; drop it")
         if p.suffix == ".npy":
-            arr = np.load(p, allow_pickle=False)
+            arr = load_npy(p, f"--kernel {p}")
         elif p.suffix in (".txt", ".csv", ".dat"):
             text = p.read_text()
             with warnings.catch_warnings():  # an empty file: numpy warns, check_kernel says it in one line
                 warnings.simplefilter("ignore", UserWarning)
                 arr = np.loadtxt(p, delimiter="," if "," in text else None, ndmin=2)
         else:
-            from ..io.images import read_image_array
-
-            arr = read_image_array(p)
+            arr = read_image_array(p, dataset, option="--kernel-dataset")
+    except UsageError:
+        raise
     except (OSError, ValueError) as exc:
         raise InputError(f"--kernel {p}: cannot read a kernel ({exc})") from None
     if np.asarray(arr).dtype.kind in "fc" and not np.all(np.isfinite(arr)):

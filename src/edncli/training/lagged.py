@@ -562,8 +562,9 @@ def _resume_step(meta: dict, steps: int) -> int:
 
 
 def _check_resume_fits(resume: Path, meta: dict, cfg: TrainConfig, arch: dict) -> None:
-    """Refuse (:class:`UsageError`) a ``--resume`` checkpoint of another architecture or forward model
-    (scale, downsampler): its weights would load, but it would go on training another network."""
+    """Refuse (:class:`CheckpointError`, exit 4 like every other ``--resume`` or ``--weights`` mismatch) a
+    checkpoint of another architecture or forward model (scale, downsampler): its weights would load,
+    but it would go on training another network."""
     def flat(a: dict) -> dict:
         return {**{k: v for k, v in a.items() if k != "backbone"}, **(a.get("backbone") or {})}
 
@@ -571,11 +572,11 @@ def _check_resume_fits(resume: Path, meta: dict, cfg: TrainConfig, arch: dict) -
     # keys the checkpoint lacks predate their option; a shape they change is caught on loading
     diff = [f"{k} {theirs[k]!r} (this run: {ours.get(k)!r})" for k in sorted(theirs) if theirs[k] != ours.get(k)]
     if diff:
-        raise UsageError(f"--resume {resume}: its network differs from this run's: {', '.join(diff)}")
+        raise CheckpointError(f"--resume {resume}: its network differs from this run's: {', '.join(diff)}")
     op = meta.get("operator") or {}
     for key in ("scale", "downsampler") if cfg.spec.task == "sr" else ():
         if key in op and op[key] != getattr(cfg.spec, key):
-            raise UsageError(f"--resume {resume}: it was trained with --{key} {op[key]}, this run asks for "
+            raise CheckpointError(f"--resume {resume}: it was trained with --{key} {op[key]}, this run asks for "
                              f"--{key} {getattr(cfg.spec, key)}")
 
 
