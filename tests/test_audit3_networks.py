@@ -167,8 +167,10 @@ def test_a_folder_named_like_a_shipped_checkpoint_does_not_hide_it(tmp_path, mon
     monkeypatch.delenv("EDN_WEIGHTS_DIR", raising=False)
     Path("edn-sr-x4").mkdir()
     assert resolve_weights("edn-sr-x4") == WEIGHTS / "edn-sr-x4.safetensors"
-    with pytest.raises(CheckpointError, match="no such checkpoint file"):
+    with pytest.raises(CheckpointError, match="is a folder, not a file"):
         resolve_weights(f".{os.sep}edn-sr-x4")  # a path stays a path
+    with pytest.raises(CheckpointError, match="no such checkpoint file"):
+        resolve_weights(f".{os.sep}nosuch")
 
 
 def test_sudoku_weights_are_looked_up_like_every_other_commands(tmp_path, monkeypatch):

@@ -203,3 +203,37 @@ def test_weights_list_keeps_errors_out_of_task_and_names_only_usable_checkpoints
     code, _, err = edn(monkeypatch, capsys, "sr", "--weights", "nosuch", _EX / "camera_lr_x4.tif", "-o", "x.png")
     line = _one_line(err)
     assert code == 4 and "edn-sr-x4" in line and "junk" not in line
+
+
+@pytest.mark.parametrize("method, weights", [("potential", "gradncnn"), ("red", "dncnn")])
+def test_a_given_cap_below_the_presets_minimum_is_the_minimum_in_the_report(tmp_path, monkeypatch, capsys, method,
+                                                                           weights):
+    # The deblur preset's min_iter (80 for potential, 100 for red) stood in the report above
+    # --max-iter 60, though the run stopped at 60.
+    monkeypatch.chdir(tmp_path)
+    code, _, err = edn(monkeypatch, capsys, "deblur", "--kernel-sigma", "1.6", _EX / "camera_blur.tif", "-o", "p.png",
+                       "--method", method, "--weights", weights, "--max-iter", "6", "--report", "p.json", "--quiet")
+    assert code in (0, 3), err
+    rep = json.loads(Path("p.json").read_text())
+    assert rep["settings"]["max_iter"] == 6 and rep["settings"]["min_iter"] == 6 and rep["iterations"] == 6
+
+
+@pytest.mark.parametrize(
+    "task, args, keys",
+    [
+        ("sr", ["--scale", "4"], {"task", "scale", "downsampler", "init"}),
+        ("deblur", ["--kernel-sigma", "1.6"], {"task", "kernel_sigma", "kernel_size", "boundary", "init"}),
+    ],
+)
+def test_eval_json_states_only_the_forward_model_it_used(tmp_path, monkeypatch, capsys, task, args, keys):
+    # The task block carried training ranges (noise_sigma 0-0.02, though the run used one σ) and the
+    # other tasks' fields (angles, beam for SR).
+    monkeypatch.chdir(tmp_path)
+    _images(tmp_path / "imgs", n=1, size=32)
+    code, _, err = edn(monkeypatch, capsys, "eval", task, *args, "--images", "imgs", "--methods", "gd",
+                       "--max-iter", "3", "--json", "t.json", "--quiet")
+    assert code == 0, err
+    block = json.loads(Path("t.json").read_text())["task"]
+    assert set(block) == keys and block["task"] == task
+    if task == "deblur":
+        assert block["kernel_sigma"] == 1.6

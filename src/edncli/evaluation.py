@@ -265,7 +265,7 @@ def run_eval(
             "energy_monotone_all": all(r["energy_monotone"] for r in mine),
         }
     return {
-        "task": cfg.spec.as_dict(),
+        "task": cfg.spec.forward_model(),
         "protocol": {
             "noise_sigma": cfg.noise_sigma,
             "seed": cfg.seed,

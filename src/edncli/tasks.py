@@ -56,6 +56,20 @@ class TaskSpec:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def forward_model(self) -> dict:
+        """Only the settings that apply to this task's forward model and initial guess (what an
+        evaluation states; :meth:`as_dict` also carries the training ranges and other tasks' fields)."""
+        d: dict = {"task": self.task}
+        if self.task == "sr":
+            d.update(scale=self.scale, downsampler=self.downsampler)
+        elif self.task == "deblur":
+            lo, hi = self.kernel_sigma
+            d.update(kernel_sigma=lo if lo == hi else [lo, hi], kernel_size=self.kernel_size, boundary=self.boundary)
+        else:
+            d.update(angles=self.angles, beam=self.beam, detectors="ceil(size * sqrt(2))")
+        d["init"] = self.init
+        return d
+
     @classmethod
     def from_dict(cls, d: dict) -> "TaskSpec":
         return cls(**d)

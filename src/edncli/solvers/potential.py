@@ -161,6 +161,8 @@ def resolve_settings(method: str, problem: Problem, options: MethodOptions) -> T
         changes["max_iter"] = int(options.max_iter)
     if options.min_iter is not None:
         changes["min_iter"] = int(options.min_iter)
+    elif "max_iter" in changes:  # a given cap wins over the preset's minimum (as for the learned methods)
+        changes["min_iter"] = min(p.min_iter, changes["max_iter"])
     p = replace(p, **changes)
     if method != "pnp" and not (p.lam is not None and p.lam > 0 and math.isfinite(p.lam)):
         raise UsageError(f"--lam (λ) must be > 0 for method {method}, got {p.lam}")
