@@ -237,3 +237,24 @@ def test_eval_json_states_only_the_forward_model_it_used(tmp_path, monkeypatch, 
     assert set(block) == keys and block["task"] == task
     if task == "deblur":
         assert block["kernel_sigma"] == 1.6
+
+
+def test_tv_alpha_after_a_missed_final_solve_stays_near_the_discrepancy_principle():
+    # Slice ph.T of a noisy 64² scan: the search's inexact solves put α = 0.512 at 0.09% below δ,
+    # the converged final solve lands just above δ, and halving α left the result 12% below δ.
+    import numpy as np
+    from skimage.data import shepp_logan_phantom
+    from skimage.transform import resize
+
+    from edncli.operators.tomography import CTGeometry, make_ct_operator, simulate_ct
+    from edncli.solvers.methods import TV_DISC_RTOL, MethodOptions, Problem, solve
+
+    ph = resize(shepp_logan_phantom(), (64, 64)).astype(np.float32)
+    imgs = np.stack([ph, ph[::-1], ph.T, np.roll(ph, 5, 1), ph * 0.7])  # a batch, as `edn ct --slices 0:5`
+    geo = CTGeometry.parallel(64, 90)
+    f = simulate_ct(torch.from_numpy(imgs.copy()), geo, noise_sigma=0.05, seed=3, backend="matrix")
+    op = make_ct_operator(geo, backend="matrix")
+    delta = 0.05 * float(np.sqrt(f[0].numel()))
+    res = solve(Problem(op=op, f=f, u0=op.fbp(f), delta=delta, task="ct"), "tv", MethodOptions())
+    disc = torch.linalg.vector_norm((op(res.u) - f).flatten(1), dim=1)
+    assert bool((disc <= delta * (1 + 1e-5)).all() and (disc >= delta * (1 - TV_DISC_RTOL)).all()), (disc, delta)

@@ -306,6 +306,7 @@ def solve_tv(problem: Problem, options: MethodOptions, callback: Callback = None
     f_lo = torch.full((batch,), math.nan, dtype=torch.float64)  # log disc - log δ there (<= 0) ...
     f_hi = torch.full((batch,), math.nan, dtype=torch.float64)  # ... (> 0), as the Illinois weights
     d_lo = torch.full((batch,), -math.inf, dtype=torch.float64)  # log disc at lo, unweighted
+    d_hi = torch.full((batch,), math.inf, dtype=torch.float64)  # log disc at hi, unweighted
     kept = torch.zeros(batch, dtype=torch.long)  # +1: lo moved last, -1: hi moved last
     best_u = u0.clone()
     bracketed_steps = torch.zeros(batch, dtype=torch.long)
@@ -329,7 +330,8 @@ def solve_tv(problem: Problem, options: MethodOptions, callback: Callback = None
         f_lo = torch.where(up_hi & (kept < 0), 0.5 * f_lo, f_lo)
         lo, f_lo, d_lo = (torch.where(up_lo, log_alpha, lo), torch.where(up_lo, f, f_lo),
                           torch.where(up_lo, f + log_delta, d_lo))
-        hi, f_hi = torch.where(up_hi, log_alpha, hi), torch.where(up_hi, f, f_hi)
+        hi, f_hi, d_hi = (torch.where(up_hi, log_alpha, hi), torch.where(up_hi, f, f_hi),
+                          torch.where(up_hi, f + log_delta, d_hi))
         kept = torch.where(up_lo, 1, torch.where(up_hi, -1, kept))
         best_u[up_lo.to(best_u.device)] = res.u[up_lo.to(best_u.device)]
         warm = res.u
@@ -349,12 +351,22 @@ def solve_tv(problem: Problem, options: MethodOptions, callback: Callback = None
     final_alpha = (10.0**final_log).float()
     start = torch.where(found.to(best_u.device).view(-1, *([1] * (u0.dim() - 1))), best_u, warm)
     result = _tv_solve(problem, final_alpha, start, options, callback, options.iteration_cap)
-    # The search solves are inexact; if the converged minimiser lands just above δ, halve α.
-    for _ in range(3):
+    # The search's solves are inexact: the converged minimiser may land just above δ. Step log α
+    # down along the bracket's slope of log disc against log α, aiming at the middle of the
+    # TV_DISC_RTOL band below δ (halving α used to leave the discrepancy ~12% below δ); where
+    # there is no bracket, or after two such steps, halve α.
+    slope = ((d_hi - d_lo) / (hi - lo)).nan_to_num(0.0)
+    slope = torch.where(torch.isfinite(slope) & (slope > 0), slope, torch.zeros_like(slope))
+    target = log_delta + math.log10(1 - TV_DISC_RTOL / 2)
+    for attempt in range(4):
         missed = torch.tensor([s.final_discrepancy > d for s, d in zip(result.samples, deltas)]) & found
         if not bool(missed.any()):
             break
-        final_alpha = torch.where(missed, final_alpha / 2, final_alpha)
+        log_disc = torch.log10(torch.tensor([s.final_discrepancy for s in result.samples], dtype=torch.float64))
+        down = ((log_disc - target) / slope).clamp(0.002, math.log10(2))
+        down = torch.where((slope > 0) & (attempt < 2), down, torch.full_like(down, math.log10(2)))
+        final_log = torch.where(missed, final_log - down, final_log)
+        final_alpha = (10.0**final_log).float()
         search_iterations = [n + s.iterations for n, s in zip(search_iterations, result.samples)]
         result = _tv_solve(problem, final_alpha, start, options, callback, options.iteration_cap)
     result.extra["alpha"] = final_alpha.tolist()
