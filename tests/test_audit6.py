@@ -258,3 +258,47 @@ def test_tv_alpha_after_a_missed_final_solve_stays_near_the_discrepancy_principl
     res = solve(Problem(op=op, f=f, u0=op.fbp(f), delta=delta, task="ct"), "tv", MethodOptions())
     disc = torch.linalg.vector_norm((op(res.u) - f).flatten(1), dim=1)
     assert bool((disc <= delta * (1 + 1e-5)).all() and (disc >= delta * (1 - TV_DISC_RTOL)).all()), (disc, delta)
+
+
+# ---- torchrun (seventh helper audit) ---------------------------------------------------------
+
+def test_torchrun_report_keeps_the_residual_floor_and_the_alpha_search(tmp_path):
+    # Sharded, rank 0 held only its chunk: the "δ cannot be reached" warning and residual_floor
+    # were dropped, and tv's alpha_search moved into ranks[].extra.
+    from .test_sharding import _scan, _single, _torchrun
+
+    _scan(tmp_path / "scan.h5", tmp_path / "cache", n_slices=3)
+    small = ["--sinogram", "scan.h5", "--slices", "0:3", "--size", "20", "--method", "gd", "--device", "cpu",
+             "--backend", "matrix", "--max-iter", "5"]
+    one = _single(tmp_path, *small, "-o", "one.tif", "--report", "one.json")
+    two = _torchrun(tmp_path, *small, "-o", "two.tif", "--report", "two.json")
+    assert one.returncode == 3 and "exitcode  : 3" in two.stderr, two.stderr[-3000:]  # torchrun itself exits 1
+    warn = [line for line in two.stderr.splitlines() if "cannot be reached" in line]
+    assert len(warn) == 1 and warn == [line for line in one.stderr.splitlines() if "cannot be reached" in line]
+    r1, r2 = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert r2["residual_floor"]["measurements"] == r1["residual_floor"]["measurements"] > 0
+    assert r2["residual_floor"]["norm"] == pytest.approx(r1["residual_floor"]["norm"], rel=1e-6)
+    tv = ["--sinogram", "scan.h5", "--slices", "0:3", "--size", "32", "--method", "tv", "--device", "cpu",
+          "--backend", "matrix", "--noise-sigma", "0.02", "--quiet"]
+    two = _torchrun(tmp_path, *tv, "-o", "tv.tif", "--report", "tv.json")
+    assert two.returncode == 0, two.stderr[-3000:]
+    rep = json.loads((tmp_path / "tv.json").read_text())
+    assert rep["alpha_search"] and all(len(e["alpha"]) == 3 for e in rep["alpha_search"])
+    assert not any("alpha_search" in r.get("extra", {}) for r in rep["ranks"])
+
+
+def test_torchrun_train_prints_an_error_once(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    imgs = _images(tmp_path / "imgs")
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    (tmp_path / "m.safetensors").write_bytes(b"x")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "edncli",
+           "train", "--task", "sr", "--images", str(imgs), "--out", str(tmp_path / "m"), "--depth", "3", "--width", "8",
+           "--steps", "2", "--device", "cpu", "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "1"}, timeout=240)
+    errors = [line for line in proc.stderr.splitlines() if "edn: error:" in line]
+    assert proc.returncode != 0 and len(errors) == 1 and "exists; pass --force" in errors[0], proc.stderr[-3000:]
+    assert (tmp_path / "m.safetensors").read_bytes() == b"x"

@@ -290,6 +290,8 @@ def ct(
                     "stack": sino.n_slices > 1,  # slices, not colours: TIFF pages, never RGB
                     "delta": delta_choice.as_dict() if delta_choice else None,  # all slices', not this rank's
                 }
+                if launch.distributed:  # for the report's residual floor, over all slices (rank 0 writes it)
+                    ctx["whole"] = (f_all, delta_choice)
                 return problem, 2 if sino.n_slices == 1 else 3, ctx
 
             run = dict(

@@ -6,6 +6,7 @@ without reaching δ (result still written), 4 input/output or checkpoint failure
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from typing import Optional
@@ -103,7 +104,8 @@ def run() -> None:
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, Abort):
         common.remove_created_folders()  # only the still-empty ones: finished outputs stay
-        print("edn: interrupted", file=sys.stderr)
+        if os.environ.get("RANK", "0") in ("0", ""):  # under torchrun Ctrl-C reaches every rank: say it once
+            print("edn: interrupted", file=sys.stderr)
         sys.exit(130)
     except EdnError as err:
         from .common import remove_created_folders

@@ -260,9 +260,9 @@ def run_problems(
     def finish(job: _Job, built: tuple, result, batch: Optional[dict]) -> None:
         """Write one input's output, report and plot (all or none), and its summary line."""
         problem, ndim, context = built
-        # checked only then (no cost to a run that met δ), and only where this process holds all
-        # of the data (under torchrun rank 0's problem is its own chunk of the slices)
-        if result.delta_reached is False and problem.f.shape[0] == len(result.samples):
+        # checked only then (no cost to a run that met δ), on all of the data: under torchrun rank
+        # 0's problem is its own chunk of the slices, and ``context["whole"]`` holds all of them
+        if result.delta_reached is False and (problem.f.shape[0] == len(result.samples) or "whole" in context):
             _explain_unreachable(job.path, built, quiet)
         files = []
         if write_result is None:
@@ -366,12 +366,15 @@ def _explain_unreachable(path: str, built: tuple, quiet: bool) -> None:
     from ..solvers.stopping import residual_floor
 
     problem, _, context = built
-    floors, counts = residual_floor(problem.op, problem.f)
+    # under torchrun: (f, δ choice) of every slice; the operator acts slice by slice, so rank 0's serves
+    f, choice = context.get("whole") or (problem.f, problem.delta)
+    f = f.to(problem.f.device)
+    floors, counts = residual_floor(problem.op, f)
     if not any(counts):
         return
     context["report_extra"] = {**(context.get("report_extra") or {}),
                                "residual_floor": {"norm": floors, "measurements": counts[0]}}
-    deltas = problem.deltas()
+    deltas = None if choice is None else choice.per_sample(f.shape[0])
     if deltas is None:
         return
     missed = [i for i, (fl, d) in enumerate(zip(floors, deltas)) if fl > d]

@@ -64,6 +64,43 @@ def _check_options_read(ctx: typer.Context, task: str) -> None:
         raise UsageError(f"{option} is for --task {tasks}; --task {task} does not use it")
 
 
+def _reported_by_rank0(command):
+    """Under torchrun, a usage, input or checkpoint error is met alike by every rank (the same
+    arguments and files): rank 0 prints it, the others exit with its code silently, a moment later
+    (torchrun then names rank 0 as the first to fail). Other errors (a rank's device) print where met."""
+    import functools
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from ..errors import CheckpointError, InputError
+        from ..solvers.sharding import Launch
+
+        try:
+            return command(*args, **kwargs)
+        except (UsageError, InputError, CheckpointError) as err:
+            launch = Launch(**_launch_env())
+            if not launch.distributed or launch.is_main:
+                raise
+            import time
+
+            time.sleep(2.0)
+            raise typer.Exit(err.exit_code) from None
+
+    return wrapper
+
+
+def _launch_env() -> dict:
+    """``WORLD_SIZE`` and ``RANK`` of a torchrun launch (1 and 0 outside one, or when unreadable)."""
+    import os
+
+    try:
+        world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    except ValueError:
+        world, rank = 1, 0
+    return {"world_size": world, "rank": rank if 0 <= rank < world else 0}
+
+
+@_reported_by_rank0
 def train(
     ctx: typer.Context,
     task: Annotated[str, typer.Option("--task", help=f"One of: {', '.join(TASKS)}.")],

@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import torch
 
 from ..errors import DeviceError, EdnError, UsageError
-from .trace import PER_SAMPLE_EXTRA, IterationRecord, SolveResult
+from .trace import PER_SAMPLE_EXTRA, PER_SAMPLE_LOGS, IterationRecord, SolveResult
 
 TIMEOUT_ENV = "EDN_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 3600.0
@@ -346,6 +346,24 @@ def merge_traces(traces: Sequence[Sequence[IterationRecord]], sizes: Sequence[in
     return merged
 
 
+def _merge_logs(logs: Sequence[List[dict]], sizes: Sequence[int]) -> List[dict]:
+    """One log (:data:`PER_SAMPLE_LOGS`, e.g. tv's α search) from the chunks' logs: entry ``k``'s
+    per-sample lists concatenated in batch order, ``None`` for the samples of a chunk whose log
+    ended before ``k`` (its search had finished). The inverse of :meth:`SolveResult.split`'s slicing."""
+    merged: List[dict] = []
+    for k in range(max(len(log) for log in logs)):
+        entry: Dict[str, Any] = {}
+        keys = dict.fromkeys(name for log in logs if k < len(log) for name in log[k])
+        for name in keys:
+            parts = []
+            for log, n in zip(logs, sizes):
+                v = log[k].get(name) if k < len(log) else None
+                parts.extend(v if isinstance(v, list) and len(v) == n else [None] * n)
+            entry[name] = parts
+        merged.append(entry)
+    return merged
+
+
 def merge_results(
     results: Sequence[SolveResult], bounds: Sequence[Tuple[int, int]], devices: Optional[Sequence[str]] = None
 ) -> SolveResult:
@@ -379,6 +397,8 @@ def merge_results(
         values = [r.extra.get(key) for r in results]
         if key in PER_SAMPLE_EXTRA and all(isinstance(v, list) for v in values):
             extra[key] = [x for v in values for x in v]  # type: ignore[union-attr]
+        elif key in PER_SAMPLE_LOGS and all(isinstance(v, list) for v in values):
+            extra[key] = _merge_logs(values, [hi - lo for lo, hi in bounds])  # type: ignore[arg-type]
         elif all(v == values[0] for v in values[1:]):
             extra[key] = values[0]
         else:
