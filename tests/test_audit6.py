@@ -302,3 +302,41 @@ def test_torchrun_train_prints_an_error_once(tmp_path):
     errors = [line for line in proc.stderr.splitlines() if "edn: error:" in line]
     assert proc.returncode != 0 and len(errors) == 1 and "exists; pass --force" in errors[0], proc.stderr[-3000:]
     assert (tmp_path / "m.safetensors").read_bytes() == b"x"
+
+
+@pytest.mark.parametrize("method", ["tv", "gd"])
+def test_a_result_does_not_depend_on_the_inputs_memory_layout(method):
+    from edncli.operators.blur import Blur, gaussian_kernel
+    from edncli.solvers.methods import MethodOptions, Problem, solve
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 40, 40, generator=gen)
+    op = Blur((40, 40), gaussian_kernel(1.6, 9), "reflect")
+    f = op(x) + 0.01 * torch.randn(1, 40, 40, generator=gen)
+    ft = f.transpose(1, 2).contiguous().transpose(1, 2)  # the same values, strides of a transpose
+    assert not ft.is_contiguous() and torch.equal(ft, f)
+    opts = MethodOptions(alpha=0.003, max_iter=50) if method == "tv" else MethodOptions(max_iter=50)
+    a = solve(Problem(op, f, f.clone(), 0.01 * 40), method, opts)
+    b = solve(Problem(op, ft, ft.clone(), 0.01 * 40), method, opts)
+    assert torch.equal(a.u, b.u) and b.u.is_contiguous()
+
+
+def test_a_deblur_checkpoint_warns_outside_its_training_blur(tmp_path, monkeypatch, capsys):
+    # edn-deblur was trained on Gaussian σ 1-2 with the reflect boundary; σ 3 ran silently.
+    import numpy as np
+
+    monkeypatch.chdir(tmp_path)
+    inp = _EX / "camera_blur.tif"
+    for args, words in ((["--kernel-sigma", "3"], "this blur has σ 3"),
+                        (["--kernel-sigma", "1.6", "--boundary", "circular"], "the circular boundary"),
+                        (["--kernel", "k.npy"], "this kernel has no stated Gaussian σ (a kernel file"),
+                        (["--kernel-sigma", "1.6"], None)):
+        np.save("k.npy", np.full((5, 5), 1 / 25, np.float32))
+        code, _, err = edn(monkeypatch, capsys, "deblur", *args, inp, "-o", "d.png", "--force", "--max-iter", "3",
+                           "--quiet")
+        assert code in (0, 3), err
+        warns = [line for line in err.splitlines() if line.startswith("edn: warning: checkpoint edn-deblur")]
+        if words is None:
+            assert not warns, err
+        else:
+            assert len(warns) == 1 and words in warns[0] and "σ 1–2, reflect boundary" in warns[0], err

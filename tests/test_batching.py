@@ -23,7 +23,7 @@ N = 32
 SIZES = (64, 64, 64, 48)
 NOISE_LEVELS = (0.005, 0.04, 0.01, 0.02)
 SIGMA = 0.01
-OP = Blur((N, N), gaussian_kernel(1.6, 9), "reflect")
+OP = Blur((N, N), gaussian_kernel(1.6, 9), "reflect", sigma=1.6)
 #: The learned methods with their shipped weights; min_iter 1 so that the δ test acts early.
 OPTIONS = {
     "gd": MethodOptions(max_iter=500, min_iter=1),

@@ -88,7 +88,7 @@ class TaskSpec:
             from .operators.blur import Blur, gaussian_kernel
 
             sigma = kernel_sigma if kernel_sigma is not None else self.kernel_sigma[0]
-            return Blur((h, w), gaussian_kernel(sigma, self.kernel_size), self.boundary).to(device)
+            return Blur((h, w), gaussian_kernel(sigma, self.kernel_size), self.boundary, sigma=sigma).to(device)
         from .operators.tomography import CTGeometry, make_ct_operator
 
         import math
@@ -122,6 +122,26 @@ class TaskSpec:
         if fbp is not None:
             return fbp(f)
         return op.adjoint(f) / op.sqnorm(device=f.device)
+
+    def outside_training(self, other: "TaskSpec", name: str) -> Optional[str]:
+        """Why a problem described by ``other`` lies outside what a checkpoint trained for ``self``
+        saw (a warning, not an error: the energy still falls and the δ stop holds, only the quality
+        is not what was validated), or ``None``. Deblurring: the Gaussian σ range and the boundary;
+        ``other.extra["kernel"] == "file"`` is a kernel read from a file."""
+        if self.task != "deblur" or other.task != "deblur":
+            return None
+        lo, hi = self.kernel_sigma
+        seen = f"Gaussian blur σ {lo:g}" + ("" if lo == hi else f"–{hi:g}") + f", {self.boundary} boundary"
+        if other.extra.get("kernel") == "file":
+            why = "this kernel has no stated Gaussian σ (a kernel file, or Blur(..., sigma=None))"
+        elif not lo - 1e-6 <= other.kernel_sigma[0] <= hi + 1e-6:
+            why = f"this blur has σ {other.kernel_sigma[0]:g}"
+        elif other.boundary != self.boundary:
+            why = f"this run uses the {other.boundary} boundary"
+        else:
+            return None
+        return (f"checkpoint {name} was trained on {seen}; {why}: the energy still falls and the δ stop holds, "
+                "but the quality is not what was validated")
 
     def check_compatible(self, other: "TaskSpec", name: str) -> None:
         """A checkpoint trained for ``self`` used on a problem described by ``other``."""

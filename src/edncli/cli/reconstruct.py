@@ -611,7 +611,7 @@ def deblur(
 
         arr, info = read_image(path, dataset)
         f = c.to_tensor(arr, device)
-        op = Blur(f.shape[-2:], k, boundary).to(device)
+        op = Blur(f.shape[-2:], k, boundary, sigma=kernel_sigma if kernel is None else None).to(device)
         u0 = f.clone() if init == "blurred" else torch.zeros_like(f)
         problem = Problem(op=op, f=f, u0=u0, delta=_delta(delta, noise_sigma, tau, f), task="deblur")
         problem.reference = _reference(reference, u0.shape, device)

@@ -130,13 +130,18 @@ class Blur(LinearOperator):
 
     Boundary: ``"circular"`` (periodic, via FFT), ``"reflect"`` (symmetric extension, then
     valid convolution) or ``"zero"``. The adjoint is exact for each (correlation with the
-    kernel, with the boundary's adjoint). ``||A|| <= ||k||_1 = 1``.
+    kernel, with the boundary's adjoint). For a kernel ``k >= 0`` of sum 1, ``||A|| <= 1`` with the
+    circular and zero boundaries; the reflect extension repeats border pixels, so there ``||A||``
+    can exceed 1 by a few per cent on small images (1.025 for 16x16 with a 25x25 kernel).
+    ``sigma``: the Gaussian σ the kernel was made with, when it was (stated by :meth:`describe`,
+    and checked against a learned method's training range).
     """
 
     name = "blur"
     returns_new = True
 
-    def __init__(self, shape: Sequence[int], kernel: torch.Tensor, boundary: str = "reflect"):
+    def __init__(self, shape: Sequence[int], kernel: torch.Tensor, boundary: str = "reflect",
+                 sigma: Optional[float] = None):
         if boundary not in BOUNDARIES:
             raise UsageError(f"--boundary must be one of {', '.join(BOUNDARIES)}, got {boundary!r}")
         h, w = shape[-2:]
@@ -148,6 +153,7 @@ class Blur(LinearOperator):
         super().__init__((h, w), (h, w))
         self.kernel = kernel.float()
         self.boundary = boundary
+        self.sigma = None if sigma is None else float(sigma)
         # Kernel centre at index (k - 1) // 2 on each axis: y[i] = sum_m k[m] x[i + c - m].
         ch, cw = (kh - 1) // 2, (kw - 1) // 2
         self.pads = (kw - 1 - cw, cw, kh - 1 - ch, ch)
@@ -223,4 +229,5 @@ class Blur(LinearOperator):
         return reflect_pad_adjoint(full, self.pads)
 
     def describe(self):
-        return {**super().describe(), "kernel_shape": list(self.kernel.shape), "boundary": self.boundary}
+        return {**super().describe(), "kernel_shape": list(self.kernel.shape), "boundary": self.boundary,
+                "kernel_sigma": self.sigma}

@@ -202,7 +202,23 @@ def _problem_spec(problem: Problem) -> TaskSpec:
     if problem.task == "sr":
         kind = "bicubic" if desc.get("name") == "bicubic" else "average"
         return TaskSpec("sr", scale=int(desc.get("scale", 4)), downsampler=kind)
+    if problem.task == "deblur" and desc.get("name") == "blur":
+        sigma = desc.get("kernel_sigma")
+        return TaskSpec("deblur", kernel_sigma=(sigma, sigma) if sigma is not None else (0.0, 0.0),
+                        boundary=desc.get("boundary", "reflect"), extra={"kernel": "file" if sigma is None else "gaussian"})
     return TaskSpec(problem.task)
+
+
+def _check_spec(spec: TaskSpec, problem: Problem, name: str) -> None:
+    """A checkpoint for another task or operator is an error; a problem outside its training
+    range (deblurring: σ, boundary, a file kernel) a warning."""
+    mine = _problem_spec(problem)
+    spec.check_compatible(mine, name)
+    why = spec.outside_training(mine, name)
+    if why is not None:
+        import warnings
+
+        warnings.warn(why, stacklevel=3)
 
 
 def _checkpoint_info(meta: dict) -> dict:
@@ -236,7 +252,7 @@ def solve_edn(problem: Problem, options: MethodOptions, callback: Callback = Non
         raise CheckpointError(f"method edn has no shipped network for task {problem.task!r}; pass --weights")
     net, meta = load_learned("edn", name, device)
     spec = checkpoint_spec(meta)
-    spec.check_compatible(_problem_spec(problem), meta["name"])
+    _check_spec(spec, problem, meta["name"])
     inference = _apply_inference(net, options, device, meta)
     op = problem.op
     f = problem.f.float()  # the network's weights are float32 (data read with numpy is float64)
@@ -288,7 +304,7 @@ def solve_baseline(problem: Problem, options: MethodOptions, callback: Callback 
     if name is None:
         raise CheckpointError(f"method baseline has no shipped network for task {problem.task!r}; pass --weights")
     net, meta = load_learned("baseline", name, device)
-    checkpoint_spec(meta).check_compatible(_problem_spec(problem), meta["name"])
+    _check_spec(checkpoint_spec(meta), problem, meta["name"])
     inference = _apply_inference(net, options, device, meta)
     op = problem.op
     f, u0 = problem.f.float(), problem.u0.float()  # float32, as the network's weights

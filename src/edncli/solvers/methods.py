@@ -47,14 +47,15 @@ class Problem:
     def __post_init__(self) -> None:
         """A number as ``delta`` means δ as given (any real scalar: numpy's float32 included);
         ``f``, ``u0`` and ``reference`` are held in float32, the solvers' precision (arrays read with
-        numpy are float64); shapes that do not fit ``op`` are a :class:`UsageError`."""
+        numpy are float64), and contiguous, so a result does not depend on the inputs' memory layout; shapes that do not fit ``op`` are a :class:`UsageError`."""
         from ..errors import UsageError
 
         if isinstance(self.delta, numbers.Real) and not isinstance(self.delta, bool):
             self.delta = DeltaChoice(float(self.delta), "given")
-        self.f, self.u0 = self.f.float(), self.u0.float()
+        # contiguous too: a transposed view gave tv other reduction orders, so other iterates
+        self.f, self.u0 = self.f.float().contiguous(), self.u0.float().contiguous()
         if self.reference is not None:
-            self.reference = self.reference.float()
+            self.reference = self.reference.float().contiguous()
         for name, t, shape in (("f", self.f, self.op.out_shape), ("u0", self.u0, self.op.in_shape),
                                ("reference", self.reference, self.op.in_shape)):
             if t is not None and tuple(t.shape[1:]) != tuple(shape):
