@@ -340,3 +340,46 @@ def test_a_deblur_checkpoint_warns_outside_its_training_blur(tmp_path, monkeypat
             assert not warns, err
         else:
             assert len(warns) == 1 and words in warns[0] and "σ 1–2, reflect boundary" in warns[0], err
+
+
+# ---- README walkthrough (eighth helper audit) ------------------------------------------------
+
+def test_tv_elapsed_s_counts_the_alpha_search():
+    import time
+
+    from edncli.operators.blur import Blur, gaussian_kernel
+    from edncli.solvers.methods import MethodOptions, Problem, solve
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 48, 48, generator=gen)
+    op = Blur((48, 48), gaussian_kernel(1.6, 9), "reflect", sigma=1.6)
+    f = op(x) + 0.02 * torch.randn(1, 48, 48, generator=gen)
+    t0 = time.perf_counter()
+    res = solve(Problem(op, f, f.clone(), 0.02 * 48), "tv", MethodOptions())
+    wall = time.perf_counter() - t0
+    assert sum(res.extra["search_iterations"]) > 0
+    assert res.elapsed_s >= 0.9 * wall and res.elapsed_s > res.trace[-1].time_s
+
+
+def test_refusals_name_only_the_methods_that_read_an_option(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = edn(monkeypatch, capsys, "sr", _EX / "camera_lr_x4.tif", "-o", "x.png", "--method", "gd",
+                       "--precision", "bf16")
+    line = _one_line(err)
+    assert code == 2 and "--precision is for --method edn|baseline|red|pnp" in line and "potential" not in line
+
+
+def test_errors_name_the_options_not_the_parameters(tmp_path, monkeypatch, capsys):
+    import h5py
+    import numpy as np
+
+    monkeypatch.chdir(tmp_path)
+    code, _, err = edn(monkeypatch, capsys, "ct", "--sinogram", _EX / "phantom_sino.h5", "--slices", "200",
+                       "-o", "s.tif")
+    assert code == 2 and "--slices" in _one_line(err) and "slices=" not in err
+    with h5py.File("k.h5", "w") as fh:
+        fh["psf"] = np.full((3, 3), 1 / 9)
+    code, _, err = edn(monkeypatch, capsys, "deblur", "--kernel", "k.h5", "--kernel-dataset", "/nope",
+                       _EX / "camera_blur.tif", "-o", "d.png")
+    line = _one_line(err)
+    assert code == 4 and "no dataset '/nope'" in line and "it holds psf" in line and "pass --kernel-dataset" not in line

@@ -258,9 +258,9 @@ def test_sr_with_tiles_keeps_energy_monotone(tmp_path, monkeypatch, capsys):
         (["--tile-overlap", "64", "--tile", "64"], ["--tile-overlap 64", "--tile 64"]),
         (["--precision", "fp16", "--device", "cpu"], ["fp16", "bf16"]),
         (["--precision", "half"], ["--precision", "half"]),
-        (["--tile", "64", "--method", "potential"], ["--tile 64", "potential"]),
+        (["--tile", "64", "--method", "potential"], ["--tile is for", "potential evaluates its network whole"]),
         (["--ensemble", "2"], ["--ensemble", "2"]),
-        (["--ensemble", "8", "--method", "potential"], ["--ensemble 8", "potential"]),
+        (["--ensemble", "8", "--method", "potential"], ["--ensemble is for", "potential evaluates its network whole"]),
     ],
 )
 def test_bad_options_exit_2_with_one_line(tmp_path, monkeypatch, capsys, args, words):

@@ -21,7 +21,7 @@ import torch
 from .errors import UsageError
 from .metrics import psnr, ssim
 from .networks.inference import InferenceConfig
-from .solvers.options import METHOD_OPTIONS, NETWORK_METHODS
+from .solvers.options import METHOD_OPTIONS, NETWORK_EVAL_METHODS
 from .solvers.methods import MethodOptions, Problem, check_handover, solve
 from .solvers.stopping import DeltaChoice
 from .tasks import TaskSpec
@@ -125,9 +125,9 @@ def check_config(cfg: EvalConfig) -> None:
     # of gd/cg/tv "at bf16" or "with the ensemble" would claim a setting that never applied.
     names = {_split(m)[0] for m in cfg.methods}
     unread = [opt for opt, given in (("--precision", cfg.precision != "fp32"), ("--ensemble", cfg.ensemble != 1)) if given]
-    if unread and not names.intersection(NETWORK_METHODS):
+    if unread and not names.intersection(NETWORK_EVAL_METHODS):
         raise UsageError(f"{' and '.join(unread)}: only networks read this, and none of --methods "
-                         f"{','.join(cfg.methods)} evaluates one ({', '.join(NETWORK_METHODS)} do)")
+                         f"{','.join(cfg.methods)} evaluates one that does ({', '.join(NETWORK_EVAL_METHODS)} do)")
     alpha = cfg.extra.get("alpha")
     if alpha is not None:
         if not (isinstance(alpha, (int, float)) and alpha > 0 and math.isfinite(alpha)):

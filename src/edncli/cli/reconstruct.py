@@ -17,7 +17,7 @@ import typer
 from typing_extensions import Annotated
 
 from ..errors import UsageError
-from ..solvers.options import METHOD_OPTIONS
+from ..solvers.options import METHOD_OPTIONS, NETWORK_EVAL_METHODS
 from . import common as c
 
 METHOD_NAMES = ("gd", "cg", "tv", "edn", "baseline", "potential", "red", "pnp")
@@ -26,7 +26,7 @@ MethodOpt = Annotated[str, typer.Option("--method", "-m", help=f"One of: {', '.j
 AlphaOpt = Annotated[
     Optional[float], typer.Option("--alpha", help="tv: regularisation weight α (default: by the discrepancy principle).")
 ]
-WeightsOpt = Annotated[Optional[str], typer.Option("--weights", help="Checkpoint name (in weights/) or path.")]
+WeightsOpt = Annotated[Optional[str], typer.Option("--weights", help="Checkpoint path, or name looked up in $EDN_WEIGHTS_DIR, weights/, then the current folder.")]
 LamOpt = Annotated[Optional[float], typer.Option("--lam", help="potential/red: regularisation weight λ (default: the --preset's, i.e. this task's validation-tuned value).")]
 MuOpt = Annotated[Optional[float], typer.Option("--mu", help="red/pnp: step size µ (default: the --preset's, i.e. this task's validation-tuned value).")]
 BoxOpt = Annotated[bool, typer.Option("--box", help="potential/red/pnp: keep iterates in [0, 1] (proximal variant).")]
@@ -48,7 +48,11 @@ def check_method_options(method: str, given: dict) -> None:
     """A usage error for an option in ``given`` (name -> whether the user set it) that ``method`` does not read."""
     for name, on in given.items():
         if on and method not in METHOD_OPTIONS[name]:
-            raise UsageError(f"{name} is for --method {'|'.join(METHOD_OPTIONS[name])}; method {method} does not use it")
+            why = "does not use it"
+            if method == "potential" and METHOD_OPTIONS[name] is NETWORK_EVAL_METHODS:  # its network is evaluated whole
+                why = ("evaluates its network whole in float32: tiling, low precision or an ensemble would change "
+                       "the energy F = f + λ g_θ whose descent it checks")
+            raise UsageError(f"{name} is for --method {'|'.join(METHOD_OPTIONS[name])}; method {method} {why}")
 
 
 def _options(

@@ -133,7 +133,7 @@ def train(
     lag_every: Annotated[int, typer.Option("--lag-every", help="Refresh the lagged iterate distribution every N mini-batches.")] = 100,
     max_lag_steps: Annotated[int, typer.Option("--max-lag-steps", help="Iterates from 0..K steps of the current method.")] = 10,
     min_iter: Annotated[int, typer.Option("--min-iter", help="Default steps before the δ test, stored in the checkpoint.")] = 15,
-    val_every: Annotated[int, typer.Option("--val-every", help="Validate every N steps (an epoch).")] = 250,
+    val_every: Annotated[int, typer.Option("--val-every", help="sr/ct/deblur: validate every N steps (an epoch).")] = 250,
     val_size: Annotated[int, typer.Option("--val-size", help="sr/ct/deblur: side of the validation centre crops (images smaller are skipped).")] = 96,
     val_count: Annotated[int, typer.Option("--val-count", help="sr/ct/deblur: how many validation images (crops) to use.")] = 8,
     val_noise: Annotated[float, typer.Option("--val-noise-sigma", help="sr/ct/deblur: noise std of the validation measurements; the best checkpoint at this level is kept.")] = 0.01,

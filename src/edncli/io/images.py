@@ -187,7 +187,10 @@ def _read_raw(path: str, dataset: Optional[str], option: str = "--dataset") -> t
             with h5py.File(source, "r") as fh:
                 key = dataset or _default_dataset(fh, label, option)
                 if key not in fh:
-                    raise InputError(f"{label}: no dataset {key!r} in the HDF5 file (pass {option})")
+                    names: list[str] = []
+                    fh.visititems(lambda name, obj: names.append(name) if hasattr(obj, "shape") else None)
+                    hint = f"it holds {', '.join(names[:5])}" if dataset is not None else f"pass {option}"
+                    raise InputError(f"{label}: no dataset {key!r} in the HDF5 file ({hint})")
                 arr = np.asarray(fh[key])
         else:
             from PIL import Image, UnidentifiedImageError

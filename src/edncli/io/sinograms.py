@@ -164,10 +164,11 @@ def _slice_list(slices: Optional[Sequence[int] | range | slice], n_rows: int, wh
         slices = [int(slices)]
     out = [int(s) for s in slices]
     if not out:
-        raise UsageError(f"slices=[] is empty for {what}; give detector rows in 0..{n_rows - 1}")
+        raise UsageError(f"slices (--slices) select nothing in {what}; give detector rows in 0..{n_rows - 1}")
     bad = [s for s in out if not 0 <= s < n_rows]
     if bad:
-        raise UsageError(f"slices={bad[:5]} out of range for {what} with {n_rows} detector rows; use 0..{n_rows - 1}")
+        raise UsageError(f"slices (--slices) {', '.join(map(str, bad[:5]))} out of range for {what} with {n_rows} "
+                         f"detector rows; use 0..{n_rows - 1}")
     return out
 
 

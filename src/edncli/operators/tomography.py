@@ -133,8 +133,8 @@ class CTGeometry:
         if self.beam == "fan":
             if self.source_origin is None or self.origin_detector is None:
                 raise UsageError(
-                    f"beam='fan' needs source_origin and origin_detector (got {self.source_origin!r}, "
-                    f"{self.origin_detector!r}); give both distances in image pixels"
+                    f"fan beam (--beam fan) needs source_origin and origin_detector (--source-origin, --origin-detector; "
+                    f"got {self.source_origin!r}, {self.origin_detector!r}); give both distances in image pixels"
                 )
             self.source_origin = float(self.source_origin)
             self.origin_detector = float(self.origin_detector)
@@ -474,8 +474,8 @@ class _CudaOperator(_AstraCPUOperator):
     def __init__(self, geometry: CTGeometry, gpu_index: int = 0):
         if not cuda_available():
             raise UsageError(
-                "backend='cuda' needs astra with CUDA and a GPU, and astra.use_cuda() is False here; "
-                "use backend='auto' or 'matrix'"
+                "backend 'cuda' (--backend cuda) needs astra with CUDA and a GPU, and astra.use_cuda() is False here; "
+                "use --backend auto or matrix"
             )
         super().__init__(geometry, projector="cuda")
         self.gpu_index = int(gpu_index)

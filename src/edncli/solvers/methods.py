@@ -11,6 +11,7 @@ Learned methods register themselves here (``register_method``) from their own mo
 from __future__ import annotations
 
 import math
+import time
 import numbers
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence
@@ -273,7 +274,11 @@ def _attach_delta(result: SolveResult, deltas: Optional[List[float]]) -> SolveRe
 
 @register_method("tv")
 def solve_tv(problem: Problem, options: MethodOptions, callback: Callback = None) -> SolveResult:
-    """Huber-TV regularised least squares; ``α`` given or by the discrepancy principle."""
+    """Huber-TV regularised least squares; ``α`` given or by the discrepancy principle.
+
+    ``elapsed_s`` counts the whole method, the α search's solves included (the trace's
+    ``time_s`` are those of the final solve)."""
+    started = time.perf_counter()
     batch = problem.f.shape[0]
     deltas = problem.deltas()
     if options.alpha is not None:  # > 0 and finite: MethodOptions checks it
@@ -374,4 +379,5 @@ def solve_tv(problem: Problem, options: MethodOptions, callback: Callback = None
     result.extra["alpha_rule"] = "discrepancy"
     result.extra["alpha_search"] = log
     result.extra["search_iterations"] = search_iterations
+    result.elapsed_s = time.perf_counter() - started
     return _attach_delta(result, deltas)

@@ -8,10 +8,12 @@ from __future__ import annotations
 #: keep their preset's (the papers' counts) unless a cap is given, whatever its value.
 DEFAULT_MAX_ITER = 300
 
-#: Methods that evaluate a network, and so read the network-evaluation options.
+#: Methods that evaluate a network.
 NETWORK_METHODS = ("edn", "baseline", "potential", "red", "pnp")
-#: The methods that read each method option. (``potential`` refuses the network-evaluation
-#: options itself, saying why.)
+#: Those that read the network-evaluation options (tiling, precision, memory format, ensemble):
+#: ``potential`` does not, since they would change the energy whose descent it checks.
+NETWORK_EVAL_METHODS = ("edn", "baseline", "red", "pnp")
+#: The methods that read each method option.
 METHOD_OPTIONS = {
     "--lam": ("potential", "red"),
     "--mu": ("red", "pnp"),
@@ -21,9 +23,9 @@ METHOD_OPTIONS = {
     "--min-iter": ("gd", "cg", "edn", "potential", "red", "pnp"),
     "--learned-steps": ("edn",),
     "--handover": ("edn",),
-    "--tile": NETWORK_METHODS,
-    "--tile-overlap": NETWORK_METHODS,
-    "--precision": NETWORK_METHODS,
-    "--channels-last": NETWORK_METHODS,
-    "--ensemble": NETWORK_METHODS,
+    "--tile": NETWORK_EVAL_METHODS,
+    "--tile-overlap": NETWORK_EVAL_METHODS,
+    "--precision": NETWORK_EVAL_METHODS,
+    "--channels-last": NETWORK_EVAL_METHODS,
+    "--ensemble": NETWORK_EVAL_METHODS,
 }
