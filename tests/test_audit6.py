@@ -383,3 +383,13 @@ def test_errors_name_the_options_not_the_parameters(tmp_path, monkeypatch, capsy
                        _EX / "camera_blur.tif", "-o", "d.png")
     line = _one_line(err)
     assert code == 4 and "no dataset '/nope'" in line and "it holds psf" in line and "pass --kernel-dataset" not in line
+
+
+def test_eval_names_methods_not_weights_for_a_missing_checkpoint(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _images(tmp_path / "imgs", n=1, size=32)
+    code, _, err = edn(monkeypatch, capsys, "eval", "sr", "--images", "imgs", "--methods", "gd,edn:nosuch",
+                       "--json", "t.json", "--quiet")
+    line = _one_line(err)
+    assert code == 4 and line.startswith("edn: error: --methods edn:nosuch: checkpoint nosuch: no such checkpoint")
+    assert "--weights" not in line and not Path("t.json").exists()

@@ -96,6 +96,10 @@ def check_methods(methods: Sequence[str]) -> None:
                              f"{', '.join(CHECKPOINT_METHODS)}")
         if weights is not None and not weights.strip():
             raise UsageError(f"--methods {method}: empty checkpoint name after ':'")
+        if weights is not None:  # before any work, naming the option the user wrote
+            from .io.weights import resolve_weights
+
+            resolve_weights(weights, what=f"--methods {method}: checkpoint")
 
 
 def check_config(cfg: EvalConfig) -> None:
