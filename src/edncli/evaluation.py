@@ -96,10 +96,6 @@ def check_methods(methods: Sequence[str]) -> None:
                              f"{', '.join(CHECKPOINT_METHODS)}")
         if weights is not None and not weights.strip():
             raise UsageError(f"--methods {method}: empty checkpoint name after ':'")
-        if weights is not None:  # before any work, naming the option the user wrote
-            from .io.weights import resolve_weights
-
-            resolve_weights(weights, what=f"--methods {method}: checkpoint")
 
 
 def check_config(cfg: EvalConfig) -> None:
@@ -199,7 +195,7 @@ def run_eval(
     for method in cfg.methods:  # every checkpoint before any work (not at its method's turn)
         name, weights = _split(method)
         if name in ("edn", "baseline"):
-            check_learned(name, weights, cfg.spec)
+            check_learned(name, weights, cfg.spec, what=f"--methods {method}: checkpoint")
     rows: List[dict] = []
     op_cache: dict = {}
     for index, (path, image) in enumerate(zip(files, clean)):

@@ -366,3 +366,13 @@ def check_dataset(dataset: Optional[str], inputs: List[str]) -> None:
     for path in inputs:
         if path != "-" and sniff_format(path) != "h5":
             raise UsageError(f"--dataset {dataset} applies to HDF5 inputs only, and {path} is not HDF5; drop it")
+
+
+def kernel_from_options(kernel: Optional[Path], kernel_dataset: Optional[str], sigma: Optional[float], size: int):
+    """The blur kernel of ``--kernel FILE [--kernel-dataset D]`` or, without a file, the Gaussian of
+    ``--kernel-sigma`` and ``--kernel-size``; ``--kernel-dataset`` without ``--kernel`` is a usage error."""
+    from ..operators.blur import gaussian_kernel, read_kernel
+
+    if kernel_dataset is not None and kernel is None:
+        raise UsageError("--kernel-dataset applies to --kernel FILE (an HDF5 kernel); drop it or give --kernel")
+    return gaussian_kernel(sigma, size) if kernel is None else read_kernel(kernel, kernel_dataset)  # type: ignore[arg-type]

@@ -579,7 +579,7 @@ def deblur(
 
     --init: blurred (default, the data itself) or zero.
     """
-    from ..operators.blur import DEFAULT_KERNEL_SIZE, Blur, gaussian_kernel, read_kernel
+    from ..operators.blur import DEFAULT_KERNEL_SIZE, Blur
     from ..solvers.methods import Problem
 
     _check_method(method, weights)
@@ -589,9 +589,7 @@ def deblur(
     if kernel is not None and kernel_size is not None:
         raise UsageError(f"--kernel-size applies to the Gaussian of --kernel-sigma; --kernel {kernel} has its own size, drop --kernel-size")
     size = DEFAULT_KERNEL_SIZE if kernel_size is None else kernel_size  # not `or`: --kernel-size 0 is an error
-    if kernel_dataset is not None and kernel is None:
-        raise UsageError("--kernel-dataset applies to --kernel FILE (an HDF5 kernel); drop it or give --kernel")
-    k = gaussian_kernel(kernel_sigma, size) if kernel is None else read_kernel(kernel, kernel_dataset)
+    k = c.kernel_from_options(kernel, kernel_dataset, kernel_sigma, size)
     init = init or "blurred"
     if init not in ("blurred", "zero"):
         raise UsageError(f"--init for deblur must be blurred or zero, got {init!r}")

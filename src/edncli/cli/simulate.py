@@ -85,13 +85,11 @@ def simulate_deblur(
 ) -> None:
     """Blur with a Gaussian (or file) kernel and add noise."""
     from ..io.images import check_writable, output_format, write_image
-    from ..operators.blur import Blur, gaussian_kernel, read_kernel
+    from ..operators.blur import Blur
 
     check_writable(output, force)
     depth = c.png_bit_depth(bit_depth, [output_format(output, fmt)])  # before any work
-    if kernel_dataset is not None and kernel is None:
-        raise UsageError("--kernel-dataset applies to --kernel FILE (an HDF5 kernel); drop it or give --kernel")
-    k = read_kernel(kernel, kernel_dataset) if kernel is not None else gaussian_kernel(kernel_sigma, kernel_size)  # type: ignore[arg-type]
+    k = c.kernel_from_options(kernel, kernel_dataset, kernel_sigma, kernel_size)  # type: ignore[arg-type]
     arr = _read_clean(input)
     u = c.to_tensor(arr, "cpu")
     f = _noisy(Blur(u.shape[-2:], k, boundary)(u), noise_sigma, seed)

@@ -78,7 +78,10 @@ def _reported_by_rank0(command):
         try:
             return command(*args, **kwargs)
         except (UsageError, InputError, CheckpointError) as err:
-            launch = Launch(**_launch_env())
+            try:
+                launch = Launch.from_env()
+            except UsageError:  # a malformed torchrun environment: report the error itself
+                raise err from None
             if not launch.distributed or launch.is_main:
                 raise
             import time
@@ -87,17 +90,6 @@ def _reported_by_rank0(command):
             raise typer.Exit(err.exit_code) from None
 
     return wrapper
-
-
-def _launch_env() -> dict:
-    """``WORLD_SIZE`` and ``RANK`` of a torchrun launch (1 and 0 outside one, or when unreadable)."""
-    import os
-
-    try:
-        world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    except ValueError:
-        world, rank = 1, 0
-    return {"world_size": world, "rank": rank if 0 <= rank < world else 0}
 
 
 @_reported_by_rank0

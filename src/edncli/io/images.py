@@ -187,9 +187,7 @@ def _read_raw(path: str, dataset: Optional[str], option: str = "--dataset") -> t
             with h5py.File(source, "r") as fh:
                 key = dataset or _default_dataset(fh, label, option)
                 if key not in fh:
-                    names: list[str] = []
-                    fh.visititems(lambda name, obj: names.append(name) if hasattr(obj, "shape") else None)
-                    hint = f"it holds {', '.join(names[:5])}" if dataset is not None else f"pass {option}"
+                    hint = f"it holds {', '.join(_dataset_names(fh)[:5])}" if dataset is not None else f"pass {option}"
                     raise InputError(f"{label}: no dataset {key!r} in the HDF5 file ({hint})")
                 arr = np.asarray(fh[key])
         else:
@@ -224,12 +222,18 @@ def _read_raw(path: str, dataset: Optional[str], option: str = "--dataset") -> t
     return arr, label
 
 
+def _dataset_names(fh) -> list[str]:
+    """The paths of every dataset in an open HDF5 file, in file order."""
+    names: list[str] = []
+    fh.visititems(lambda name, obj: names.append(name) if hasattr(obj, "shape") else None)
+    return names
+
+
 def _default_dataset(fh, label: str, option: str = "--dataset") -> str:
     for key in ("/exchange/data", "image", "data"):
         if key in fh:
             return key
-    names: list[str] = []
-    fh.visititems(lambda name, obj: names.append(name) if hasattr(obj, "shape") else None)
+    names = _dataset_names(fh)
     if len(names) == 1:
         return names[0]
     raise InputError(f"{label}: several datasets in the HDF5 file ({', '.join(names[:5])}); pass {option}")

@@ -476,7 +476,9 @@ def _read_plain(p: Path, theta, slices, angle_file, angle_unit: str, transpose: 
     suffix = p.suffix.lower()
     try:
         if suffix == ".npy":
-            arr = np.load(p, allow_pickle=False)
+            from .images import load_npy  # noqa: PLC0415
+
+            arr = load_npy(p, f"sinogram file {str(p)!r}")
         elif suffix in (".tif", ".tiff"):
             import tifffile  # noqa: PLC0415
 
@@ -486,6 +488,8 @@ def _read_plain(p: Path, theta, slices, angle_file, angle_unit: str, transpose: 
 
             with Image.open(p) as im:
                 arr = np.array(im)
+    except InputError:
+        raise
     except Exception as exc:
         raise InputError(f"sinogram file {str(p)!r} cannot be read ({type(exc).__name__}: {exc})") from None
     arr = np.asarray(arr)

@@ -68,9 +68,9 @@ def read_kernel(path: str | Path, dataset: Optional[str] = None) -> torch.Tensor
     p = Path(path)
     if not p.is_file():
         raise InputError(f"--kernel {p}: {not_a_file(p)}")
+    if dataset is not None and p.suffix.lower() in (".npy", ".txt", ".csv", ".dat"):
+        raise UsageError(f"--kernel-dataset {dataset} applies to an HDF5 kernel only, and {p} is not HDF5; drop it")
     try:
-        if dataset is not None and p.suffix.lower() in (".npy", ".txt", ".csv", ".dat"):
-            raise UsageError(f"--kernel-dataset {dataset} applies to an HDF5 kernel only, and {p} is not HDF5; drop it")
         if p.suffix == ".npy":
             arr = load_npy(p, f"--kernel {p}")
         elif p.suffix in (".txt", ".csv", ".dat"):
@@ -80,7 +80,7 @@ def read_kernel(path: str | Path, dataset: Optional[str] = None) -> torch.Tensor
                 arr = np.loadtxt(p, delimiter="," if "," in text else None, ndmin=2)
         else:
             arr = read_image_array(p, dataset, option="--kernel-dataset")
-    except UsageError:
+    except UsageError:  # --kernel-dataset on an image (read_image_array's check): as it is
         raise
     except (OSError, ValueError) as exc:
         raise InputError(f"--kernel {p}: cannot read a kernel ({exc})") from None

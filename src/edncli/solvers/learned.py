@@ -158,9 +158,10 @@ def checkpoint_spec(meta: dict) -> TaskSpec:
     return spec
 
 
-def load_learned(kind: str, name_or_path: str, device) -> Tuple[torch.nn.Module, dict]:
-    """Load a direction (``kind="edn"``) or baseline network; wrong-kind or malformed checkpoints are errors."""
-    path = resolve_weights(name_or_path)
+def load_learned(kind: str, name_or_path: str, device, what: str = "--weights") -> Tuple[torch.nn.Module, dict]:
+    """Load a direction (``kind="edn"``) or baseline network; wrong-kind or malformed checkpoints are errors.
+    ``what`` names the argument that gave the checkpoint, in the error for a missing one."""
+    path = resolve_weights(name_or_path, what)
     tasks = tuple(f"{kind}-{t}" for t in ("sr", "ct", "deblur"))
     state, meta = load_checkpoint(path, device="cpu")
     if meta["task"] not in tasks:
@@ -186,14 +187,14 @@ def load_learned(kind: str, name_or_path: str, device) -> Tuple[torch.nn.Module,
     return net, meta
 
 
-def check_learned(kind: str, weights: Optional[str], spec: TaskSpec) -> None:
+def check_learned(kind: str, weights: Optional[str], spec: TaskSpec, what: str = "--weights") -> None:
     """Raise what ``solve_edn``/``solve_baseline`` would raise for this checkpoint on a problem of
     ``spec`` (missing, corrupt, another kind, task or scale), without a problem: ``edn eval``
     checks every method's checkpoint before the first image is solved."""
     name = weights or DEFAULT_WEIGHTS.get((kind, spec.task))
     if name is None:
         raise CheckpointError(f"method {kind} has no shipped network for task {spec.task!r}; pass --weights")
-    _, meta = load_learned(kind, name, "cpu")
+    _, meta = load_learned(kind, name, "cpu", what)
     checkpoint_spec(meta).check_compatible(spec, meta["name"])
 
 

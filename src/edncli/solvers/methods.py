@@ -11,8 +11,8 @@ Learned methods register themselves here (``register_method``) from their own mo
 from __future__ import annotations
 
 import math
-import time
 import numbers
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence
 
@@ -48,12 +48,12 @@ class Problem:
     def __post_init__(self) -> None:
         """A number as ``delta`` means δ as given (any real scalar: numpy's float32 included);
         ``f``, ``u0`` and ``reference`` are held in float32, the solvers' precision (arrays read with
-        numpy are float64), and contiguous, so a result does not depend on the inputs' memory layout; shapes that do not fit ``op`` are a :class:`UsageError`."""
+        numpy are float64) and contiguous, so a result does not depend on the inputs' memory layout;
+        shapes that do not fit ``op`` are a :class:`UsageError`."""
         from ..errors import UsageError
 
         if isinstance(self.delta, numbers.Real) and not isinstance(self.delta, bool):
             self.delta = DeltaChoice(float(self.delta), "given")
-        # contiguous too: a transposed view gave tv other reduction orders, so other iterates
         self.f, self.u0 = self.f.float().contiguous(), self.u0.float().contiguous()
         if self.reference is not None:
             self.reference = self.reference.float().contiguous()
