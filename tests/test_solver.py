@@ -216,5 +216,6 @@ def test_tv_alpha_search_ends_near_delta_in_few_solves(sigma):
     meeting = [(e["alpha"][0], e["discrepancy"][0]) for e in search if e["discrepancy"][0] <= delta]
     best_alpha, best_disc = max(meeting)
     assert best_disc >= (1 - TV_DISC_RTOL) * delta
-    assert len(search) <= 7
+    # at most 7 values of α; a capped solve still moving towards δ is continued (once here)
+    assert sum(not e["continued"][0] for e in search) <= 7 and len(search) <= 9
     assert res.delta_reached and res.energy_monotone

@@ -54,6 +54,10 @@ FlatField = Annotated[str, typer.Option(
     help="-log((data - dark)/(white - dark)) with the file's /exchange/data_white and data_dark: auto (for "
     "/exchange/data, not for another --dataset), on, or off (data are line integrals).")]
 Transpose = Annotated[bool, typer.Option("--transpose", help="2D sinograms (plain arrays, or a 2D HDF5 --dataset) stored as (detectors, angles).")]
+ReverseDetector = Annotated[bool, typer.Option(
+    "--reverse-detector",
+    help="Reverse the detector axis as read (the last detector pixel first, as gratopy's reverse_detector); "
+    "--center counts in the reversed order.")]
 
 
 def parse_slices(spec: Optional[str]) -> Optional[List[int]]:
@@ -96,7 +100,7 @@ def _geometry(sino, size, beam, spacing, source_origin, origin_detector, center,
     """The CTGeometry for a sinogram and the CLI options; the centre rule is stated in the report."""
     import numpy as np
 
-    from ..io.sinograms import estimate_center
+    from ..io.sinograms import HALF_TURN_SHARE, estimate_center, scan_span
     from ..operators.tomography import CTGeometry
 
     det = sino.detectors
@@ -117,9 +121,7 @@ def _geometry(sino, size, beam, spacing, source_origin, origin_detector, center,
                          "(or check the geometry's distances and --detector-spacing)")
     center_rule = "given"
     if center is None:
-        distinct = np.unique(sino.theta)  # a repeated angle is no step of the scan
-        span = float(np.ptp(distinct)) + (float(np.median(np.diff(distinct))) if distinct.size > 1 else 0.0)
-        center = "auto" if (beam == "parallel" and span >= math.pi * 0.99) else "middle"
+        center = "auto" if (beam == "parallel" and scan_span(sino.theta) >= math.pi * HALF_TURN_SHARE) else "middle"
     if center == "middle":
         value = (det - 1) / 2
         center_rule = "middle"
@@ -158,6 +160,7 @@ def ct(
     center: Center = None,
     slices: Slices = None,
     transpose: Transpose = False,
+    reverse_detector: ReverseDetector = False,
     backend: Backend = "auto",
     method: MethodOpt = "cg",
     init: Annotated[Optional[str], typer.Option("--init", help="fbp (default) or zero.")] = None,
@@ -257,6 +260,15 @@ def ct(
                 sino = read_sinogram(sinogram, dataset=dataset, theta=theta, slices=parse_slices(slices),
                                      normalise={"auto": "auto", "on": True, "off": False}[flat_field],
                                      angle_file=angle_file, angle_unit=angle_unit, transpose=transpose)
+                if angles is not None and sino.file_theta is not None:
+                    own = np.rad2deg(sino.file_theta)
+                    raise UsageError(
+                        f"--angles {angles}: {sinogram} has its own {own.size} angles in /exchange/theta ({own.min():.4g} "
+                        f"to {own.max():.4g} degrees); leave --angles out to use them, or replace them with --angle-file FILE"
+                    )
+                if reverse_detector:
+                    sino.data = np.ascontiguousarray(sino.data[:, :, ::-1])
+                    sino.notes.append("detector reversed (--reverse-detector)")
                 if launch.is_main:
                     for warning in sino.warnings:
                         c.say(f"edn: warning: {warning}", quiet)

@@ -48,6 +48,9 @@ class Sinogram:
     warnings:
         Remarks on data that are probably wrong (e.g. ``/exchange/theta`` that looks like
         radians); the CLI prints them on stderr.
+    file_theta:
+        The file's own angles (``/exchange/theta``, radians), whether used or replaced by
+        ``theta``/``angle_file``; None when the file has none.
     """
 
     data: np.ndarray
@@ -56,6 +59,7 @@ class Sinogram:
     normalised: bool = False
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    file_theta: Optional[np.ndarray] = None
 
     @property
     def n_slices(self) -> int:
@@ -263,6 +267,12 @@ def _resolve_theta(
     against the projection count; angles read as degrees that look like radians add a warning."""
     if theta is not None and angle_file is not None:
         raise UsageError("theta and angle_file are both given; pass only one source of projection angles")
+    if file_theta is not None and (theta is not None or angle_file is not None):
+        deg = np.rad2deg(file_theta)
+        warnings.append(
+            f"{'the angle file replaces' if theta is None else 'the given angles replace'} the file's own {deg.size} angles in "
+            f"/exchange/theta ({deg.min():.4g} to {deg.max():.4g} degrees)"
+        )
     if theta is not None:
         out = np.asarray(theta, dtype=np.float64).reshape(-1)
         notes.append("angles from the theta argument (radians)")
@@ -468,7 +478,7 @@ def read_sinogram(
         notes.append("data_dark present without data_white: not normalised")
     return Sinogram(
         data=np.ascontiguousarray(raw, dtype=np.float32), theta=th, source=f"{p}:{name}", normalised=normalised, notes=notes,
-        warnings=warnings,
+        warnings=warnings, file_theta=file_theta,
     )
 
 
@@ -576,12 +586,25 @@ def _mass_centre_track(s: np.ndarray, th: np.ndarray) -> Optional[tuple[float, f
     return float(a), float(b)
 
 
+def scan_span(theta: np.ndarray) -> float:
+    """Angular range a scan covers (radians): the distinct angles' range plus one median step,
+    so ``N`` angles over ``[0, pi)`` span ``pi``; a repeated angle is no step of the scan."""
+    distinct = np.unique(np.asarray(theta, dtype=np.float64).reshape(-1))
+    return float(np.ptp(distinct)) + (float(np.median(np.diff(distinct))) if distinct.size > 1 else 0.0)
+
+
+#: A parallel-beam scan covering at least this share of 180 degrees counts as a half turn: its
+#: centre is estimated by default, pairing projections up to ``pi - range`` from opposite.
+HALF_TURN_SHARE = 0.99
+
+
 def estimate_center(sinogram: np.ndarray, theta: np.ndarray) -> float:
     """Estimate the rotation-axis position of a parallel-beam sinogram over >= 180 degrees.
 
     Each projection at ``theta_i`` is paired with the one nearest to ``theta_i + pi`` (within
-    one angular step). Where that is not exactly opposite (a scan over ``[0, pi)`` pairs
-    ``theta = 0`` with ``pi - step``), an object off the axis has moved by up to ``r step``
+    one angular step, or within ``pi - range`` for a scan covering at least 99% of 180 degrees,
+    e.g. one that lost its last frames). Where that is not exactly opposite (a scan over
+    ``[0, pi)`` pairs ``theta = 0`` with ``pi - step``), an object off the axis has moved by up to ``r step``
     pixels between the two angles: the partner is shifted back by the motion of the mass centre
     between them, read from a sinusoid fitted to the centres of mass of all projections. The
     partner is flipped and the shift ``delta`` maximising the summed cross-correlation is found,
@@ -619,14 +642,18 @@ def estimate_center(sinogram: np.ndarray, theta: np.ndarray) -> float:
     tw = np.mod(th, 2 * np.pi)
     distinct = np.unique(tw)  # repeated angles are no step of the scan
     step = float(np.median(np.diff(distinct))) if distinct.size > 1 else 0.0
-    tol = max(step, 1e-9) * 1.01 + 1e-9  # [0, pi) scans pair theta=0 with pi - step
+    reach = step
+    if scan_span(th) >= HALF_TURN_SHARE * np.pi:  # the first and last angles may be up to ~2 steps short of opposite
+        reach = max(step, np.pi - float(np.ptp(np.unique(th))))
+    tol = max(reach, 1e-9) * 1.01 + 1e-9  # [0, pi) scans pair theta=0 with pi - step
     sdiff = np.angle(np.exp(1j * (tw[None, :] - tw[:, None] - np.pi)))  # (i, j): theta_j - (theta_i + pi)
     diff = np.abs(sdiff)
     j = np.argmin(diff, axis=1)
     ok = diff[np.arange(n_ang), j] <= tol
     if not np.any(ok):
         raise UsageError(
-            "estimate_center found no projection pairs 180 degrees apart; it needs a parallel-beam scan over >= 180 deg"
+            f"no projection pairs 180 degrees apart to estimate the rotation axis from (the scan covers "
+            f"{np.rad2deg(scan_span(th)):.4g} degrees); give it with --center N (detector pixels) or --center middle"
         )
     rows, partners = np.flatnonzero(ok), j[ok]
     n = 1 << int(math.ceil(math.log2(2 * n_det)))

@@ -244,6 +244,9 @@ class _PerSampleWeighted(Energy):
 #: tv's α search ends for a sample when the largest α known to meet δ has a discrepancy of at
 #: least (1 - this) δ: the discrepancy principle's α to within ~1.5% of its value.
 TV_DISC_RTOL = 0.01
+#: A search solve that ran to its iteration cap while its discrepancy still moved towards δ says
+#: nothing about disc(α) on the other side: it is continued at the same α, up to this many times.
+TV_UNSURE_REPEATS = 12
 
 
 def _tv_solve(problem: Problem, alpha: torch.Tensor, u0: torch.Tensor, options: MethodOptions, callback: Callback, max_iter: int) -> SolveResult:
@@ -263,6 +266,13 @@ def _tv_solve(problem: Problem, alpha: torch.Tensor, u0: torch.Tensor, options: 
         callback=callback,
         record_ssim=options.record_ssim,
     )
+
+
+def _discrepancies(problem: Problem, u: torch.Tensor) -> torch.Tensor:
+    """``||A u_i - f_i||`` per sample, float64 on the host: (B,)."""
+    with torch.no_grad():
+        r = (problem.op(u) - problem.f).flatten(1).double()
+    return r.norm(dim=1).cpu()
 
 
 def _attach_delta(result: SolveResult, deltas: Optional[List[float]]) -> SolveResult:
@@ -297,7 +307,11 @@ def solve_tv(problem: Problem, options: MethodOptions, callback: Callback = None
     # the weight of an end point kept twice) on log disc against log α, which is nearly linear:
     # 3-5 solves instead of bisection's 8. A sample is done when its largest α meeting δ has a
     # discrepancy within TV_DISC_RTOL of δ, or after `tv_search_steps` bracketed steps. Warm
-    # starts keep solves short.
+    # starts keep solves short. A solve stopped by its cap is evidence only where its
+    # discrepancy moved away from δ's other side: one that misses δ while still falling (from an
+    # FBP or other rough start), or meets it while still rising (from the minimiser of a smaller
+    # α), and is nearer δ than its run moved, is continued at the same α (TV_UNSURE_REPEATS); on
+    # CT, trusting such a miss once put α two decades too low and the result at 0.56 δ.
     tv = HuberTV(options.huber_eps)
     u0 = problem.u0
     # Start where the two terms balance at a discrepancy of δ: α R(u) ~ δ^2 / 2, with u the
@@ -321,16 +335,26 @@ def solve_tv(problem: Problem, options: MethodOptions, callback: Callback = None
     # Iterations spent outside the reported solve (the search's solves, discarded final solves):
     # per sample, so a report's `iterations` plus these is the method's whole work.
     search_iterations = [0] * batch
-    for _ in range(options.tv_search_steps + 16):
+    repeats = torch.zeros(batch, dtype=torch.long)
+    for _ in range(options.tv_search_steps + 16 + TV_UNSURE_REPEATS):
         alpha = (10.0**log_alpha).float()
+        start_disc = _discrepancies(problem, warm)
         res = _tv_solve(problem, alpha, warm, options, None, options.tv_inner_iter)
         search_iterations = [n + s.iterations for n, s in zip(search_iterations, res.samples)]
         disc = torch.tensor([s.final_discrepancy for s in res.samples], dtype=torch.float64)
         meets = disc <= delta
+        capped = torch.tensor([s.stop_reason == "max_iter" for s in res.samples])
+        falling = disc < start_disc
+        # towards δ's other side, and not yet further from δ than the run just moved
+        towards = (~meets & falling) | (meets & ~falling)
+        near = (disc - delta).abs() < (disc - start_disc).abs()
+        unsure = capped & towards & near & (repeats < TV_UNSURE_REPEATS)
+        repeats = torch.where(unsure, repeats + 1, torch.zeros_like(repeats))
         f = torch.log10(disc.clamp_min(1e-300)) - log_delta
-        log.append({"alpha": alpha.tolist(), "discrepancy": disc.tolist(), "iterations": [s.iterations for s in res.samples]})
-        up_lo = meets & (log_alpha > lo)
-        up_hi = ~meets & (log_alpha < hi)
+        log.append({"alpha": alpha.tolist(), "discrepancy": disc.tolist(), "iterations": [s.iterations for s in res.samples],
+                    "continued": unsure.tolist()})
+        up_lo = meets & ~unsure & (log_alpha > lo)
+        up_hi = ~meets & ~unsure & (log_alpha < hi)
         # Illinois: the end point that stays for a second step in a row counts half as much
         f_hi = torch.where(up_lo & (kept > 0), 0.5 * f_hi, f_hi)
         f_lo = torch.where(up_hi & (kept < 0), 0.5 * f_lo, f_lo)
@@ -344,14 +368,15 @@ def solve_tv(problem: Problem, options: MethodOptions, callback: Callback = None
         bracketed = torch.isfinite(lo) & torch.isfinite(hi)
         bracketed_steps += bracketed.long()
         close = d_lo >= log_delta + math.log10(1 - TV_DISC_RTOL)
-        finished = close | (bracketed & (bracketed_steps >= options.tv_search_steps)) | (lo > 6) | (hi < -12)
+        finished = ~unsure & (close | (bracketed & (bracketed_steps >= options.tv_search_steps)) | (lo > 6) | (hi < -12))
         if bool(finished.all()):
             break
         t = (-f_lo / (f_hi - f_lo)).nan_to_num(0.5)
         t = torch.where((t > 0) & (t < 1), t, torch.full_like(t, 0.5)).clamp(0.02, 0.98)
-        log_alpha = torch.where(
+        step = torch.where(
             bracketed, lo + t * (hi - lo), torch.where(torch.isfinite(hi), hi - 1.0, lo + 1.0)
         )
+        log_alpha = torch.where(unsure, log_alpha, step)
     found = torch.isfinite(lo)
     final_log = torch.where(found, lo, hi - 1.0)
     final_alpha = (10.0**final_log).float()
