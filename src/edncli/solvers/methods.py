@@ -275,6 +275,14 @@ def _discrepancies(problem: Problem, u: torch.Tensor) -> torch.Tensor:
     return r.norm(dim=1).cpu()
 
 
+def _discrepancies_at(result: SolveResult, k: int) -> torch.Tensor:
+    """Per-sample ``||A u - f||`` recorded at iteration ``k`` of a solve (the last record before
+    it for a sample that stopped earlier): (B,) float64."""
+    rec = result.trace[min(k, len(result.trace) - 1)]
+    values = rec.rows.discrepancy if rec.rows is not None else [rec.discrepancy]
+    return torch.tensor(values, dtype=torch.float64)
+
+
 def _attach_delta(result: SolveResult, deltas: Optional[List[float]]) -> SolveResult:
     for i, s in enumerate(result.samples):
         s.delta = None if deltas is None else deltas[i]
@@ -310,8 +318,9 @@ def solve_tv(problem: Problem, options: MethodOptions, callback: Callback = None
     # starts keep solves short. A solve stopped by its cap is evidence only where its
     # discrepancy moved away from δ's other side: one that misses δ while still falling (from an
     # FBP or other rough start), or meets it while still rising (from the minimiser of a smaller
-    # α), and is nearer δ than its run moved, is continued at the same α (TV_UNSURE_REPEATS); on
-    # CT, trusting such a miss once put α two decades too low and the result at 0.56 δ.
+    # α), and is nearer δ than the second half of its run moved it, is continued at the same α
+    # (TV_UNSURE_REPEATS); on CT, trusting such a miss once put α two decades too low and the
+    # result at 0.56 δ.
     tv = HuberTV(options.huber_eps)
     u0 = problem.u0
     # Start where the two terms balance at a discrepancy of δ: α R(u) ~ δ^2 / 2, with u the
@@ -345,9 +354,9 @@ def solve_tv(problem: Problem, options: MethodOptions, callback: Callback = None
         meets = disc <= delta
         capped = torch.tensor([s.stop_reason == "max_iter" for s in res.samples])
         falling = disc < start_disc
-        # towards δ's other side, and not yet further from δ than the run just moved
+        # towards δ's other side, and nearer δ than the run's second half moved it
         towards = (~meets & falling) | (meets & ~falling)
-        near = (disc - delta).abs() < (disc - start_disc).abs()
+        near = (disc - delta).abs() < (disc - _discrepancies_at(res, options.tv_inner_iter // 2)).abs()
         unsure = capped & towards & near & (repeats < TV_UNSURE_REPEATS)
         repeats = torch.where(unsure, repeats + 1, torch.zeros_like(repeats))
         f = torch.log10(disc.clamp_min(1e-300)) - log_delta
