@@ -98,8 +98,6 @@ def _check_fan_options(beam: str, source_origin, origin_detector) -> None:
 
 def _geometry(sino, size, beam, spacing, source_origin, origin_detector, center, quiet):
     """The CTGeometry for a sinogram and the CLI options; the centre rule is stated in the report."""
-    import numpy as np
-
     from ..io.sinograms import HALF_TURN_SHARE, estimate_center, scan_span
     from ..operators.tomography import CTGeometry
 
