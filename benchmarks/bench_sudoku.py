@@ -63,7 +63,7 @@ def main() -> int:
     def row(name, r):
         return (
             f"| {name} | {r['max_iterations']} | {100 * r['cell_accuracy']:.1f}% | {100 * r['solved_rate']:.1f}% "
-            f"| {r['iterations']:.1f} | {r['time_s']:.1f} | {'yes' if r['energy_monotone'] else 'NO'} |"
+            f"| {r['iterations']:.1f} | {r['time_s']:.1f} | {'-' if r['energy_monotone'] is None else 'yes' if r['energy_monotone'] else 'NO'} |"
         )
 
     p = main_table["puzzles"]

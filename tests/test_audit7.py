@@ -182,3 +182,71 @@ def test_delta_below_the_float32_floor_is_not_reported_as_reached(tmp_path):
         true2 = (op(res2.u) - f.repeat(2, 1, 1)).double().flatten(1).norm(dim=1)
         for v, t in zip(res2.samples, true2.tolist()):
             assert v.final_discrepancy == pytest.approx(t, rel=1e-3) and v.delta_reached == (t <= 1e-6), method
+
+
+# ------------------------------------------------------------------ sudoku audit
+
+
+def test_infeasible_message_claims_no_false_bound():
+    # was: "energy >= 1 > 0 for every u": the number was E at the start, and 300 gd steps reach 0.098
+    from .test_sudoku_solve import invoke
+
+    bad = "557000325000900100040528090870004600609307050000100008100430067003006240020759030"
+    res, code = invoke(["solve", bad])
+    assert code == 2
+    msg = str(res.exception)
+    assert "infeasible" in msg and "energy >=" not in msg and "the energy is > 0 for every u" in msg, msg
+
+
+@pytest.mark.parametrize("args, option", [
+    (["--method", "gd", "--weights", "nowhere.safetensors"], "--weights"),
+    (["--method", "baseline", "--iterations", "500"], "--iterations"),
+])
+def test_sudoku_solve_refuses_options_its_method_does_not_read(args, option):
+    # was: run and exit 0 (gd ignored a checkpoint that does not exist; baseline forced 1 iteration)
+    from .test_sudoku_solve import EASY, invoke
+
+    res, code = invoke(["solve", EASY, *args])
+    assert code == 2 and isinstance(res.exception, UsageError) and option in str(res.exception), res.output
+
+
+@pytest.mark.parametrize("args, option", [
+    (["--methods", "gd", "--edn-iterations", "5"], "--edn-iterations"),
+    (["--methods", "gd", "--weights", "nope"], "--weights"),
+    (["--methods", "gd,edn", "--baseline-weights", "nope"], "--baseline-weights"),
+    (["--methods", "edn", "--gd-iterations", "10"], "--gd-iterations"),
+])
+def test_sudoku_eval_refuses_options_of_methods_it_does_not_run(tmp_path, args, option):
+    from .test_sudoku_solve import EASY, invoke
+
+    csv = tmp_path / "p.csv"
+    csv.write_text("puzzle,solution\n" + EASY + "," + "5" * 81 + "\n")
+    res, code = invoke(["eval", "--puzzles", str(csv), *args])
+    assert code == 2 and option in str(res.exception), res.output
+
+
+def test_simplex_projection_of_huge_entries_is_on_the_simplex():
+    # was: float32 rows with an entry above ~2^24 projected to all zeros (sum - 1 lost the 1)
+    import torch
+
+    from edncli.sudoku.sets import project_simplex
+
+    for dtype in (torch.float32, torch.float64):
+        x = torch.tensor([[3e7, 1.0, 0.0], [1e20, -5.0, 2.0], [0.2, 0.3, 0.1]], dtype=dtype)
+        y = project_simplex(x)
+        assert torch.allclose(y.sum(-1), torch.ones(3, dtype=dtype)) and bool((y >= 0).all())
+        assert y[0].tolist() == [1.0, 0.0, 0.0] and y[1].tolist() == [1.0, 0.0, 0.0]
+        want = torch.tensor([0.3333333, 0.4333333, 0.2333333], dtype=dtype)
+        assert torch.allclose(y[2], want, atol=1e-6)
+
+
+def test_baseline_is_not_reported_energy_monotone():
+    # was: "energy monotone: yes" for one network pass, where nothing was checked
+    from .test_sudoku_solve import EASY, invoke
+
+    pytest.importorskip("safetensors")
+    res, code = invoke(["solve", EASY, "--method", "baseline"])
+    assert code in (0, 3), res.output
+    assert "energy monotone" not in res.output, res.output
+    res, code = invoke(["solve", EASY, "--method", "gd", "--iterations", "3"])
+    assert "energy monotone: yes" in res.output, res.output

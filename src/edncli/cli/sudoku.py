@@ -34,6 +34,10 @@ Weights = Annotated[
 ]
 
 
+#: Why an infeasible puzzle has no answer: C5 (the givens) misses C1-C4, so E > 0 everywhere.
+_NO_GRID = "no grid keeps these givens and the rules (the energy is > 0 for every u)"
+
+
 def _echo(msg: str, quiet: bool) -> None:
     if not quiet:
         typer.echo(msg)
@@ -110,18 +114,19 @@ def solve(
     the file is unreadable.
     """
     from ..sudoku.puzzles import find_conflicts, puzzles_from_argument, write_solutions_csv
-    from ..sudoku.solve import infeasible_energy, solve_table
+    from ..sudoku.solve import monotone_word, solve_table
 
+    if method == "gd" and weights is not None:
+        raise UsageError("--weights is read by edn and baseline; gd (averaged projections) uses no network: drop --weights")
+    if method == "baseline" and iterations is not None:
+        raise UsageError("--iterations is read by edn and gd; baseline is one network pass: drop --iterations")
     _check_outputs([out, json_out], force)
     c.check_not_inputs({"--out": out, "--json": json_out}, [puzzle], "the puzzle file")
     table = puzzles_from_argument(puzzle)
     single = len(table) == 1 and table.source == "argument"
     conflicts = find_conflicts(table.puzzles[0]) if single else []
     if conflicts:  # a bad argument value: refused before any work
-        raise UsageError(
-            f"argument PUZZLE: infeasible: {conflicts[0]}; energy >= {infeasible_energy(table.puzzles[0]):.3g} > 0 "
-            "for every u; fix the givens"
-        )
+        raise UsageError(f"argument PUZZLE: infeasible: {conflicts[0]}; {_NO_GRID}; fix the givens")
     report = solve_table(table, method, iterations, weights, batch_size, _device(device), stop_when_solved=stop_when_solved)
     if out is not None:
         write_solutions_csv(out, table.ids, table.puzzles, report.rows)
@@ -138,7 +143,8 @@ def solve(
     _echo(
         f"{s['solved']}/{s['puzzles']} solved with {method}"
         + (f" ({report.iterations} iterations max)" if method != "baseline" else "")
-        + f", energy monotone: {'yes' if s['energy_monotone'] else 'NO'}, {s['time_s']:.1f} s",
+        + (f", energy monotone: {monotone_word(s['energy_monotone'])}" if s["energy_monotone"] is not None else "")
+        + f", {s['time_s']:.1f} s",
         quiet,
     )
     infeasible = [r for r in report.rows if r["status"] == "infeasible"]
@@ -146,9 +152,7 @@ def solve(
         r = infeasible[0]
         where = f"puzzle {r['id']}: "
         more = f" (and {len(infeasible) - 1} more infeasible puzzles)" if len(infeasible) > 1 else ""
-        raise InputError(
-            f"{where}infeasible: {r['problems'][0]}; energy >= {r['energy']:.3g} > 0 for every u{more}; fix the givens"
-        )
+        raise InputError(f"{where}infeasible: {r['problems'][0]}; {_NO_GRID}{more}; fix the givens")
     if s["solved"] < s["puzzles"]:
         raise typer.Exit(3)
 
@@ -159,7 +163,7 @@ def evaluate(
     methods: Annotated[str, typer.Option("--methods", help="Comma-separated: gd, baseline, edn.")] = "gd,baseline,edn",
     label: Annotated[Optional[str], typer.Option("--label", help="Only rows with this label (e.g. easy).")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N puzzles (after --label).")] = None,
-    gd_iterations: Annotated[int, typer.Option("--gd-iterations", help="Iterations of gradient descent.")] = 750,
+    gd_iterations: Annotated[Optional[int], typer.Option("--gd-iterations", help="Iterations of gradient descent (default 750).")] = None,
     edn_iterations: Annotated[Optional[int], typer.Option("--edn-iterations", help="Iterations of edn (default from checkpoint).")] = None,
     weights: Annotated[Optional[str], typer.Option("--weights", help="edn checkpoint (name or path).")] = None,
     baseline_weights: Annotated[Optional[str], typer.Option("--baseline-weights", help="Baseline checkpoint (name or path).")] = None,

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import InputError, UsageError
 from .puzzles import check_solution, read_puzzles
-from .solve import METHODS, solve_table
+from .solve import METHODS, monotone_word, solve_table
 
 
 def evaluate_methods(
@@ -25,7 +25,7 @@ def evaluate_methods(
     methods: List[str],
     label: Optional[str] = None,
     limit: Optional[int] = None,
-    gd_iterations: int = 750,
+    gd_iterations: Optional[int] = None,
     edn_iterations: Optional[int] = None,
     weights: Optional[str] = None,
     baseline_weights: Optional[str] = None,
@@ -44,6 +44,12 @@ def evaluate_methods(
     for option, value in (("--gd-iterations", gd_iterations), ("--edn-iterations", edn_iterations)):
         if value is not None and value < 0:
             raise UsageError(f"{option} {value}: must be >= 0")
+    for option, value, method in (("--gd-iterations", gd_iterations, "gd"), ("--edn-iterations", edn_iterations, "edn"),
+                                  ("--weights", weights, "edn"), ("--baseline-weights", baseline_weights, "baseline")):
+        if value is not None and method not in methods:
+            raise UsageError(f"{option} is read by method {method}, which --methods {','.join(methods)} does not run; "
+                             f"add {method} or drop {option}")
+    gd_iterations = 750 if gd_iterations is None else gd_iterations
     table = read_puzzles(puzzles)
     if table.solutions is None:
         raise InputError(f"{Path(puzzles).name}: evaluation needs a 'solution' for every puzzle (a CSV with puzzle,solution columns)")
@@ -124,7 +130,7 @@ def format_table(table: Dict[str, Any]) -> str:
     for m, r in table["methods"].items():
         lines.append(
             f"{m:<10}{r['max_iterations']:>7}{100 * r['cell_accuracy']:>9.1f}%{100 * r['solved_rate']:>8.1f}%"
-            f"{r['iterations']:>9.1f}{r['time_s']:>9.1f}  {'yes' if r['energy_monotone'] else 'NO'}"
+            f"{r['iterations']:>9.1f}{r['time_s']:>9.1f}  {monotone_word(r['energy_monotone'])}"
         )
     for m, labs in table.get("by_label", {}).items():
         if len(labs) > 1:

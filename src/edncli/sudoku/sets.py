@@ -20,9 +20,12 @@ def project_simplex(x: torch.Tensor) -> torch.Tensor:
 
     Sort-based algorithm (Held et al. 1974; Duchi et al. 2008): with ``s`` sorted decreasingly,
     ``rho = max{k : s_k - (sum_{j<=k} s_j - 1)/k > 0}``, ``theta = (sum_{j<=rho} s_j - 1)/rho``,
-    ``y = max(x - theta, 0)``. Exact up to round-off; ``O(n log n)`` per row.
+    ``y = max(x - theta, 0)``. Exact up to round-off; ``O(n log n)`` per row. The projection
+    commutes with adding a constant to a row, so each row is first shifted to a maximum of 0:
+    with entries far above 1 (e.g. 3e7 in float32) ``sum - 1`` would otherwise lose the 1.
     """
     n = x.shape[-1]
+    x = x - x.amax(dim=-1, keepdim=True)
     s, _ = torch.sort(x, dim=-1, descending=True)
     css = s.cumsum(dim=-1) - 1.0
     k = torch.arange(1, n + 1, dtype=x.dtype, device=x.device)

@@ -94,7 +94,7 @@ class RunOutput:
     first_solved: torch.Tensor  # (B,) long: first iteration whose rounding is a solution, -1 if never
     iterations: torch.Tensor  # (B,) long: iterations run
     final_energy: torch.Tensor  # (B,)
-    energy_monotone: List[bool]
+    energy_monotone: List[Optional[bool]]  # None: no iterations, nothing was checked (the baseline)
     max_energy_increase: List[float]
     time_s: float
     trace: List[Dict[str, Any]] = field(default_factory=list)
@@ -183,7 +183,7 @@ def run_baseline(givens: torch.Tensor, net: torch.nn.Module) -> RunOutput:
         first_solved=torch.where(ok.cpu(), 1, -1).long(),
         iterations=torch.ones(b, dtype=torch.long),
         final_energy=energy.value(u).cpu(),
-        energy_monotone=[True] * b,  # no iterations: nothing to check
+        energy_monotone=[None] * b,  # one network pass, no iterations: nothing was checked
         max_energy_increase=[0.0] * b,
         time_s=time.perf_counter() - start,
     )
@@ -220,7 +220,7 @@ class SudokuReport:
             "infeasible": self.n_infeasible,
             "solved_rate": self.n_solved / max(len(self.rows), 1),
             "time_s": self.time_s,
-            "energy_monotone": all(r["energy_monotone"] for r in self.rows),
+            "energy_monotone": _all_checked(r["energy_monotone"] for r in self.rows),
         }
         accs = [r["cell_accuracy"] for r in self.rows if r.get("cell_accuracy") is not None]
         if accs and len(accs) == len(self.rows):
@@ -234,10 +234,22 @@ class SudokuReport:
         return {"summary": self.summary(), "checkpoint": self.checkpoint, "puzzles": self.rows}
 
 
+def _all_checked(flags) -> Optional[bool]:
+    """True when every checked flag is True, False when one is not, None when none was checked."""
+    checked = [f for f in flags if f is not None]
+    return None if not checked else all(checked)
+
+
+def monotone_word(flag: Optional[bool]) -> str:
+    """``yes``, ``NO``, or ``-`` where nothing was checked (the baseline's one pass)."""
+    return "-" if flag is None else ("yes" if flag else "NO")
+
+
 def infeasible_energy(puzzle: np.ndarray, device: str = "cpu") -> float:
     """The energy at the initial point of a puzzle whose givens break the rules.
 
-    C5 and C1-C4 are disjoint then: E > 0 at every u, and this value is a witness.
+    C5 and C1-C4 are disjoint then: E > 0 at every u (this value is E at the start, not its
+    minimum).
     """
     e = SudokuEnergy(torch.tensor(puzzle, dtype=torch.long, device=device).view(1, 9, 9))
     return float(e.value(e.initial_point()))
@@ -295,7 +307,7 @@ def solve_table(
                 "problems": conflicts[i],
                 "energy": infeasible_energy(table.puzzles[i], device),
                 "iterations": 0,
-                "energy_monotone": True,
+                "energy_monotone": None,  # not run
                 "cell_accuracy": None,
                 "blank_accuracy": None,
             }
@@ -320,7 +332,7 @@ def solve_table(
                 "energy": float(out.final_energy[j]),
                 "iterations": int(out.first_solved[j]) if solved and out.first_solved[j] >= 0 else int(out.iterations[j]),
                 "iterations_run": int(out.iterations[j]),
-                "energy_monotone": bool(out.energy_monotone[j]),
+                "energy_monotone": None if out.energy_monotone[j] is None else bool(out.energy_monotone[j]),
                 "max_energy_increase": float(out.max_energy_increase[j]),
                 "cell_accuracy": None,
                 "blank_accuracy": None,
