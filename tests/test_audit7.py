@@ -250,3 +250,67 @@ def test_baseline_is_not_reported_energy_monotone():
     assert "energy monotone" not in res.output, res.output
     res, code = invoke(["solve", EASY, "--method", "gd", "--iterations", "3"])
     assert "energy monotone: yes" in res.output, res.output
+
+
+# ------------------------------------------------------------------ denoiser-methods audit
+
+
+def _blurred(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    # a bright square on black: the deblurred result overshoots [0, 1] at its edges
+    img = np.zeros((48, 48), np.float32)
+    img[12:36, 12:36] = 1.0
+    from PIL import Image
+
+    Image.fromarray((img * 255).astype(np.uint8)).save("sq.png")
+    code, _, err = edn(monkeypatch, capsys, "simulate", "deblur", "--kernel-sigma", "1.6", "--noise-sigma", "0.01",
+                       "--seed", "1", "sq.png", "-o", "b.tif")
+    assert code == 0, err
+
+
+def test_a_png_that_clips_the_result_past_delta_is_not_reported_as_reaching_it(tmp_path, monkeypatch, capsys):
+    # was: exit 0 and "δ reached" while the written PNG (clipped to [0, 1]) had ||Au-f|| 1.8 δ
+    _blurred(tmp_path, monkeypatch, capsys)
+    code, _, err = edn(monkeypatch, capsys, "deblur", "--kernel-sigma", "1.6", "b.tif", "--method", "cg", "-o", "x.tif",
+                       "--report", "x.json")
+    assert code == 0, err
+    u = __import__("tifffile").imread("x.tif")
+    assert u.min() < 0 or u.max() > 1  # the test needs a result outside [0, 1]
+    code, _, err = edn(monkeypatch, capsys, "deblur", "--kernel-sigma", "1.6", "b.tif", "--method", "cg", "-o", "x.png",
+                       "--report", "p.json")
+    doc = json.loads(Path("p.json").read_text())
+    out = doc["output"]
+    assert out["format"] == "png" and out["clipped"] > 0
+    # the written image's discrepancy, recomputed from the file
+    import torch
+    from PIL import Image
+
+    from edncli.operators.blur import Blur, gaussian_kernel
+
+    png = np.asarray(Image.open("x.png"), dtype=np.float64) / 65535
+    f = __import__("tifffile").imread("b.tif").astype(np.float64)
+    op = Blur((48, 48), gaussian_kernel(1.6, 25), "reflect")
+    true = float((op(torch.from_numpy(png).float()[None]) - torch.from_numpy(f).float()[None]).double().norm())
+    assert out["discrepancy"][0] == pytest.approx(true, rel=1e-4)
+    assert doc["delta_reached"] and true > doc["delta"]  # the solver's result met δ, the file does not
+    assert code == 3 and "edn: warning:" in err and "written image" in err and out["delta_reached"] is False, err
+
+
+def test_min_iter_above_the_presets_cap_raises_the_cap(tmp_path, monkeypatch, capsys):
+    # was: --min-iter 100 for pnp ran the preset's 75 iterations, exit 0, with settings min 100 > max 75
+    _blurred(tmp_path, monkeypatch, capsys)
+    code, _, err = edn(monkeypatch, capsys, "deblur", "--kernel-sigma", "1.6", "b.tif", "--method", "pnp", "--min-iter", "90",
+                       "-o", "x.tif", "--report", "r.json")
+    assert code in (0, 3), err
+    doc = json.loads(Path("r.json").read_text())
+    assert doc["iterations"] >= 90 and doc["settings"]["max_iter"] >= doc["settings"]["min_iter"] == 90
+
+
+@pytest.mark.parametrize("method", ["red", "pnp"])
+def test_box_is_refused_where_it_changes_nothing(tmp_path, monkeypatch, capsys, method):
+    # was: accepted and ignored (red and pnp project at every step)
+    _blurred(tmp_path, monkeypatch, capsys)
+    code, _, err = edn(monkeypatch, capsys, "deblur", "--kernel-sigma", "1.6", "b.tif", "--method", method, "--box",
+                       "-o", "x.tif")
+    assert code == 2 and _one_line(err) and "--box is for --method potential" in err and "already" in err, err
+    assert not Path("x.tif").exists()

@@ -263,7 +263,8 @@ def test_a_two_channel_png_is_refused():
 
 
 def test_cli_writes_16bit_colour_png_unless_bit_depth_8(workdir, monkeypatch, capsys):
-    np.save("rgb.npy", np.random.default_rng(3).random((3, 16, 16)).astype(np.float32))
+    # values well inside [0, 1], so that the PNG's clipping cannot move the result past δ
+    np.save("rgb.npy", (0.4 + 0.2 * np.random.default_rng(3).random((3, 16, 16))).astype(np.float32))
     assert edn(monkeypatch, capsys, "sr", "--scale", "4", "rgb.npy", "-o", "o16.png", *GD)[0] == 0
     assert edn(monkeypatch, capsys, "sr", "--scale", "4", "rgb.npy", "-o", "o8.png", *GD, "--bit-depth", "8")[0] == 0
     assert Path("o16.png").read_bytes()[24:26] == bytes([16, 2])

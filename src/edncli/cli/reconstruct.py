@@ -29,7 +29,7 @@ AlphaOpt = Annotated[
 WeightsOpt = Annotated[Optional[str], typer.Option("--weights", help="Checkpoint path, or name looked up in $EDN_WEIGHTS_DIR, weights/, then the current folder.")]
 LamOpt = Annotated[Optional[float], typer.Option("--lam", help="potential/red: regularisation weight λ (default: the --preset's, i.e. this task's validation-tuned value).")]
 MuOpt = Annotated[Optional[float], typer.Option("--mu", help="red/pnp: step size µ (default: the --preset's, i.e. this task's validation-tuned value).")]
-BoxOpt = Annotated[bool, typer.Option("--box", help="potential/red/pnp: keep iterates in [0, 1] (proximal variant).")]
+BoxOpt = Annotated[bool, typer.Option("--box", help="potential: keep iterates in [0, 1] (proximal variant; red and pnp always do).")]
 PresetOpt = Annotated[Optional[str], typer.Option("--preset", help="potential/red/pnp: settings of task sr or deblur (validation-tuned), or paper-sr / paper-deblur (paper 000 Table 2) (default: this task).")]
 InitOpt = Annotated[Optional[str], typer.Option("--init", help="Initial guess (see each command's help).")]
 
@@ -49,6 +49,8 @@ def check_method_options(method: str, given: dict) -> None:
     for name, on in given.items():
         if on and method not in METHOD_OPTIONS[name]:
             why = "does not use it"
+            if name == "--box" and method in ("red", "pnp"):
+                why = "projects onto [0, 1] at every step already (eqs. 28-29)"
             if method == "potential" and METHOD_OPTIONS[name] is NETWORK_EVAL_METHODS:  # its network is evaluated whole
                 why = ("evaluates its network whole in float32: tiling, low precision or an ensemble would change "
                        "the energy F = f + λ g_θ whose descent it checks")
@@ -269,10 +271,14 @@ def run_problems(
         if result.delta_reached is False and (problem.f.shape[0] == len(result.samples) or "whole" in context):
             _explain_unreachable(job.path, built, quiet)
         files = []
+        written = None
         if write_result is None:
-            image = encode_image(c.from_tensor(result.u, ndim), output_format(job.out, fmt), bit_depth or 16,
+            out_fmt = output_format(job.out, fmt)
+            image = encode_image(c.from_tensor(result.u, ndim), out_fmt, bit_depth or 16,
                                  stack=context.get("stack", False))
             files.append((job.out, image))
+            if out_fmt == "png" and problem.f.shape[0] == len(result.samples):
+                written = _png_verdict(problem, result, bit_depth or 16)
         # the whole input's δ: under torchrun ``problem`` holds rank 0's slices only
         delta_doc = context.get("delta", problem.delta.as_dict() if problem.delta else None)
         if delta_doc and delta_doc.get("sigma_fallback"):
@@ -289,6 +295,18 @@ def run_problems(
         )
         if batch is not None:
             doc["batch"] = batch
+        missed_by_file = bool(written and result.delta_reached and not written["delta_reached"])
+        if written is not None:
+            doc["output"] = written
+            if missed_by_file:
+                worst = max(range(len(written["discrepancy"])),
+                            key=lambda i: written["discrepancy"][i] / max(result.samples[i].delta or 0.0, 1e-300))
+                text = (f"{job.out}: the PNG clips {written['clipped']} value(s) to [0, 1] and rounds to "
+                        f"{written['bit_depth']} bits, so the written image has ||Au-f|| = "
+                        f"{written['discrepancy'][worst]:.4g} > δ = {result.samples[worst].delta:.4g}; "
+                        "write .tif or .npy to keep the result that meets δ")
+                doc.setdefault("warnings", []).append(text)
+                c.say(f"edn: warning: {text}", quiet)
         if job.rep is not None:
             files.append((job.rep, report_bytes(doc)))
         if job.plt is not None:
@@ -296,7 +314,7 @@ def run_problems(
         if write_result is not None:
             write_result(job.out, result, context)
         write_together(files, force=force)
-        reached = result.delta_reached
+        reached = False if missed_by_file else result.delta_reached
         summaries.append(
             {
                 "input": job.path,
@@ -311,6 +329,8 @@ def run_problems(
             }
         )
         verdict = {True: "δ reached", False: f"δ NOT reached ({_miss_reason(result)})", None: "no δ set"}[reached]
+        if missed_by_file:
+            verdict = "δ reached by the result, NOT by the written PNG (clipped to [0, 1])"
         c.say(
             f"{job.path} -> {job.out}: {method}, {result.iterations} iterations{_search_text(result)}, "
             f"||Au-f|| = {result.final_discrepancy:.4g}"
@@ -350,6 +370,25 @@ def run_problems(
     if missed:
         c.say(f"{missed} of {len(jobs)} run(s) ended without reaching δ (exit code 3)", quiet)
         raise typer.Exit(3)
+
+
+def _png_verdict(problem, result, bit_depth: int) -> dict:
+    """δ on what a PNG output holds: the result clipped to [0, 1] and rounded to ``bit_depth``
+    bits, as :func:`~edncli.io.images.encode_image` writes it (one more ``A u``).
+
+    Returns the report's ``output`` entry: ``format``, ``bit_depth``, ``clipped`` (values outside
+    [0, 1]), per-sample ``discrepancy`` of the written image and its ``delta_reached``."""
+    import torch
+
+    u = result.u.detach().float()
+    levels = float(2**bit_depth - 1)
+    q = torch.round(u.clamp(0.0, 1.0) * levels) / levels
+    with torch.no_grad():
+        disc = (problem.op(q.to(problem.f.device)) - problem.f).flatten(1).double().norm(dim=1).cpu().tolist()
+    deltas = [s.delta for s in result.samples]
+    reached = None if any(d is None for d in deltas) else all(v <= d for v, d in zip(disc, deltas))
+    return {"format": "png", "bit_depth": bit_depth, "clipped": int(((u < 0) | (u > 1)).sum()),
+            "discrepancy": disc, "delta_reached": reached}
 
 
 #: Why a run stopped short of δ, as the summary line says it (keys: ``SampleVerdict.stop_reason``).

@@ -17,7 +17,7 @@ NETWORK_EVAL_METHODS = ("edn", "baseline", "red", "pnp")
 METHOD_OPTIONS = {
     "--lam": ("potential", "red"),
     "--mu": ("red", "pnp"),
-    "--box": ("potential", "red", "pnp"),
+    "--box": ("potential",),  # red and pnp project onto [0, 1] at every step (eqs. 28-29)
     "--preset": ("potential", "red", "pnp"),
     "--alpha": ("tv", "edn"),
     "--min-iter": ("gd", "cg", "edn", "potential", "red", "pnp"),
