@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from edncli.sudoku.evaluate import evaluate_methods, format_table
+from edncli.sudoku.solve import monotone_word
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parents[1] / "shared" / "data" / "sudoku" / "sudoku_dev.csv"
@@ -63,7 +64,7 @@ def main() -> int:
     def row(name, r):
         return (
             f"| {name} | {r['max_iterations']} | {100 * r['cell_accuracy']:.1f}% | {100 * r['solved_rate']:.1f}% "
-            f"| {r['iterations']:.1f} | {r['time_s']:.1f} | {'-' if r['energy_monotone'] is None else 'yes' if r['energy_monotone'] else 'NO'} |"
+            f"| {r['iterations']:.1f} | {r['time_s']:.1f} | {monotone_word(r['energy_monotone'])} |"
         )
 
     p = main_table["puzzles"]

@@ -152,10 +152,8 @@ class DataFidelity(Energy):
         ~1e-7 ``||f||``: negligible until ``||A u - f||`` itself is that small, where the
         solvers' δ test must not rest on it."""
         if not self.residual_is_exact(u):
-            self._cache_r = self.op.forward(u) - self.f
-            self._cache_u = u
-            self._exact = True
-        return torch.linalg.vector_norm(_rows(self._cache_r), dim=1, dtype=torch.float64)
+            self._cache_u = None  # residual() recomputes it
+        return torch.linalg.vector_norm(_rows(self.residual(u)), dim=1, dtype=torch.float64)
 
     def discrepancy(self, u: torch.Tensor) -> torch.Tensor:
         """``||A u - f||`` per sample, shape ``(B,)``."""

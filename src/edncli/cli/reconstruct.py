@@ -380,9 +380,10 @@ def _png_verdict(problem, result, bit_depth: int) -> dict:
     [0, 1]), per-sample ``discrepancy`` of the written image and its ``delta_reached``."""
     import torch
 
+    from ..io.images import png_counts
+
     u = result.u.detach().float()
-    levels = float(2**bit_depth - 1)
-    q = torch.round(u.clamp(0.0, 1.0) * levels) / levels
+    q = torch.from_numpy(png_counts(u.cpu().numpy(), bit_depth) / float(2**bit_depth - 1)).float()
     with torch.no_grad():
         disc = (problem.op(q.to(problem.f.device)) - problem.f).flatten(1).double().norm(dim=1).cpu().tolist()
     deltas = [s.delta for s in result.samples]

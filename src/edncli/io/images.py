@@ -307,6 +307,12 @@ def _png16(hwc: np.ndarray) -> bytes:
 PNG_CHANNELS = (1, 3, 4)
 
 
+def png_counts(arr: np.ndarray, bit_depth: int) -> np.ndarray:
+    """What a PNG of ``bit_depth`` bits stores for float values: clipped to [0, 1], rounded to
+    ``2**bit_depth - 1`` levels (float array of integer counts)."""
+    return np.round(np.clip(arr, 0.0, 1.0) * float(2**bit_depth - 1))
+
+
 def encode_image(arr: np.ndarray, fmt: str, bit_depth: int = 16, dataset: str = "image", stack: bool = False) -> bytes:
     """Encode a float image (``(H, W)`` or ``(C, H, W)``) to bytes in ``fmt``.
 
@@ -326,13 +332,13 @@ def encode_image(arr: np.ndarray, fmt: str, bit_depth: int = 16, dataset: str = 
         hwc = np.moveaxis(arr, 0, -1) if arr.ndim == 3 else arr
         if hwc.ndim == 3 and hwc.shape[-1] == 1:
             hwc = hwc[..., 0]
-        clipped = np.clip(hwc, 0.0, 1.0)
+        counts = png_counts(hwc, bit_depth)
         if bit_depth == 8:
-            img = Image.fromarray(np.round(clipped * 255).astype(np.uint8))
+            img = Image.fromarray(counts.astype(np.uint8))
         elif hwc.ndim == 3:
-            return _png16(np.round(clipped * 65535).astype(np.uint16))
+            return _png16(counts.astype(np.uint16))
         else:
-            img = Image.fromarray(np.round(clipped * 65535).astype(np.uint16))
+            img = Image.fromarray(counts.astype(np.uint16))
         img.save(buf, format="PNG")
     elif fmt == "tif":
         import tifffile
