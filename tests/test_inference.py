@@ -310,7 +310,7 @@ def test_sr_uses_nhwc_on_cpu_by_default_with_the_same_result(tmp_path, monkeypat
         docs[flag] = json.loads(Path(f"r{flag}.json").read_text())
         outs[flag] = read_image(f"out{flag}.tif")[0]
     assert docs[""]["inference"]["channels_last"] is True
-    assert "inference" not in docs["--no-channels-last"] or docs["--no-channels-last"]["inference"] is None
+    assert docs["--no-channels-last"]["inference"]["channels_last"] is False
     assert docs[""]["iterations"] == docs["--no-channels-last"]["iterations"]
     assert np.abs(outs[""] - outs["--no-channels-last"]).max() < 1e-4
 

@@ -72,7 +72,12 @@ Handover = Annotated[
     ),
 ]
 ReferenceOpt = Annotated[
-    Optional[str], typer.Option("--reference", help="Ground truth image: adds PSNR/SSIM per iteration to the report.")
+    Optional[str],
+    typer.Option(
+        "--reference",
+        help="Ground truth image: adds PSNR/SSIM per iteration to the report. For sr and deblur, a folder "
+        "holds one per input, matched by file name (ref/baby.png for lr/baby.tif).",
+    ),
 ]
 Format = Annotated[Optional[str], typer.Option("--format", help="Output format: png, tif, npy or h5 (default: from -o).")]
 BitDepth = Annotated[Optional[int], typer.Option("--bit-depth", help="Bits per sample for PNG output (8 or 16; default 16).")]
@@ -197,7 +202,10 @@ def say(msg: str, quiet: bool) -> None:
 
 
 # ---------------------------------------------------------------------------- inputs
-def expand_inputs(spec: str, exts: tuple = (".png", ".tif", ".tiff", ".npy", ".h5", ".hdf5")) -> List[str]:
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".npy", ".h5", ".hdf5")
+
+
+def expand_inputs(spec: str, exts: tuple = IMAGE_SUFFIXES) -> List[str]:
     """A file, ``-``, a folder (its image files, sorted) or a glob pattern -> list of paths."""
     if spec == "-":
         return ["-"]
@@ -217,6 +225,32 @@ def expand_inputs(spec: str, exts: tuple = (".png", ".tif", ".tiff", ".npy", ".h
     if not p.exists():
         raise InputError(f"{spec}: no such file")
     return [spec]
+
+
+def references_for(reference: Optional[str], inputs: List[str]) -> List[Optional[str]]:
+    """The ``--reference`` file of each input: the one file (or ``-``) for all of them, or, for a
+    folder, its image with the input's stem (``ref/baby.png`` for ``lr/baby.tif``). Every input is
+    matched before any work, so a missing ground truth stops the run before its first output."""
+    if reference is None or reference == "-" or not Path(reference).is_dir():
+        return [reference] * len(inputs)
+    by_stem: dict = {}
+    for q in sorted(Path(reference).iterdir()):
+        if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES:
+            by_stem.setdefault(q.stem, []).append(str(q))
+    matched = []
+    for path in inputs:
+        if path == "-":
+            raise UsageError(f"--reference {reference} is a folder, matched to the inputs by file name, and stdin has none; "
+                             "give --reference FILE")
+        stem = Path(path).stem
+        found = by_stem.get(stem, [])
+        if not found:
+            raise InputError(f"--reference {reference}: no image named {stem}.* for the input {path} (a folder of "
+                             "references is matched to the inputs by file name)")
+        if len(found) > 1:
+            raise UsageError(f"--reference {reference}: {' and '.join(found)} both match the input {path}; keep one")
+        matched.append(found[0])
+    return matched
 
 
 def plan_outputs(inputs: List[str], output: Optional[str], output_dir: Optional[Path], fmt: Optional[str]) -> List[str]:

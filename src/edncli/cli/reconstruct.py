@@ -436,18 +436,26 @@ def _check_stdin(inputs: List[str], reference: Optional[str]) -> None:
         raise UsageError("the input and --reference are both '-' (stdin); give one of them as a file")
 
 
-def _reference(path: Optional[str], shape, device, stack: bool = False):
+def _reference(path: Optional[str], shape, device, stack: bool = False, cache: Optional[dict] = None):
     """The ``--reference`` image as a ``shape`` tensor (one image serves every sample);
-    ``stack``: the result is a CT volume, so a 3D file holds slices as stored (see :func:`read_image`)."""
+    ``stack``: the result is a CT volume, so a 3D file holds slices as stored (see :func:`read_image`).
+    ``cache`` keeps what was read from stdin, which can be read only once, for the next input."""
     if path is None:
         return None
     from ..errors import InputError
     from ..io.images import read_image
 
-    try:
-        arr, _ = read_image(path, stack=stack)
-    except InputError as err:  # name the option: the input and the reference are both image files
-        raise InputError(f"--reference {err}") from None
+    if path != "-" and Path(path).is_dir():  # sr and deblur match a folder to their inputs first
+        raise UsageError(f"--reference {path} is a folder; give the one ground-truth image (or stack of slices) of this scan")
+    if cache is not None and path in cache:
+        arr = cache[path]
+    else:
+        try:
+            arr, _ = read_image(path, stack=stack)
+        except InputError as err:  # name the option: the input and the reference are both image files
+            raise InputError(f"--reference {err}") from None
+        if cache is not None and path == "-":
+            cache[path] = arr
     ref = c.to_tensor(arr, device)
     if tuple(ref.shape[-2:]) != tuple(shape[-2:]) or (ref.shape[0] not in (1, shape[0])):
         raise UsageError(f"--reference {path}: shape {tuple(arr.shape)} does not match the result {tuple(shape)}")
@@ -544,6 +552,7 @@ def sr(
     inputs = c.expand_inputs(input)
     _check_stdin(inputs, reference)
     c.check_dataset(dataset, inputs)
+    references, stdin_reference = dict(zip(inputs, c.references_for(reference, inputs))), {}
     outputs = c.plan_outputs(inputs, output, output_dir, fmt)
     dev = c.resolve_device(device)
     import torch
@@ -562,14 +571,14 @@ def sr(
         else:
             u0 = upsample(f, scale, init)
         problem = Problem(op=op, f=f, u0=u0, delta=_delta(delta, noise_sigma, tau, f), task="sr")
-        problem.reference = _reference(reference, u0.shape, device)
+        problem.reference = _reference(references[path], u0.shape, device, cache=stdin_reference)
         ctx = {"inputs": {"path": path, "shape": list(arr.shape), "dtype": info.dtype, "init": init}}
         return problem, arr.ndim, ctx
 
     run_problems(
         inputs=inputs, outputs=outputs, build=build, method=method, options=options, device=dev, report=report,
         plot=plot, force=force, quiet=quiet, fmt=fmt, bit_depth=bit_depth, as_json=as_json, batch_size=batch_size,
-        several=output_dir is not None and c.names_several(input), read_too=[("--reference", reference)],
+        several=output_dir is not None and c.names_several(input), read_too=[("--reference", r) for r in set(references.values())],
     )
 
 
@@ -642,6 +651,7 @@ def deblur(
     inputs = c.expand_inputs(input)
     _check_stdin(inputs, reference)
     c.check_dataset(dataset, inputs)
+    references, stdin_reference = dict(zip(inputs, c.references_for(reference, inputs))), {}
     outputs = c.plan_outputs(inputs, output, output_dir, fmt)
     dev = c.resolve_device(device)
     import torch
@@ -656,7 +666,7 @@ def deblur(
         op = Blur(f.shape[-2:], k, boundary, sigma=kernel_sigma if kernel is None else None).to(device)
         u0 = f.clone() if init == "blurred" else torch.zeros_like(f)
         problem = Problem(op=op, f=f, u0=u0, delta=_delta(delta, noise_sigma, tau, f), task="deblur")
-        problem.reference = _reference(reference, u0.shape, device)
+        problem.reference = _reference(references[path], u0.shape, device, cache=stdin_reference)
         ctx = {
             "inputs": {"path": path, "shape": list(arr.shape), "dtype": info.dtype, "init": init},
             "report_extra": {"kernel": {"sigma": kernel_sigma, "size": list(k.shape), "file": str(kernel) if kernel else None}},
@@ -667,5 +677,5 @@ def deblur(
         inputs=inputs, outputs=outputs, build=build, method=method, options=options, device=dev, report=report,
         plot=plot, force=force, quiet=quiet, fmt=fmt, bit_depth=bit_depth, as_json=as_json, batch_size=batch_size,
         several=output_dir is not None and c.names_several(input),
-        read_too=[("--reference", reference), ("--kernel", kernel)],
+        read_too=[*(("--reference", r) for r in set(references.values())), ("--kernel", kernel)],
     )

@@ -287,8 +287,7 @@ def solve_edn(problem: Problem, options: MethodOptions, callback: Callback = Non
         record_ssim=options.record_ssim,
     )
     result.extra["checkpoint"] = _checkpoint_info(meta)
-    if not inference.is_default:
-        result.extra["inference"] = inference.describe()
+    result.extra["inference"] = inference.describe()  # always: the memory format is decided per device
     result.extra["min_iter"] = min_iter
     result.extra["learned_steps"] = learned
     result.extra["after_learned_steps"] = AFTER_LEARNED[options.handover]
@@ -351,7 +350,6 @@ def solve_baseline(problem: Problem, options: MethodOptions, callback: Callback 
     ]
     result = SolveResult(u=u, trace=records, samples=samples, method="baseline", elapsed_s=time.perf_counter() - start)
     result.extra["checkpoint"] = _checkpoint_info(meta)
-    if not inference.is_default:
-        result.extra["inference"] = inference.describe()
+    result.extra["inference"] = inference.describe()  # always: the memory format is decided per device
     result.extra["guarantee"] = "none: a feed-forward network; delta_reached only reports what happened"
     return result

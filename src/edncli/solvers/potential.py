@@ -482,8 +482,11 @@ def _run(method: str, problem: Problem, options: MethodOptions, callback: Callba
             "settings": settings.as_dict(),
         }
     )
-    if options.inference is not None and method != "potential":
-        result.extra["inference"] = options.inference.describe()
+    if method != "potential":  # the denoiser's settings; channels_last as used (NCHW unless asked)
+        from ..networks.inference import InferenceConfig
+
+        config = options.inference or InferenceConfig()
+        result.extra["inference"] = replace(config, channels_last=bool(config.channels_last)).describe()
     if method == "potential":
         result.extra.update({"L0": settings.L0_offset + float(settings.lam), "beta": settings.beta})  # type: ignore[arg-type]
     return result
