@@ -115,3 +115,249 @@ def test_a_reference_folder_for_ct_is_a_usage_error_that_says_so(pair, monkeypat
                        "--method", "gd", "--max-iter", "2")
     assert code == 2 and _one_line(err) and "--reference ref is a folder" in err and "--output-dir" not in err, err
     assert not Path("x.tif").exists()
+
+
+@pytest.mark.parametrize("method", ["gd", "cg"])
+def test_a_samples_result_does_not_depend_on_the_batch_it_shares(method):
+    # was: confirming one sample's δ stop on a fresh A u - f refreshed the residual of the whole
+    # batch, so the samples still running changed by round-off (and could stop an iteration
+    # apart): a torchrun shard differed from the single-process run, against the README's promise
+    import torch
+
+    from edncli.operators.blur import Blur, gaussian_kernel
+    from edncli.solvers.methods import MethodOptions, Problem, solve
+    from edncli.solvers.stopping import DeltaChoice
+
+    torch.manual_seed(0)
+    op = Blur((48, 48), gaussian_kernel(1.6, 25), "reflect")
+    x = torch.rand(4, 48, 48)
+    sigma = torch.tensor([0.002, 0.02, 0.005, 0.01])
+    f = op(x) + sigma.view(4, 1, 1) * torch.randn(4, 48, 48)
+    deltas = (sigma * 48).tolist()
+
+    def run(idx):
+        p = Problem(op, f[idx], f[idx].clone(), delta=DeltaChoice([deltas[i] for i in idx], "given"), task="deblur")
+        return solve(p, method, MethodOptions(max_iter=300))
+
+    whole = run([0, 1, 2, 3])
+    halves = [run([0, 1]), run([2, 3])]
+    stops = [s.iterations for s in whole.samples]
+    assert len(set(stops)) == 4, stops  # the samples stop at different iterations: the case that matters
+    for h, part in enumerate(halves):
+        for j in range(2):
+            i = 2 * h + j
+            assert part.samples[j].iterations == whole.samples[i].iterations
+            assert torch.equal(part.u[j], whole.u[i]), (method, i, float((part.u[j] - whole.u[i]).abs().max()))
+
+
+def _margin(d, g):
+    import torch
+
+    return (d.double() * g.double()).flatten(1).sum(1), g.double().flatten(1).norm(dim=1)
+
+
+def test_halfspace_layer_keeps_its_margin_in_float32_for_large_outputs():
+    # was: z + relu(ζ - <z, n>) n cancelled in float32: a network output 1e5 against the gradient
+    # came out as an ascent direction (<d, g> = -1.49), and ||z|| ~ 100 missed ζ by up to 5%
+    import torch
+
+    from edncli.directions import HalfSpaceProjection
+
+    layer = HalfSpaceProjection(1e-3)
+    torch.manual_seed(0)
+    # (the output is float32: its rounding moves <d, g> by ~6e-8 ||d|| ||g|| / 64 here, so the
+    # part of z orthogonal to g is kept to sizes where that stays inside the margin)
+    for scale, across in ((1e2, 0.3), (1e5, 1e-3)):
+        for _ in range(20):
+            g = torch.randn(1, 64, 64)
+            z = -scale * g / g.norm() + scale * across * torch.randn(1, 64, 64) / 64
+            d = layer(z, g)
+            dot, gn = _margin(d, g)
+            assert d.dtype == torch.float32 and bool((dot >= 0.999 * 1e-3 * gn).all()), (scale, float(dot), float(gn))
+
+
+def test_cone_ball_layer_keeps_zeta1_for_outputs_far_larger_than_the_gradient():
+    import torch
+
+    from edncli.directions import ConeBallMap
+
+    layer = ConeBallMap(0.05, 20.0)
+    torch.manual_seed(290)
+    for _ in range(20):
+        g = torch.randn(1, 32, 32)
+        g = 1e-3 * g / g.norm()
+        z = -1e3 * g / g.norm() + 10 * torch.randn(1, 32, 32) / 32
+        d = layer(z, g)
+        dot, gn = _margin(d, g)
+        assert bool((dot >= 0.999 * 0.05 * gn**2).all()) and bool((d.double().flatten(1).norm(dim=1) <= 20.0 * gn * 1.001).all())
+
+
+def test_descent_set_layers_do_not_overflow_for_huge_gradients():
+    import torch
+
+    from edncli.directions import ConeBallMap, HalfSpaceProjection
+
+    torch.manual_seed(1)
+    g = 1e20 * torch.randn(2, 16, 16) / 16
+    z = torch.randn(2, 16, 16)
+    for layer in (HalfSpaceProjection(1e-3), ConeBallMap(0.05, 20.0)):
+        d = layer(z, g)
+        dot, _ = _margin(d, g)
+        assert bool(torch.isfinite(d).all()) and bool((dot > 0).all())
+
+
+def _sr_problem(**kw):
+    import torch
+
+    from edncli.operators.downsample import AveragePool, upsample
+    from edncli.solvers.methods import Problem
+
+    torch.manual_seed(0)
+    op = AveragePool((64, 64), 4)
+    f = op(torch.rand(1, 64, 64)) + 0.01 * torch.randn(1, 16, 16)
+    return op, f, dict(op=op, f=f, u0=upsample(f, 4), task="sr", **kw)
+
+
+def test_operators_refuse_inputs_of_another_shape():
+    # was: a (1, 80, 80) image through a 64² blur came back (1, 64, 64), cropped; bicubic's
+    # adjoint of a (1, 20, 20) image gave (1, 64, 64) garbage; an (H, W) image a torch traceback
+    import torch
+
+    from edncli.errors import UsageError
+    from edncli.operators.blur import Blur, gaussian_kernel
+    from edncli.operators.downsample import AveragePool, BicubicDownsample
+
+    cases = [
+        (Blur((64, 64), gaussian_kernel(1.6, 25), "reflect"), "forward", (1, 80, 80)),
+        (Blur((64, 64), gaussian_kernel(1.6, 25), "circular"), "adjoint", (1, 64, 63)),
+        (BicubicDownsample((64, 64), 4), "adjoint", (1, 20, 20)),
+        (AveragePool((64, 64), 4), "forward", (1, 63, 65)),
+        (AveragePool((64, 64), 4), "forward", (64, 64)),
+        (AveragePool((64, 64), 4), "adjoint", (1, 1, 16, 16)),
+    ]
+    for op, which, shape in cases:
+        with pytest.raises(UsageError, match=r"needs \(B, |without a batch dimension"):
+            getattr(op, which)(torch.rand(*shape))
+
+
+def test_solve_detaches_data_that_requires_grad():
+    # was: RuntimeError "add(): functions with out=... arguments don't support automatic differentiation"
+    from edncli.solvers.methods import MethodOptions, Problem, solve
+
+    op, f, kw = _sr_problem(delta=0.05)
+    kw["f"] = f.clone().requires_grad_()
+    for method in ("gd", "cg", "tv"):
+        result = solve(Problem(**kw), method, MethodOptions(max_iter=5))
+        assert not result.u.requires_grad
+
+
+def test_data_fidelity_sees_an_iterate_changed_in_place():
+    # was: the residual was cached by identity only: E(3u) read E(u) (128 instead of 1152)
+    import torch
+
+    from edncli.energies import DataFidelity
+    from edncli.operators.downsample import AveragePool
+
+    energy = DataFidelity(AveragePool((64, 64), 4), torch.zeros(1, 16, 16))
+    u = torch.ones(1, 64, 64)
+    assert float(energy.value(u)) == pytest.approx(128.0)
+    u.mul_(3)
+    assert float(energy.value(u)) == pytest.approx(1152.0)
+    assert torch.allclose(energy.grad(u), torch.full((1, 64, 64), 3.0 / 16))
+
+
+def test_learned_methods_run_under_a_float64_default_dtype():
+    # was: "Input type (float) and bias type (double) should be the same"
+    import torch
+
+    from edncli.solvers.methods import MethodOptions, Problem, solve
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        _, _, kw = _sr_problem(delta=0.05)
+        for method in ("edn", "baseline"):
+            result = solve(Problem(**kw), method, MethodOptions())
+            assert result.u.dtype == torch.float32 and torch.isfinite(result.u).all()
+    finally:
+        torch.set_default_dtype(old)
+
+
+@pytest.mark.parametrize("delta", [0.0, -1.0, float("nan"), float("inf")])
+def test_a_problem_refuses_a_delta_that_is_not_finite_and_positive(delta):
+    # was: tv and potential ran and reported delta_reached False (tv took log10 of it); δ = inf
+    # was "reached" by every method (gd returned u0)
+    from edncli.errors import UsageError
+    from edncli.solvers.methods import Problem
+
+    _, _, kw = _sr_problem(delta=delta)
+    with pytest.raises(UsageError, match="finite number > 0"):
+        Problem(**kw)
+
+
+def test_a_problem_refuses_nan_data():
+    # was: gd ended "precision_limit", potential certified a NaN energy as monotone
+    from edncli.errors import InputError
+    from edncli.solvers.methods import Problem
+
+    _, f, kw = _sr_problem(delta=0.05)
+    f = f.clone()
+    f[0, 3, 3] = float("nan")
+    kw["f"] = f
+    with pytest.raises(InputError, match="1 NaN/Inf"):
+        Problem(**kw)
+    kw["f"] = f.nan_to_num()
+    kw["u0"] = kw["u0"].clone()
+    kw["u0"][0, 0, 0] = float("inf")
+    with pytest.raises(InputError, match="u0 holds 1 NaN/Inf"):
+        Problem(**kw)
+
+
+# ---- torchrun (helper audit of sharding and DDP) -----------------------------------------------
+
+def test_torchrun_cg_equals_the_single_process_run_bit_for_bit(tmp_path):
+    # was: 1.2e-7 apart on rank 1's slices, as the README promised equality with two slices a rank
+    from .test_sharding import _scan, _single, _torchrun
+
+    _scan(tmp_path / "scan.h5", tmp_path / "cache", n_slices=4)
+    common = ["--sinogram", "scan.h5", "--slices", "0:4", "--size", "32", "--method", "cg", "--device", "cpu",
+              "--backend", "matrix", "--quiet"]
+    one = _single(tmp_path, *common, "-o", "one.tif", "--report", "one.json")
+    two = _torchrun(tmp_path, *common, "-o", "two.tif", "--report", "two.json")
+    assert one.returncode == 0 and two.returncode == 0, (one.stderr[-2000:], two.stderr[-3000:])
+    r1 = json.loads((tmp_path / "one.json").read_text())
+    stops = [s["iterations"] for s in r1["samples"]]
+    assert len(set(stops)) > 1, stops  # slices stop at different iterations: the case that differed
+    assert np.array_equal(tifffile.imread(tmp_path / "one.tif"), tifffile.imread(tmp_path / "two.tif"))
+
+
+def test_torchrun_train_reports_an_error_met_on_one_rank_only(tmp_path):
+    # was: rank 1 exited silently (it assumed rank 0 met the same error) and rank 0 died in DDP's
+    # set-up with a 50-line gloo traceback "Connection closed by peer"; no "edn: error" line at all
+    import subprocess
+    import sys
+
+    from .test_learned import _images
+    from .test_sharding import _env
+
+    imgs = _images(tmp_path / "imgs", n=3, size=40)
+    small = ["train", "--task", "sr", "--scale", "4", "--images", str(imgs), "--depth", "3", "--width", "8",
+             "--patch-size", "24", "--batch-size", "2", "--steps", "2", "--device", "cpu", "--quiet"]
+    env = _env(tmp_path)
+    made = subprocess.run([sys.executable, "-m", "edncli", *small, "--out", str(tmp_path / "base"), "--kind", "baseline"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=240)
+    assert made.returncode == 0, made.stderr[-2000:]
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "base.safetensors").write_bytes(b"\x00" * 3000)  # what rank 1 alone finds
+    wrap = tmp_path / "wrap.sh"
+    wrap.write_text(f'#!/bin/bash\n[ "$RANK" = 1 ] && cd {tmp_path / "other"}\nexec {sys.executable} -m edncli "$@"\n')
+    wrap.chmod(0o755)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--no-python", str(wrap),
+           *small, "--init-from", "base.safetensors", "--out", str(tmp_path / "w1")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=240)
+    errors = [line for line in proc.stderr.splitlines() if "edn: error:" in line]
+    assert proc.returncode != 0 and len(errors) == 1 and "rank 1:" in errors[0] and "base.safetensors" in errors[0], \
+        proc.stderr[-3000:]
+    assert "[rank0]: Traceback" not in proc.stderr and "gloo" not in proc.stderr, proc.stderr[-3000:]  # (torchrun's own
+    # ChildFailedError traceback is torchrun's way of saying a rank failed)
+    assert not (tmp_path / "w1.safetensors").exists()

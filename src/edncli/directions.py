@@ -4,6 +4,12 @@ Both layers act per sample of a batch. ``g`` is the *negative* gradient ``-grad 
 output ``d`` satisfies ``<d, g> > 0`` whenever ``g != 0``, so ``d`` is a descent direction and
 the line search of Algorithm 1 terminates.
 
+The layers compute in float64 and return float32: in float32, ``z + relu(zeta - <z, n>) n``
+cancels when ``z`` is large against ``g`` (an output 1e5 opposite to ``g`` came back an ascent
+direction; at ``||z|| ~ 100`` the margin fell short by up to 5%), and ``||g||^2`` overflows for
+``||g|| > 1e19``. From float64, rounding the output to float32 moves ``<d, g>`` by about
+``6e-8 ||d|| ||g|| / sqrt(N)``, far inside the margin for the sizes the networks produce.
+
 Norms are taken over all non-batch dimensions. The paper replaces ``||g||`` by
 ``max(||g||, eps)`` (eps = 1e-6) so the layers stay finite as ``g -> 0``; that also moves the
 output out of the set for ``0 < ||g|| < eps`` (data in small units, or a tight δ), where it can be
@@ -78,7 +84,7 @@ class HalfSpaceProjection(nn.Module):
         self.zeta = float(zeta)
 
     def forward(self, z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        return project_halfspace(z.float(), g.float(), self.zeta)
+        return project_halfspace(z.double(), g.double(), self.zeta).float()
 
     def extra_repr(self) -> str:
         return f"zeta={self.zeta:g}"
@@ -94,7 +100,7 @@ class ConeBallMap(nn.Module):
         self.zeta1, self.zeta2 = float(zeta1), float(zeta2)
 
     def forward(self, z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        return map_cone_ball(z.float(), g.float(), self.zeta1, self.zeta2)
+        return map_cone_ball(z.double(), g.double(), self.zeta1, self.zeta2).float()
 
     def extra_repr(self) -> str:
         return f"zeta1={self.zeta1:g}, zeta2={self.zeta2:g}"

@@ -98,6 +98,14 @@ class Energy:
         return {"name": self.name}
 
 
+def _version(t: torch.Tensor) -> Optional[int]:
+    """``t``'s in-place version counter (None for inference-mode tensors, which keep none)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None
+
+
 class DataFidelity(Energy):
     """``E(u) = 1/2 ||A u - f||^2`` with gradient ``A^T (A u - f)`` (paper 001 eq. 1-2).
 
@@ -116,6 +124,7 @@ class DataFidelity(Energy):
         self.f = f.float()
         self._cache_u: Optional[torch.Tensor] = None
         self._cache_r: Optional[torch.Tensor] = None
+        self._cache_version: Optional[int] = None  # u's version counter when its residual was cached
         self._line: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = None
         self._updates = 0
         self._exact = False  # the cached residual is A u - f as computed, not moved by r + tau A d
@@ -133,27 +142,45 @@ class DataFidelity(Energy):
         return self.op.returns_new
 
     def residual(self, u: torch.Tensor) -> torch.Tensor:
-        """``A u - f``; the last result is cached by identity of ``u``."""
-        if self._cache_u is not u:
+        """``A u - f``; the last result is cached by identity of ``u`` and its version counter, so
+        a ``u`` changed in place (``u -= t * g``) gets its new residual."""
+        if not self._cached(u):
             self._cache_r = self.op.forward(u) - self.f
-            self._cache_u = u
+            self._cache_u, self._cache_version = u, _version(u)
             self._exact = True
+        elif self._cache_version is None:  # moved(): u_new was written after the residual was moved
+            self._cache_version = _version(u)
         return self._cache_r  # type: ignore[return-value]
+
+    def _cached(self, u: torch.Tensor) -> bool:
+        if self._cache_u is not u:
+            return False
+        return self._cache_version is None or self._cache_version == _version(u)
 
     def residual_is_exact(self, u: torch.Tensor) -> bool:
         """True when the cached residual is ``u``'s, computed as ``A u - f`` (not moved in place)."""
-        return self._cache_u is u and self._exact
+        return self._cached(u) and self._exact
 
-    def exact_discrepancy(self, u: torch.Tensor) -> torch.Tensor:
+    def exact_discrepancy(self, u: torch.Tensor, rows: Optional[List[bool]] = None) -> torch.Tensor:
         """``||A u - f||`` per sample, ``(B,)`` float64, from a residual computed afresh unless
-        the cached one already is ``u``'s exact residual; the fresh residual replaces the cache.
+        the cached one already is ``u``'s exact residual; the fresh residual replaces the cache,
+        or, with ``rows``, only the cached rows of the samples where ``rows[i]`` is True.
 
         A residual moved in place (:meth:`moved`) drifts from ``A u - f`` by float32 round-off,
         ~1e-7 ``||f||``: negligible until ``||A u - f||`` itself is that small, where the
-        solvers' δ test must not rest on it."""
-        if not self.residual_is_exact(u):
+        solvers' δ test must not rest on it. ``rows`` lets a solver confirm some samples' δ while
+        the others go on from their own residual, as they would in a batch without those samples."""
+        if self.residual_is_exact(u):
+            r = self.residual(u)
+        elif rows is None or all(rows):
             self._cache_u = None  # residual() recomputes it
-        return torch.linalg.vector_norm(_rows(self.residual(u)), dim=1, dtype=torch.float64)
+            r = self.residual(u)
+        else:
+            moved = self.residual(u)
+            r = self.op.forward(u) - self.f
+            keep = torch.tensor([not x for x in rows], device=r.device).view(-1, *([1] * (r.dim() - 1)))
+            self._cache_r = torch.where(keep, moved, r)  # the cache stays u's (not exact in every row)
+        return torch.linalg.vector_norm(_rows(r), dim=1, dtype=torch.float64)
 
     def discrepancy(self, u: torch.Tensor) -> torch.Tensor:
         """``||A u - f||`` per sample, shape ``(B,)``."""
@@ -240,7 +267,7 @@ class DataFidelity(Energy):
             self._cache_r = torch.add(r, ad, alpha=tau, out=out)
         else:
             self._cache_r = torch.addcmul(r, _bcast(tau.to(r.dtype), r), ad, out=out)
-        self._cache_u = u_new
+        self._cache_u, self._cache_version = u_new, None  # the solver writes u_new next; pinned at first use
         self._exact = False
         return True
 

@@ -65,18 +65,25 @@ def _check_options_read(ctx: typer.Context, task: str) -> None:
 
 
 def _reported_by_rank0(command):
-    """Under torchrun, a usage, input or checkpoint error is met alike by every rank (the same
-    arguments and files): rank 0 prints it, the others exit with its code silently, a moment later
-    (torchrun then names rank 0 as the first to fail). Other errors (a rank's device) print where met."""
+    """Under torchrun, rank 0 prints an error and the others exit with its code silently, a moment
+    later (torchrun then names rank 0 as the first to fail). A usage, input or checkpoint error met
+    before the ranks connect is met alike by every rank (the same arguments and files); the
+    training set-up after that is voted on (``training.lagged._setup_stage``), so an error of one
+    rank only reaches rank 0 as ``rank N: ...``. Other errors (a rank's device) print where met."""
     import functools
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        import time
+
         from ..errors import CheckpointError, InputError
-        from ..solvers.sharding import Launch
+        from ..solvers.sharding import Launch, PeerFailed
 
         try:
             return command(*args, **kwargs)
+        except PeerFailed as failed:  # rank 0 reports the error
+            time.sleep(2.0)
+            raise typer.Exit(failed.exit_code) from None
         except (UsageError, InputError, CheckpointError) as err:
             try:
                 launch = Launch.from_env()
@@ -84,8 +91,6 @@ def _reported_by_rank0(command):
                 raise err from None
             if not launch.distributed or launch.is_main:
                 raise
-            import time
-
             time.sleep(2.0)
             raise typer.Exit(err.exit_code) from None
 

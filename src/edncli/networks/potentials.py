@@ -235,7 +235,7 @@ def load_denoiser(name_or_path: str, device: str | torch.device = "cpu") -> Tupl
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
         raise CheckpointError(f"checkpoint {path}: its tensors do not fit its architecture ({first})") from None
-    model.to(device).eval()
+    model.to(device=device, dtype=torch.float32).eval()  # float32 whatever torch's default dtype
     for p in model.parameters():
         p.requires_grad_(False)
     meta["name"] = path.stem

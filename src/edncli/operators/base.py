@@ -11,6 +11,8 @@ from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 
+from ..errors import UsageError
+
 Shape = Tuple[int, ...]
 
 
@@ -46,6 +48,14 @@ class LinearOperator:
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _check(self, x: torch.Tensor, shape: Shape, what: str, hint: str = "") -> torch.Tensor:
+        """``x`` itself if it is ``(B, *shape)``; else a one-line :class:`UsageError` naming ``what``."""
+        if x.dim() == len(shape) and tuple(x.shape) == tuple(shape):
+            raise UsageError(f"{what} has shape {tuple(x.shape)} without a batch dimension; give (B, {', '.join(map(str, shape))})")
+        if x.dim() != len(shape) + 1 or tuple(x.shape[1:]) != tuple(shape):
+            raise UsageError(f"{what} has shape {tuple(x.shape)}, but {self.name} needs (B, {', '.join(map(str, shape))}){hint}")
+        return x
 
     # -- sugar ---------------------------------------------------------------------------
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

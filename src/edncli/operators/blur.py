@@ -213,12 +213,14 @@ class Blur(LinearOperator):
         return F.conv_transpose2d(y.unsqueeze(1), self._weight(y)).squeeze(1)
 
     def forward(self, x):
+        x = self._check(x, self.in_shape, "image")
         if self.boundary == "circular":
             return torch.fft.irfft2(torch.fft.rfft2(x) * self._otf_for(x), s=self.in_shape)
         mode = "reflect" if self.boundary == "reflect" else "constant"
         return self._valid(F.pad(x.unsqueeze(1), self.pads, mode=mode).squeeze(1))
 
     def adjoint(self, y):
+        y = self._check(y, self.out_shape, "blurred image")
         if self.boundary == "circular":
             return torch.fft.irfft2(torch.fft.rfft2(y) * self._otf_for(y).conj(), s=self.in_shape)
         full = self._valid_adjoint(y)

@@ -58,11 +58,11 @@ class AveragePool(_DownsampleBase):
         self._opnorm = 1.0 / self.scale
 
     def forward(self, x):
-        return F.avg_pool2d(x.unsqueeze(1), self.scale).squeeze(1)
+        return F.avg_pool2d(self._check(x, self.in_shape, "image").unsqueeze(1), self.scale).squeeze(1)
 
     def adjoint(self, y):
         s = self.scale
-        b, h, w = y.shape
+        b, h, w = self._check(y, self.out_shape, "low-resolution image").shape
         up = (y / (s * s)).view(b, h, 1, w, 1).expand(b, h, s, w, s)
         return up.reshape(b, h * s, w * s)
 
@@ -150,10 +150,11 @@ class BicubicDownsample(_DownsampleBase):
         return self._pad_adjoint(out, dim, n)
 
     def forward(self, x):
-        return self._filter(self._filter(x, -2), -1)
+        return self._filter(self._filter(self._check(x, self.in_shape, "image"), -2), -1)
 
     def adjoint(self, y):
         h, w = self.in_shape
+        y = self._check(y, self.out_shape, "low-resolution image")
         return self._filter_adjoint(self._filter_adjoint(y, -1, w), -2, h)
 
 

@@ -302,19 +302,10 @@ class CTOperator(LinearOperator):
         super().__init__((geometry.size, geometry.size), geometry.sino_shape)
         self.geometry = geometry
 
-    def _check(self, x: torch.Tensor, shape: tuple, what: str) -> torch.Tensor:
+    def _check(self, x: torch.Tensor, shape: tuple, what: str, hint: str = "") -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
             x = torch.as_tensor(np.asarray(x))
-        if x.dim() == len(shape):
-            raise UsageError(
-                f"{what} has shape {tuple(x.shape)} without a batch dimension; give (B, {', '.join(map(str, shape))})"
-            )
-        if tuple(x.shape[1:]) != tuple(shape) or x.dim() != len(shape) + 1:
-            raise UsageError(
-                f"{what} has shape {tuple(x.shape)}, but the CT geometry needs (B, {', '.join(map(str, shape))}); "
-                "match the image size/angles/detectors to the geometry"
-            )
-        return x
+        return super()._check(x, shape, what, hint or "; match the image size/angles/detectors to the geometry")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self._check(x, self.in_shape, "image")

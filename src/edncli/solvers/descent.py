@@ -484,17 +484,23 @@ def descend(
         if (delta is not None and data is not None and k >= stop.min_iter and disc_h is not None
                 and any(going[i] and disc_h[i] <= delta[i] for i in range(batch)) and not data.residual_is_exact(u)):
             # δ met by the residual moved in place: confirm it on A u - f (one A u for the batch)
-            # before stopping; samples where it does not hold go on from the exact residual.
-            exact = data.exact_discrepancy(u).tolist()
-            (fresh,) = _host(energy.value(u))
-            disc_h = [exact[i] if going[i] else disc_h[i] for i in range(batch)]
-            e_h = [fresh[i] if going[i] else e_h[i] for i in range(batch)]  # type: ignore[index]
-            e = None
-            if any(going[i] and exact[i] > delta[i] for i in range(batch)):
-                g = energy.grad(u)
+            # before stopping; samples where it does not hold go on from the exact residual. Only
+            # the claiming samples take the fresh residual, energy and gradient: the others go on
+            # exactly as in a batch without them (a torchrun shard equals the single-process run).
+            claim = [going[i] and disc_h[i] <= delta[i] for i in range(batch)]
+            exact = data.exact_discrepancy(u, rows=claim).tolist()
+            fresh_e = energy.value(u)
+            (fresh,) = _host(fresh_e)
+            disc_h = [exact[i] if claim[i] else disc_h[i] for i in range(batch)]
+            e_h = [fresh[i] if claim[i] else e_h[i] for i in range(batch)]  # type: ignore[index]
+            claimed = torch.tensor(claim, device=fresh_e.device)
+            e = None if e is None else torch.where(claimed, fresh_e.to(e.dtype), e)
+            if any(claim[i] and exact[i] > delta[i] for i in range(batch)):
+                g_new = energy.grad(u)
+                g = torch.where(_bcast(claimed.to(g_new.device), g_new), g_new, g)
                 gg = fast_dot(g, g)
                 (gn2_new,) = _host(gg)
-                gn2_h = [gn2_new[i] if going[i] else gn2_h[i] for i in range(batch)]  # type: ignore[index]
+                gn2_h = [gn2_new[i] if claim[i] else gn2_h[i] for i in range(batch)]  # type: ignore[index]
 
         moved = list(active)
         for i in range(batch):

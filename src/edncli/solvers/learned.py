@@ -183,7 +183,7 @@ def load_learned(kind: str, name_or_path: str, device, what: str = "--weights") 
         net.load_state_dict(state)
     except (ValueError, KeyError, RuntimeError, TypeError) as exc:
         raise CheckpointError(f"checkpoint {path.name}: does not match its architecture ({str(exc).splitlines()[0]})") from None
-    net.eval().to(device)
+    net.eval().to(device=device, dtype=torch.float32)  # the solvers' precision, whatever torch's default dtype
     return net, meta
 
 

@@ -48,15 +48,16 @@ class Problem:
     def __post_init__(self) -> None:
         """A number as ``delta`` means δ as given (any real scalar: numpy's float32 included);
         ``f``, ``u0`` and ``reference`` are held in float32, the solvers' precision (arrays read with
-        numpy are float64) and contiguous, so a result does not depend on the inputs' memory layout;
-        shapes that do not fit ``op`` are a :class:`UsageError`."""
-        from ..errors import UsageError
+        numpy are float64), contiguous, so a result does not depend on the inputs' memory layout,
+        and detached from any autograd graph. Shapes that do not fit ``op`` and a δ that is not a
+        finite number > 0 are a :class:`UsageError`; NaN/Inf in ``f`` or ``u0`` an :class:`InputError`."""
+        from ..errors import InputError, UsageError
 
         if isinstance(self.delta, numbers.Real) and not isinstance(self.delta, bool):
             self.delta = DeltaChoice(float(self.delta), "given")
-        self.f, self.u0 = self.f.float().contiguous(), self.u0.float().contiguous()
+        self.f, self.u0 = self.f.detach().float().contiguous(), self.u0.detach().float().contiguous()
         if self.reference is not None:
-            self.reference = self.reference.float().contiguous()
+            self.reference = self.reference.detach().float().contiguous()
         for name, t, shape in (("f", self.f, self.op.out_shape), ("u0", self.u0, self.op.in_shape),
                                ("reference", self.reference, self.op.in_shape)):
             if t is not None and tuple(t.shape[1:]) != tuple(shape):
@@ -65,6 +66,15 @@ class Problem:
         for name, t in (("u0", self.u0), ("reference", self.reference)):
             if t is not None and t.shape[0] != self.f.shape[0]:
                 raise UsageError(f"Problem: {name} has {t.shape[0]} samples and f has {self.f.shape[0]}; give one per sample")
+        for name, t in (("f", self.f), ("u0", self.u0)):
+            bad = int(t.numel() - torch.isfinite(t).sum())
+            if bad:
+                raise InputError(f"Problem: {name} holds {bad} NaN/Inf values; replace them (e.g. torch.nan_to_num) first")
+        if self.delta is not None:
+            wrong = [d for d in self.deltas() if not (math.isfinite(d) and d > 0)]
+            if wrong:
+                raise UsageError(f"Problem: δ must be a finite number > 0 for every sample, got {wrong[0]!r}; "
+                                 "give delta=None to stop by iterations only")
 
     def deltas(self) -> Optional[List[float]]:
         """δ of each of the ``B`` samples (``None``: no δ stop)."""

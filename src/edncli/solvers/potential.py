@@ -203,6 +203,8 @@ class _Tracker:
         """Append the record of iteration ``k``: ``energy``, ``disc``, ``gnorm`` are ``(B,)``; ``steps[i]`` None if not moved."""
         ref = self.problem.reference
         quality = (None, None) if ref is None else quality_each(u, ref, self.record_ssim)
+        if k == 0:  # a run that starts at a NaN/Inf energy certifies nothing, moved or not
+            self.monotone &= torch.isfinite(energy.double().cpu())
         rec = IterationRecord.of_samples(
             k,
             time.perf_counter() - self.start,

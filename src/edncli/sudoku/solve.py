@@ -80,7 +80,7 @@ def load_network(spec: Optional[str], method: str, device: str = "cpu") -> Tuple
     except (ValueError, KeyError, RuntimeError, TypeError, AttributeError) as exc:
         msg = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(f"checkpoint {path.name}: its tensors do not fit its architecture ({msg})") from None
-    return net.to(device).eval(), meta
+    return net.to(device=device, dtype=torch.float32).eval(), meta
 
 
 # --------------------------------------------------------------------------- methods

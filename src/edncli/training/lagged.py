@@ -172,6 +172,17 @@ def _init_distributed(device: torch.device):
     return world, rank, device
 
 
+def _setup_stage(world: int, device: torch.device):
+    """A :meth:`~edncli.solvers.sharding.ShardGroup.stage` under torchrun, else nothing."""
+    from contextlib import nullcontext
+
+    if world <= 1:
+        return nullcontext()
+    from ..solvers.sharding import Launch, ShardGroup
+
+    return ShardGroup(Launch.from_env(), device).stage()
+
+
 class _Sampler:
     """Ground-truth patches for a task: natural-image crops, plus ellipse phantoms for CT."""
 
@@ -319,69 +330,72 @@ def _train(cfg: TrainConfig, out: Path, *, command: str, device: torch.device, q
            resume: Optional[Path], log_path: Optional[Path]) -> Optional[Path]:
     cfg.check()
     world, rank, device = _init_distributed(device)
-    same = resume is not None and Path(resume).resolve() == Path(out).resolve()
-    if out.exists() and not force and not same:
-        raise UsageError(f"{out} exists; pass --force to overwrite it (or --resume {out})")
-    check_side_files(out, log_path, force=force or same)
-    torch.manual_seed(cfg.seed + rank)
-    images = load_gray_images(list_images(cfg.images), min_size=cfg.patch) if cfg.images else []
-    if cfg.spec.task != "ct" and not images:
-        raise UsageError(f"--images is required for task {cfg.spec.task}")
-    val_x = _validation_set(cfg, cfg.seed)  # on every rank, so a usage error stops them all alike
-    if rank != 0:
-        val_x = None
+    # Set-up is voted on: an error met on one rank only (a file that differs between nodes, a
+    # failed read) stops every rank, and rank 0 reports it ("rank 1: ..."), before DDP would hang.
+    with _setup_stage(world, device):
+        same = resume is not None and Path(resume).resolve() == Path(out).resolve()
+        if out.exists() and not force and not same:
+            raise UsageError(f"{out} exists; pass --force to overwrite it (or --resume {out})")
+        check_side_files(out, log_path, force=force or same)
+        torch.manual_seed(cfg.seed + rank)
+        images = load_gray_images(list_images(cfg.images), min_size=cfg.patch) if cfg.images else []
+        if cfg.spec.task != "ct" and not images:
+            raise UsageError(f"--images is required for task {cfg.spec.task}")
+        val_x = _validation_set(cfg, cfg.seed)  # on every rank, so a usage error stops them all alike
+        if rank != 0:
+            val_x = None
 
-    bb = BackboneConfig(in_channels=3 if cfg.kind == "edn" else 2, out_channels=1, depth=cfg.depth, width=cfg.width,
-                        batchnorm=cfg.batchnorm, shuffle=cfg.shuffle, residual=cfg.residual)
-    if cfg.kind == "edn":
-        net_cfg = DirectionNetConfig(backbone=bb, layer=cfg.layer, zeta1=cfg.zeta1, zeta2=cfg.zeta2, zeta=cfg.zeta)
-        net: torch.nn.Module = DirectionNet(net_cfg)
-        arch = net_cfg.as_dict()
-    else:
-        net = BaselineNet(bb)
-        arch = baseline_arch(bb)
-    state = TrainState()
-    time_before = 0.0  # training time of the resumed checkpoint, so time_s and the card's time add up
-    if cfg.init_from is not None and resume is None:
-        warm_start(net, cfg, cfg.init_from)
-    if resume is not None:
-        from ..io.checkpoints import load_checkpoint
+        bb = BackboneConfig(in_channels=3 if cfg.kind == "edn" else 2, out_channels=1, depth=cfg.depth, width=cfg.width,
+                            batchnorm=cfg.batchnorm, shuffle=cfg.shuffle, residual=cfg.residual)
+        if cfg.kind == "edn":
+            net_cfg = DirectionNetConfig(backbone=bb, layer=cfg.layer, zeta1=cfg.zeta1, zeta2=cfg.zeta2, zeta=cfg.zeta)
+            net: torch.nn.Module = DirectionNet(net_cfg)
+            arch = net_cfg.as_dict()
+        else:
+            net = BaselineNet(bb)
+            arch = baseline_arch(bb)
+        state = TrainState()
+        time_before = 0.0  # training time of the resumed checkpoint, so time_s and the card's time add up
+        if cfg.init_from is not None and resume is None:
+            warm_start(net, cfg, cfg.init_from)
+        if resume is not None:
+            from ..io.checkpoints import load_checkpoint
 
-        tensors, meta = load_checkpoint(resume, expect_task=f"{cfg.kind}-{cfg.spec.task}")
-        _check_resume_fits(resume, meta, cfg, arch)
-        try:
-            net.load_state_dict(tensors)
-        except RuntimeError as exc:
-            raise CheckpointError(
-                f"--resume {resume}: its tensors do not fit this network (--depth {cfg.depth} --width {cfg.width} "
-                f"--shuffle {cfg.shuffle}): {str(exc).splitlines()[0]}"
-            ) from None
-        steps = meta.get("metrics", {}).get("steps", 0)
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
-            raise CheckpointError(f"--resume {resume}: corrupt edn metadata (metrics.steps must be an integer >= 0, got {steps!r})")
-        state.step = _resume_step(meta, steps)
-        if state.step >= cfg.steps:
-            raise UsageError(
-                f"--resume {resume}: its weights are those of step {state.step}, so --steps {cfg.steps} leaves "
-                f"nothing to do; give --steps above {state.step}"
-            )
-        if state.step != steps and rank == 0 and not quiet:
-            print(f"edn: resuming at step {state.step}, the checkpoint's best validated step, whose weights it "
-                  f"holds (the run had reached step {steps})", file=sys.stderr)
-        t = meta.get("train_time_s")
-        time_before = float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) and t >= 0 else 0.0
-    # A resumed run draws new samples: its streams are seeded by (seed, rank, the step it starts at),
-    # so it neither replays the batches of steps 1, 2, ... nor depends on how it got there.
-    stream = cfg.seed * 1000 + rank if state.step == 0 else int(
-        np.random.SeedSequence([cfg.seed, rank, state.step]).generate_state(1)[0])
-    gen = torch.Generator().manual_seed(stream)
-    sampler = _Sampler(cfg, images, seed=stream)
-    net.to(device).train()
-    if cfg.precision != "fp32":
-        # autocast around the backbone only (networks/inference.py); NHWC where it pays (CPU)
-        net.inference = InferenceConfig(precision=cfg.precision).resolved(device)
-        if net.inference.channels_last:
-            net.to(memory_format=torch.channels_last)
+            tensors, meta = load_checkpoint(resume, expect_task=f"{cfg.kind}-{cfg.spec.task}")
+            _check_resume_fits(resume, meta, cfg, arch)
+            try:
+                net.load_state_dict(tensors)
+            except RuntimeError as exc:
+                raise CheckpointError(
+                    f"--resume {resume}: its tensors do not fit this network (--depth {cfg.depth} --width {cfg.width} "
+                    f"--shuffle {cfg.shuffle}): {str(exc).splitlines()[0]}"
+                ) from None
+            steps = meta.get("metrics", {}).get("steps", 0)
+            if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+                raise CheckpointError(f"--resume {resume}: corrupt edn metadata (metrics.steps must be an integer >= 0, got {steps!r})")
+            state.step = _resume_step(meta, steps)
+            if state.step >= cfg.steps:
+                raise UsageError(
+                    f"--resume {resume}: its weights are those of step {state.step}, so --steps {cfg.steps} leaves "
+                    f"nothing to do; give --steps above {state.step}"
+                )
+            if state.step != steps and rank == 0 and not quiet:
+                print(f"edn: resuming at step {state.step}, the checkpoint's best validated step, whose weights it "
+                      f"holds (the run had reached step {steps})", file=sys.stderr)
+            t = meta.get("train_time_s")
+            time_before = float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) and t >= 0 else 0.0
+        # A resumed run draws new samples: its streams are seeded by (seed, rank, the step it starts at),
+        # so it neither replays the batches of steps 1, 2, ... nor depends on how it got there.
+        stream = cfg.seed * 1000 + rank if state.step == 0 else int(
+            np.random.SeedSequence([cfg.seed, rank, state.step]).generate_state(1)[0])
+        gen = torch.Generator().manual_seed(stream)
+        sampler = _Sampler(cfg, images, seed=stream)
+        net.to(device).train()
+        if cfg.precision != "fp32":
+            # autocast around the backbone only (networks/inference.py); NHWC where it pays (CPU)
+            net.inference = InferenceConfig(precision=cfg.precision).resolved(device)
+            if net.inference.channels_last:
+                net.to(memory_format=torch.channels_last)
     model = net
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
