@@ -15,6 +15,7 @@ from PIL import Image
 
 from .test_audit3_images import _one_line
 from .test_cli import edn
+from .test_output_errors import workdir  # noqa: F401 - fixture: a temporary folder holding lr.png (16x16)
 
 CG = ("--method", "cg", "--delta", "0.05", "--max-iter", "5")
 
@@ -361,3 +362,134 @@ def test_torchrun_train_reports_an_error_met_on_one_rank_only(tmp_path):
     assert "[rank0]: Traceback" not in proc.stderr and "gloo" not in proc.stderr, proc.stderr[-3000:]  # (torchrun's own
     # ChildFailedError traceback is torchrun's way of saying a rank failed)
     assert not (tmp_path / "w1.safetensors").exists()
+
+
+# ---- shell pipelines (helper audit of stdin/stdout, signals and outputs) ------------------------
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _run_edn(tmp_path, *args, **kw):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "edncli", *map(str, args)], capture_output=kw.pop("capture", True),
+                          cwd=tmp_path, env=env, timeout=240, **kw)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_stdout_that_cannot_be_written_is_one_line_and_leaves_no_report(tmp_path):
+    # was: a 40-line OSError traceback, exit 1, and r.json in place saying δ was reached
+    with open("/dev/full", "wb") as full:
+        proc = _run_edn(tmp_path, "sr", "--scale", "4", "--method", "gd", "-q", EXAMPLES / "camera_lr_x4.tif", "-o", "-",
+                        "--report", "r.json", stdout=full, stderr=__import__("subprocess").PIPE, capture=False)
+    err = proc.stderr.decode()
+    assert proc.returncode == 4 and _one_line(err) and "stdout: cannot write" in err, err
+    assert not (tmp_path / "r.json").exists() and not list(tmp_path.glob(".*.tmp"))
+    with open("/dev/full", "wb") as full:
+        proc = _run_edn(tmp_path, "weights", "list", stdout=full, stderr=__import__("subprocess").PIPE, capture=False)
+    assert proc.returncode == 4 and _one_line(proc.stderr.decode()), proc.stderr
+
+
+def test_a_reader_that_closes_the_pipe_ends_edn_silently_with_141(tmp_path):
+    # was: exit 1 (click's EPIPE handling), or 0, depending on timing
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for args in (["weights", "list"], ["weights", "show", "edn-sr-x4"]):
+        proc = subprocess.Popen([sys.executable, "-m", "edncli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                cwd=tmp_path, env=env)
+        proc.stdout.close()  # the reader is gone before edn writes
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=120) == 141 and err == "", err
+
+
+def test_a_closed_stdin_or_stdout_is_one_line(tmp_path):
+    # was: AttributeError: 'NoneType' object has no attribute 'buffer' (a traceback, exit 1)
+    proc = _run_edn(tmp_path, "sr", "--scale", "4", "--method", "gd", "-q", "-", "-o", "a.png", preexec_fn=lambda: os.close(0))
+    assert proc.returncode == 4 and _one_line(proc.stderr.decode()) and b"stdin is closed" in proc.stderr, proc.stderr
+    proc = _run_edn(tmp_path, "sr", "--scale", "4", "--method", "gd", "-q", EXAMPLES / "camera_lr_x4.tif", "-o", "-",
+                    stdout=None, stderr=__import__("subprocess").PIPE, capture=False, preexec_fn=lambda: os.close(1))
+    assert proc.returncode == 4 and b"stdout is closed" in proc.stderr, proc.stderr
+
+
+def test_sigterm_unwinds_and_removes_the_folders_it_made(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    np.save(tmp_path / "big.npy", np.random.default_rng(0).random((256, 256)).astype(np.float32))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "edncli", "deblur", "--kernel-sigma", "1.6", "big.npy", "--output-dir",
+                             "outs", "--report", "reps", "--method", "gd", "--delta", "1e-9", "--max-iter", "1000000", "-q"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while not (tmp_path / "outs").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143
+    assert not (tmp_path / "outs").exists() and not (tmp_path / "reps").exists()
+
+
+def test_simulate_never_replaces_its_input_even_with_force(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.full((32, 32), 128, np.uint8)).save("c.png")
+    before = Path("c.png").read_bytes()
+    for cmd in (["sr"], ["deblur"]):
+        code, _, err = edn(monkeypatch, capsys, "simulate", *cmd, "c.png", "-o", "c.png", "--force")
+        assert code == 2 and _one_line(err) and "never replaces an input" in err, err
+    assert Path("c.png").read_bytes() == before
+
+
+def test_a_dangling_symlink_output_needs_force(workdir, monkeypatch, capsys):
+    os.symlink("nowhere.png", "d.png")
+    code, _, err = edn(monkeypatch, capsys, "sr", "--scale", "4", "lr.png", "-o", "d.png", *CG)
+    assert code == 2 and _one_line(err) and "symbolic link" in err and "--force" in err, err
+    assert os.path.islink("d.png") and not os.path.exists("d.png")
+
+
+def test_json_of_a_folder_is_a_list_however_many_images_it_holds(workdir, monkeypatch, capsys):
+    os.mkdir("one")
+    os.rename("lr.png", "one/lr.png")
+    code, out, err = edn(monkeypatch, capsys, "sr", "--scale", "4", "one", "--output-dir", "o1", "--json", *CG)
+    assert code in (0, 3), err
+    doc = json.loads(out)
+    assert isinstance(doc, list) and len(doc) == 1 and "delta_reached" in doc[0]
+
+
+EASY = "007000325000900100040528090870004600609307050000100008100430067003006240020759030"
+
+
+def test_sudoku_prints_its_result_on_stdout_and_its_summary_on_stderr(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = edn(monkeypatch, capsys, "sudoku", "solve", EASY)
+    assert code == 0 and out.strip().isdigit() and len(out.strip()) == 81, (out, err)
+    assert "solved with" in err and "solved with" not in out
+    code, out, err = edn(monkeypatch, capsys, "sudoku", "solve", EASY, "-q")
+    assert code == 0 and len(out.strip()) == 81 and err == "", (out, err)  # -q: the answer is still printed
+
+
+def test_sudoku_writes_its_csv_and_json_together_or_not_at_all(tmp_path, monkeypatch, capsys):
+    # was: the CSV was renamed into place, then the JSON failed: a traceback and half an output set
+    import tempfile
+
+    monkeypatch.chdir(tmp_path)
+    os.mkdir("ok"), os.mkdir("bad")
+    real, calls = tempfile.mkstemp, []
+
+    def failing(*a, **kw):
+        if Path(kw.get("dir", ".")).name == "bad":
+            calls.append(1)
+            if len(calls) >= 3:  # the up-front checks pass; the write itself fails
+                raise PermissionError(13, "Permission denied")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(tempfile, "mkstemp", failing)
+    code, _, err = edn(monkeypatch, capsys, "sudoku", "solve", EASY, "--method", "gd", "--out", "ok/s.csv",
+                       "--json", "bad/s.json")
+    assert code == 4 and _one_line(err) and "cannot write" in err, err
+    assert os.listdir("ok") == [] and os.listdir("bad") == []

@@ -1,7 +1,8 @@
 """Exceptions the library raises for bad input; the CLI turns each into one line and an exit code.
 
 Exit codes (documented in the README): 0 δ reached, 2 usage error, 3 ran to the iteration cap
-without reaching δ (result still written), 4 input/output or checkpoint failure, 130 interrupted.
+without reaching δ (result still written), 4 input/output or checkpoint failure, 130 interrupted,
+141 stdout closed by its reader (``| head``), 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
@@ -37,6 +38,34 @@ class DeviceError(EdnError):
     """A device that was asked for but is not there (e.g. ``cuda`` on a machine without a GPU)."""
 
     exit_code = 2
+
+
+class StdoutClosed(EdnError):
+    """The reader of stdout went away (``edn ... | head -1``): exit 141 (128 + SIGPIPE) and no
+    message, as a command killed by SIGPIPE; anything not yet written is not written."""
+
+    exit_code = 141
+
+
+def write_stdout(data: "bytes | str") -> None:
+    """Write ``data`` to stdout and flush: a closed pipe is :class:`StdoutClosed`, no stdout (the
+    shell closed it, ``>&-``) or a failed write (``> /dev/full``) an :class:`InputError`."""
+    import sys
+
+    out = sys.stdout
+    if out is None:
+        raise InputError("stdout is closed: nothing can be written to it; give -o FILE (or --json FILE where offered)")
+    try:
+        if isinstance(data, bytes):
+            out.buffer.write(data)
+            out.buffer.flush()
+        else:
+            out.write(data)
+            out.flush()
+    except BrokenPipeError:
+        raise StdoutClosed("stdout closed by its reader") from None
+    except OSError as exc:
+        raise InputError(f"stdout: cannot write ({exc.strerror or exc})") from None
 
 
 def not_a_file(path: "str | os.PathLike[str]") -> str:

@@ -374,6 +374,7 @@ def simulate_ct(
     from ..io.sinograms import write_sinogram
     from ..operators.tomography import CTGeometry, simulate_ct as simulate
 
+    c.check_not_inputs({"-o": output}, [input], "the clean image")
     check_writable(output, force)
     if output == "-" or Path(output).suffix.lower() not in (".h5", ".hdf5"):
         raise UsageError(f"-o {output}: simulated sinograms are written as DXchange HDF5 (.h5)")

@@ -82,9 +82,40 @@ def _main(
     """Options of ``edn`` itself (the commands have their own)."""
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that the run unwinds (temporary files go); a
+    BaseException, as KeyboardInterrupt, so no ``except Exception`` takes it for an error."""
+
+
+def _terminate_cleanly() -> None:
+    """Turn SIGTERM into :class:`Terminated` (``edn train`` installs its own handler, which saves).
+
+    Not under torchrun: there SIGTERM is how torchrun stops the other ranks when one fails, and a
+    rank waiting inside a collective would see the exception only when the wait ends."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+        return
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush into a closed pipe is silent."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, AttributeError, ValueError):
+        pass
+
+
 def run() -> None:
     """Console-script entry point: run the app, turning library errors into one line + exit code."""
-    from ..errors import EdnError
+    from ..errors import EdnError, StdoutClosed
 
     from .._click_compat import Abort, ClickException, Exit
 
@@ -95,10 +126,18 @@ def run() -> None:
     warnings.showwarning = _show_warning
     common._CREATED.clear()  # folders made by an earlier in-process run are not this run's
     common.INTERRUPT_REPORTED = False
+    _terminate_cleanly()
     try:
         code = app(standalone_mode=False)
     except Exit as exc:
         sys.exit(exc.exit_code)
+    except StdoutClosed as exc:  # `edn ... | head`: silent, as a command SIGPIPE ends
+        common.remove_created_folders()
+        _quiet_stdout()
+        sys.exit(exc.exit_code)
+    except Terminated:  # SIGTERM: what was finished stays, empty folders edn made go; no message
+        common.remove_created_folders()
+        sys.exit(143)
     except ClickException as exc:  # usage errors from option parsing: exit 2, one line
         show_click_error(exc)
         sys.exit(exc.exit_code)
@@ -113,6 +152,11 @@ def run() -> None:
         remove_created_folders()
         print(f"edn: error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
+    except OSError as exc:  # a write or read the library did not expect to fail (a full disk, a lost mount)
+        common.remove_created_folders()
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"edn: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        sys.exit(4)
     except MemoryError:
         common.remove_created_folders()
         print(f"edn: error: out of memory; {CPU_OOM_HINT}", file=sys.stderr)

@@ -362,10 +362,11 @@ def run_problems(
         for index, ((job, built), result) in enumerate(zip(group, results)):
             note = "time_s and elapsed_s are those of the whole batch"
             finish(job, built, result, {"size": len(group), "index": index, "note": note} if batch_size > 1 else None)
-    if as_json:
+    if as_json:  # one object for one input file, a list for a folder or glob (however many it holds)
+        from ..errors import write_stdout
         from ..io.reports import strict_json
 
-        print(strict_json(summaries[0] if len(summaries) == 1 else summaries))
+        write_stdout(strict_json(summaries[0] if len(summaries) == 1 and not several else summaries) + "\n")
     missed = sum(s["delta_reached"] is False for s in summaries)
     if missed:
         c.say(f"{missed} of {len(jobs)} run(s) ended without reaching δ (exit code 3)", quiet)

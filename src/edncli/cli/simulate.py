@@ -53,6 +53,7 @@ def simulate_sr(
     from ..operators.downsample import check_scale, make_sr_operator
 
     scale = check_scale(scale)
+    c.check_not_inputs({"-o": output}, [input], "the clean image")
     check_writable(output, force)
     depth = c.png_bit_depth(bit_depth, [output_format(output, fmt)])  # before any work
     arr = _read_clean(input)
@@ -87,6 +88,7 @@ def simulate_deblur(
     from ..io.images import check_writable, output_format, write_image
     from ..operators.blur import Blur
 
+    c.check_not_inputs({"-o": output}, [input, *([str(kernel)] if kernel else [])], "an input")
     check_writable(output, force)
     depth = c.png_bit_depth(bit_depth, [output_format(output, fmt)])  # before any work
     k = c.kernel_from_options(kernel, kernel_dataset, kernel_sigma, kernel_size)  # type: ignore[arg-type]

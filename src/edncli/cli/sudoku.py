@@ -26,7 +26,7 @@ app = typer.Typer(
 )
 
 JsonOut = Annotated[Optional[Path], typer.Option("--json", help="Write the machine-readable report (JSON) to this file.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No summary or progress on stderr (results still go to stdout).")]
 Force = Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 Weights = Annotated[
@@ -39,8 +39,17 @@ _NO_GRID = "no grid keeps these givens and the rules (the energy is > 0 for ever
 
 
 def _echo(msg: str, quiet: bool) -> None:
-    if not quiet:
-        typer.echo(msg)
+    """A summary or progress line: stderr, as every edn command's (stdout is for results)."""
+    from .common import say
+
+    say(msg, quiet)
+
+
+def _result(msg: str) -> None:
+    """A result line (a grid, a puzzle's status, a table): stdout, with or without --quiet."""
+    from ..errors import write_stdout
+
+    write_stdout(msg + "\n")
 
 
 def _check_outputs(paths: List[Optional[Path]], force: bool) -> None:
@@ -70,11 +79,16 @@ def _check_outputs(paths: List[Optional[Path]], force: bool) -> None:
         check_writable(str(p), force)
 
 
-def _write_json(path: Path, doc: dict) -> None:
-    from ..io.checkpoints import atomic_write_bytes
+def _json_bytes(doc: dict) -> bytes:
     from ..io.reports import strict_json
 
-    atomic_write_bytes(path, (strict_json(doc, indent=2, sort_keys=False) + "\n").encode())
+    return (strict_json(doc, indent=2, sort_keys=False) + "\n").encode()
+
+
+def _write_json(path: Path, doc: dict) -> None:
+    from ..io.images import write_together
+
+    write_together([(str(path), _json_bytes(doc))], force=True)  # existence was checked up front
 
 
 def _device(spec: str) -> str:
@@ -113,7 +127,8 @@ def solve(
     string, 4 when a file's puzzle has givens that break the rules (reported as infeasible) or
     the file is unreadable.
     """
-    from ..sudoku.puzzles import find_conflicts, puzzles_from_argument, write_solutions_csv
+    from ..io.images import write_together
+    from ..sudoku.puzzles import find_conflicts, puzzles_from_argument, solutions_csv
     from ..sudoku.solve import monotone_word, solve_table
 
     if method == "gd" and weights is not None:
@@ -128,17 +143,20 @@ def solve(
     if conflicts:  # a bad argument value: refused before any work
         raise UsageError(f"argument PUZZLE: infeasible: {conflicts[0]}; {_NO_GRID}; fix the givens")
     report = solve_table(table, method, iterations, weights, batch_size, _device(device), stop_when_solved=stop_when_solved)
+    files = []  # written together: both or neither
     if out is not None:
-        write_solutions_csv(out, table.ids, table.puzzles, report.rows)
+        files.append((str(out), solutions_csv(table.ids, table.puzzles, report.rows)))
     if json_out is not None:
-        _write_json(json_out, report.as_dict())
+        files.append((str(json_out), _json_bytes(report.as_dict())))
+    if files:
+        write_together(files, force=True)  # existing files were refused without --force up front
     for r in report.rows:
         if r["status"] == "infeasible":
             continue
         if single:
-            _echo(r["grid"] if r["solved"] else f"{r['grid']}  (not solved: {r['problems'][0]})", quiet)
+            _result(r["grid"] if r["solved"] else f"{r['grid']}  (not solved: {r['problems'][0]})")
         else:
-            _echo(f"{r['id']}: {r['status']} ({r['iterations']} it)" + ("" if r["solved"] else f": {r['problems'][0]}"), quiet)
+            _result(f"{r['id']}: {r['status']} ({r['iterations']} it)" + ("" if r["solved"] else f": {r['problems'][0]}"))
     s = report.summary()
     _echo(
         f"{s['solved']}/{s['puzzles']} solved with {method}"
@@ -191,7 +209,7 @@ def evaluate(
     )
     if json_out is not None:
         _write_json(json_out, table)
-    _echo(format_table(table), quiet)
+    _result(format_table(table))
 
 
 def train_command(

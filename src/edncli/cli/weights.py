@@ -7,6 +7,8 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
+from ..errors import write_stdout
+
 app = typer.Typer(help="List and inspect checkpoints (shipped in weights/ or in $EDN_WEIGHTS_DIR).", no_args_is_help=True)
 
 
@@ -38,12 +40,14 @@ def list_cmd(as_json: JsonList = False) -> None:
     if as_json:
         from ..io.reports import strict_json
 
-        print(strict_json(rows, indent=2))
+        write_stdout(strict_json(rows, indent=2) + "\n")
         return
+    lines = []
     for r in rows:
         task = r["task"] if r["error"] is None else "unreadable"
         why = "" if r["error"] is None else f"  ({r['error']})"
-        print(f"{r['name']:<22} {task:<18} {r['bytes'] / 1e6:6.2f} MB  {(r['sha256'] or '-')[:16]:<16}  {r['path']}{why}")
+        lines.append(f"{r['name']:<22} {task:<18} {r['bytes'] / 1e6:6.2f} MB  {(r['sha256'] or '-')[:16]:<16}  {r['path']}{why}\n")
+    write_stdout("".join(lines))
 
 
 @app.command("show")
@@ -58,4 +62,4 @@ def show_cmd(name: Annotated[str, typer.Argument(help="Checkpoint name or path."
     meta["file"] = str(path)
     from ..io.reports import strict_json  # NaN in a header prints as null, not as bare NaN
 
-    print(strict_json(meta, indent=2, sort_keys=True))
+    write_stdout(strict_json(meta, indent=2, sort_keys=True) + "\n")

@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..errors import InputError, UsageError
+from ..errors import InputError, UsageError, write_stdout
 from .values import float32_problem
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".npy", ".h5", ".hdf5", ".jpg", ".jpeg", ".bmp", ".pgm")
@@ -153,6 +153,8 @@ def load_npy(source, label: str) -> np.ndarray:
 
 def _read_raw(path: str, dataset: Optional[str], option: str = "--dataset") -> tuple[np.ndarray, str]:
     if path == "-":
+        if sys.stdin is None:
+            raise InputError("stdin is closed: there is nothing to read; give the input as a file")
         data = sys.stdin.buffer.read()
         if not data:
             raise InputError("stdin: no image data (nothing was piped in)")
@@ -373,6 +375,8 @@ def check_writable(path: str, force: bool) -> None:
         mode = os.stat(p).st_mode
     except OSError:
         mode = None
+    if mode is None and os.path.islink(p) and not force:  # a link to a missing file is still there
+        raise UsageError(f"{path} exists (a symbolic link to a missing file); pass --force to replace the link")
     if mode is not None and not stat.S_ISREG(mode):
         raise UsageError(
             f"{path} exists and is not a regular file; edn replaces only regular files, even with --force "
@@ -398,7 +402,8 @@ def write_together(files: Sequence[tuple[str, bytes]], force: bool = False) -> N
 
     Each file goes to a temporary file beside its target; only when all are written are they
     renamed into place. If a write fails, the temporary files are removed and no target is
-    touched (InputError, exit 4). ``-`` goes to stdout, last.
+    touched (InputError, exit 4). ``-`` goes to stdout after the files are staged and before they
+    are renamed, so a stdout that cannot take it (``> /dev/full``, a closed pipe) leaves none of them.
     """
     from .checkpoints import _umask
 
@@ -415,6 +420,9 @@ def write_together(files: Sequence[tuple[str, bytes]], force: bool = False) -> N
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
             os.chmod(tmp, 0o666 & ~_umask())
+        for path, data in files:
+            if path == "-":
+                write_stdout(data)
         for tmp, path in staged:
             os.replace(tmp, path)
             renamed += 1
@@ -427,10 +435,6 @@ def write_together(files: Sequence[tuple[str, bytes]], force: bool = False) -> N
                 os.unlink(tmp)
             except FileNotFoundError:
                 pass
-    for path, data in files:
-        if path == "-":
-            sys.stdout.buffer.write(data)
-            sys.stdout.buffer.flush()
 
 
 def write_bytes(path: str, data: bytes, force: bool = False) -> None:

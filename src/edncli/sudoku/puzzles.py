@@ -197,16 +197,14 @@ def puzzles_from_argument(arg: str) -> PuzzleTable:
     return read_puzzles(p)
 
 
-def write_solutions_csv(path: str | Path, ids: Sequence[str], puzzles: np.ndarray, rows: Sequence[dict]) -> None:
-    """Write ``id,puzzle,solution,status`` rows atomically (temp file + rename)."""
-    from ..io.checkpoints import atomic_write_bytes
-
+def solutions_csv(ids: Sequence[str], puzzles: np.ndarray, rows: Sequence[dict]) -> bytes:
+    """``id,puzzle,solution,status`` rows as CSV bytes."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["id", "puzzle", "solution", "status"])
     for pid, puz, row in zip(ids, puzzles, rows):
         w.writerow([pid, grid_to_string(puz), row.get("grid", ""), row["status"]])
-    atomic_write_bytes(path, buf.getvalue().encode())
+    return buf.getvalue().encode()
 
 
 # --------------------------------------------------------------------------- rules
