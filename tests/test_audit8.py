@@ -493,3 +493,21 @@ def test_sudoku_writes_its_csv_and_json_together_or_not_at_all(tmp_path, monkeyp
                        "--json", "bad/s.json")
     assert code == 4 and _one_line(err) and "cannot write" in err, err
     assert os.listdir("ok") == [] and os.listdir("bad") == []
+
+
+def test_cg_past_the_float32_floor_is_not_reported_as_a_rise(tmp_path, monkeypatch, capsys):
+    # was: --min-iter 3 made cg go on from an exact solution (energy 1e-28 on the residual moved
+    # in place); the fresh A u - f of the δ check read 5e-12, "energy_monotone": false with exit 0
+    monkeypatch.chdir(tmp_path)
+    code, _, err = edn(monkeypatch, capsys, "sr", "--scale", "4", EXAMPLES / "camera_lr_x4.tif", "-o", "x.tif",
+                       "--method", "cg", "--min-iter", "3", "--report", "r.json")
+    assert code == 0, err
+    doc = json.loads(Path("r.json").read_text())
+    assert doc["energy_monotone"] is True and doc["delta_reached"] is True
+    # a real rise is still one: the slack is float32's resolution of the residual, no more
+    from edncli.solvers.trace import residual_resolution, rose
+
+    import torch
+
+    (eta,) = residual_resolution(torch.full((1, 16, 16), 0.5))
+    assert not rose(0.5 * eta**2 * 0.9, 0.0, eta) and rose(2 * eta**2, 0.0, eta) and rose(1e-3, 1.0, eta)

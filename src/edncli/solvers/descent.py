@@ -41,7 +41,7 @@ import torch
 from ..energies import Energy, data_term_of, fast_dot, fast_dot_host
 from ..metrics import quality_each
 from .stopping import Deltas, delta_values, per_sample_deltas
-from .trace import MONOTONE_RTOL, IterationRecord, SampleVerdict, SolveResult
+from .trace import IterationRecord, SampleVerdict, SolveResult, residual_resolution, rose as rose_beyond
 
 
 #: Route every run through the general loop (tests compare it with the specialised one).
@@ -270,6 +270,7 @@ def descend(
     active = [True] * batch
     iters = [0] * batch
     max_inc = [-math.inf] * batch
+    eta = residual_resolution(None if data is None else data.f) or [0.0] * batch  # float32 resolution of A u - f
     monotone = [math.isfinite(v) for v in e_h]  # a NaN/Inf energy certifies nothing
     fallbacks = [0] * batch
     reasons: List[str] = [""] * batch
@@ -508,7 +509,7 @@ def descend(
                 continue
             inc = e_h[i] - e_old_h[i]  # type: ignore[index]
             max_inc[i] = max(max_inc[i], inc)
-            if not inc <= MONOTONE_RTOL * abs(e_old_h[i]) + 1e-12:  # type: ignore[index]  # NaN: not certified
+            if rose_beyond(inc, e_old_h[i], eta[i]):  # type: ignore[index]  # NaN: not certified
                 monotone[i] = False
         for i in range(batch):
             if stalled[i] and active[i]:
@@ -567,6 +568,7 @@ def _data_term_single(
     float64 quotient of two float32 numbers rounds to the same float32 (53 >= 2 * 24 + 2 bits).
     """
     delta0 = None if delta is None else delta[0]
+    (eta,) = residual_resolution(energy.f)  # type: ignore[attr-defined]  # float32 resolution of A u - f
     e_h = energy.value_host(u)  # type: ignore[attr-defined]
     g = energy.grad(u)
     gn2_h = fast_dot_host(g, g)
@@ -668,7 +670,7 @@ def _data_term_single(
                 gn2_h = fast_dot_host(g, g)
         inc = e_h - e_old
         max_inc = max(max_inc, inc)
-        if not inc <= MONOTONE_RTOL * abs(e_old) + 1e-12:  # NaN: not certified
+        if rose_beyond(inc, e_old, eta):  # NaN: not certified
             monotone = False
         record(k, None if stalled else tau, trials, not stalled)
         reason = ("precision_limit" if rose else "line_search_stalled") if stalled else stop_reason(k)

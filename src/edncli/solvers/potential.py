@@ -40,7 +40,7 @@ from ..energies import DataFidelity
 from ..errors import UsageError
 from ..metrics import quality_each
 from .methods import Callback, MethodOptions, Problem, register_method
-from .trace import MONOTONE_RTOL, IterationRecord, SampleVerdict, SolveResult
+from .trace import IterationRecord, SampleVerdict, SolveResult, residual_resolution, rose
 
 
 @dataclass(frozen=True)
@@ -192,6 +192,7 @@ class _Tracker:
         self.iters = torch.zeros(b, dtype=torch.long)
         self.max_inc = torch.full((b,), -math.inf, dtype=torch.float64)
         self.monotone = torch.ones(b, dtype=torch.bool)
+        self.eta = residual_resolution(problem.f)  # float32 resolution of the data term's residual
         self.reasons: List[str] = [""] * b
         self.trace: List[IterationRecord] = []
         self.start = time.perf_counter()
@@ -224,8 +225,9 @@ class _Tracker:
         inc = (e_new - e_old).double().cpu()
         moved = moved.cpu()
         self.max_inc = torch.where(moved, torch.maximum(self.max_inc, inc), self.max_inc)
-        tol = MONOTONE_RTOL * e_old.double().abs().cpu() + 1e-12
-        self.monotone &= ~(moved & ~(inc <= tol))  # a NaN energy certifies nothing
+        e_old = e_old.double().cpu()
+        rises = torch.tensor([rose(float(a), float(b), h) for a, b, h in zip(inc, e_old, self.eta)], dtype=torch.bool)
+        self.monotone &= ~(moved & rises)  # a NaN energy certifies nothing
         self.monotone &= torch.isfinite(e_new.double().cpu()) | ~moved
 
     def stop(self, i: int, k: int, reason: str) -> None:

@@ -17,6 +17,26 @@ import torch
 #: Relative round-off allowed before an energy increase counts as a broken promise.
 MONOTONE_RTOL = 1e-5
 
+#: float32's machine epsilon: the relative resolution of a residual computed in float32.
+EPS32 = float(torch.finfo(torch.float32).eps)
+
+
+def residual_resolution(f: Optional[torch.Tensor]) -> List[float]:
+    """Per sample, ``eta = 4 eps ||f||``: how far two float32 computations of one residual
+    ``A u - f`` (moved in place, and afresh) may lie apart in norm; ``0`` without data."""
+    if f is None:
+        return []
+    return [4 * EPS32 * float(n) for n in f.flatten(1).double().norm(dim=1).tolist()]
+
+
+def rose(inc: float, e_old: float, eta: float = 0.0) -> bool:
+    """Whether an energy change ``inc`` from ``e_old`` is a rise beyond round-off: more than
+    ``MONOTONE_RTOL |e_old|``, ``1e-12``, and what recomputing a float32 residual of resolution
+    ``eta`` can move ``1/2 ||r||^2`` by (``eta ||r|| + eta^2 / 2``, ``||r|| = sqrt(2 e_old)``).
+    NaN counts as a rise."""
+    slack = eta * math.sqrt(max(2.0 * e_old, 0.0)) + 0.5 * eta * eta if eta else 0.0
+    return not inc <= MONOTONE_RTOL * abs(e_old) + max(1e-12, slack)
+
 #: ``extra`` keys of a result holding one value per sample (sliced by :meth:`SolveResult.split`,
 #: concatenated by the sharding merge).
 PER_SAMPLE_EXTRA = ("alpha", "final_L", "search_iterations")
@@ -207,7 +227,7 @@ class SolveResult:
 
     @property
     def energy_monotone(self) -> bool:
-        """True when no sample's energy rose beyond round-off (``MONOTONE_RTOL`` relative)."""
+        """True when no sample's energy rose beyond round-off (see :func:`rose`)."""
         return all(s.energy_monotone for s in self.samples)
 
     @property
