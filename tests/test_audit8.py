@@ -511,3 +511,20 @@ def test_cg_past_the_float32_floor_is_not_reported_as_a_rise(tmp_path, monkeypat
 
     (eta,) = residual_resolution(torch.full((1, 16, 16), 0.5))
     assert not rose(0.5 * eta**2 * 0.9, 0.0, eta) and rose(2 * eta**2, 0.0, eta) and rose(1e-3, 1.0, eta)
+
+
+@pytest.mark.parametrize("method", ["red", "potential"])
+def test_ct_says_that_potential_red_and_pnp_run_with_the_deblurring_preset(tmp_path, monkeypatch, capsys, method):
+    # was: silently the deblurring preset, a 125-iteration cap, exit 3 without a word
+    pytest.importorskip("astra")
+    from .test_ct_cli_errors import _phantom, _sinogram
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EDN_CACHE_DIR", str(tmp_path / "cache"))
+    _phantom(tmp_path / "phantom.png")
+    _sinogram(monkeypatch, capsys)
+    code, _, err = edn(monkeypatch, capsys, "ct", "--sinogram", "sino.h5", "--size", "48", "-o", "x.tif", "--method", method,
+                       "--max-iter", "2", "--report", "r.json")
+    assert code in (0, 3), err
+    assert "edn: warning:" in err and "no CT preset" in err, err
+    assert json.loads(Path("r.json").read_text())["preset"] == "deblur (no ct preset)"

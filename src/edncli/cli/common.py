@@ -40,6 +40,13 @@ Plot = Annotated[
     Optional[str],
     typer.Option("--plot", help="Write a PNG plot of energy, discrepancy and PSNR (a folder for a folder or glob of inputs)."),
 ]
+# edn ct reads one sinogram: its report, plot and reference are single files
+CTReport = Annotated[Optional[str], typer.Option("--report", help="Write the JSON convergence report here (one for the scan).")]
+CTPlot = Annotated[Optional[str], typer.Option("--plot", help="Write a PNG plot of energy, discrepancy and PSNR.")]
+CTReferenceOpt = Annotated[
+    Optional[str],
+    typer.Option("--reference", help="Ground-truth slice (or stack of slices): adds PSNR/SSIM per iteration to the report."),
+]
 DeltaOpt = Annotated[
     Optional[str],
     typer.Option("--delta", help="Discrepancy level δ (absolute, data units), or 'auto' to estimate the noise."),
@@ -51,9 +58,11 @@ Tau = Annotated[
     Optional[float],
     typer.Option("--tau", help="Safety factor τ in δ = τ σ sqrt(m), with --noise-sigma or --delta auto (default 1.0)."),
 ]
+EvalTau = Annotated[float, typer.Option("--tau", help="Safety factor τ in δ = τ σ sqrt(m), σ = --noise-sigma.")]
 MaxIter = Annotated[Optional[int], typer.Option("--max-iter", help="Iteration cap (exit code 3 if δ is not reached).")]
 MinIter = Annotated[
-    Optional[int], typer.Option("--min-iter", help="Learned methods: steps taken before the δ test.")
+    Optional[int], typer.Option("--min-iter", help="gd, cg, edn, potential, red, pnp: iterations before the δ test "
+                                "(learned methods: default the checkpoint's).")
 ]
 LearnedSteps = Annotated[
     Optional[int],

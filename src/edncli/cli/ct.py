@@ -171,9 +171,9 @@ def ct(
     handover: c.Handover = None,
     alpha: AlphaOpt = None,
     weights: WeightsOpt = None,
-    reference: c.ReferenceOpt = None,
-    report: c.Report = None,
-    plot: c.Plot = None,
+    reference: c.CTReferenceOpt = None,
+    report: c.CTReport = None,
+    plot: c.CTPlot = None,
     fmt: c.Format = None,
     bit_depth: c.BitDepth = None,
     dataset: c.Dataset = None,
@@ -209,6 +209,9 @@ def ct(
     try:
         with launch.unanimous():  # every rank checks the same arguments: rank 0 alone reports
             _check_method(method, weights)
+            if method in ("potential", "red", "pnp") and launch.is_main:
+                c.say(f"edn: warning: {method} has no CT preset; it runs with the deblurring one (λ, µ and the "
+                      "iteration cap were not tuned for CT, so δ may not be reached; raise --max-iter if it is not)", quiet)
             _check_fan_options(beam, source_origin, origin_detector)
             if method == "baseline" and weights is None:
                 _check_baseline_weights()

@@ -30,7 +30,7 @@ WeightsOpt = Annotated[Optional[str], typer.Option("--weights", help="Checkpoint
 LamOpt = Annotated[Optional[float], typer.Option("--lam", help="potential/red: regularisation weight λ (default: the --preset's, i.e. this task's validation-tuned value).")]
 MuOpt = Annotated[Optional[float], typer.Option("--mu", help="red/pnp: step size µ (default: the --preset's, i.e. this task's validation-tuned value).")]
 BoxOpt = Annotated[bool, typer.Option("--box", help="potential: keep iterates in [0, 1] (proximal variant; red and pnp always do).")]
-PresetOpt = Annotated[Optional[str], typer.Option("--preset", help="potential/red/pnp: settings of task sr or deblur (validation-tuned), or paper-sr / paper-deblur (paper 000 Table 2) (default: this task).")]
+PresetOpt = Annotated[Optional[str], typer.Option("--preset", help="potential/red/pnp: settings of task sr or deblur (validation-tuned), or paper-sr / paper-deblur (Table 2 of the gradient-driven denoisers paper) (default: this task).")]
 InitOpt = Annotated[Optional[str], typer.Option("--init", help="Initial guess (see each command's help).")]
 
 

@@ -142,11 +142,13 @@ def resolve_settings(method: str, problem: Problem, options: MethodOptions) -> T
     ``"preset"`` (a task name, to use another task's settings); ``options.min_iter`` when not
     ``None`` (raising the preset's cap to it where needed); ``options.max_iter`` when not ``None``
     (any value given, the default's included).
-    An unknown task falls back to the deblur preset (and says so in the preset name).
+    A task without presets (CT) falls back to the deblur preset, and says so in the preset name
+    (``"deblur (no ct preset)"``).
     """
     extra = options.extra or {}
     name = str(extra.get("preset") or problem.task)
-    if name not in PRESETS:
+    fallback = name not in PRESETS
+    if fallback:
         if "preset" in extra:
             raise UsageError(f"--preset must be one of {', '.join(PRESETS)}, got {name!r}")
         name = "deblur"
@@ -174,7 +176,7 @@ def resolve_settings(method: str, problem: Problem, options: MethodOptions) -> T
         raise UsageError(f"--beta (backtracking factor) must be > 1, got {p.beta}")
     if p.max_iter < 0 or p.min_iter < 0:
         raise UsageError(f"--max-iter and --min-iter must be >= 0, got {p.max_iter} and {p.min_iter}")
-    return p, name
+    return p, (f"deblur (no {problem.task} preset)" if fallback else name)
 
 
 class _Tracker:
