@@ -505,7 +505,7 @@ def test_cg_past_the_float32_floor_is_not_reported_as_a_rise(tmp_path, monkeypat
     doc = json.loads(Path("r.json").read_text())
     assert doc["energy_monotone"] is True and doc["delta_reached"] is True
     # a real rise is still one: the slack is float32's resolution of the residual, no more
-    from edncli.solvers.trace import residual_resolution, rose
+    from edncli.solvers.trace import residual_resolution, rose_beyond_roundoff as rose
 
     import torch
 

@@ -41,7 +41,7 @@ import torch
 from ..energies import Energy, data_term_of, fast_dot, fast_dot_host
 from ..metrics import quality_each
 from .stopping import Deltas, delta_values, per_sample_deltas
-from .trace import IterationRecord, SampleVerdict, SolveResult, residual_resolution, rose as rose_beyond
+from .trace import IterationRecord, SampleVerdict, SolveResult, residual_resolution, rose_beyond_roundoff
 
 
 #: Route every run through the general loop (tests compare it with the specialised one).
@@ -509,7 +509,7 @@ def descend(
                 continue
             inc = e_h[i] - e_old_h[i]  # type: ignore[index]
             max_inc[i] = max(max_inc[i], inc)
-            if rose_beyond(inc, e_old_h[i], eta[i]):  # type: ignore[index]  # NaN: not certified
+            if rose_beyond_roundoff(inc, e_old_h[i], eta[i]):  # type: ignore[index]  # NaN: not certified
                 monotone[i] = False
         for i in range(batch):
             if stalled[i] and active[i]:
@@ -670,7 +670,7 @@ def _data_term_single(
                 gn2_h = fast_dot_host(g, g)
         inc = e_h - e_old
         max_inc = max(max_inc, inc)
-        if rose_beyond(inc, e_old, eta):  # NaN: not certified
+        if rose_beyond_roundoff(inc, e_old, eta):  # NaN: not certified
             monotone = False
         record(k, None if stalled else tau, trials, not stalled)
         reason = ("precision_limit" if rose else "line_search_stalled") if stalled else stop_reason(k)

@@ -40,7 +40,7 @@ from ..energies import DataFidelity
 from ..errors import UsageError
 from ..metrics import quality_each
 from .methods import Callback, MethodOptions, Problem, register_method
-from .trace import IterationRecord, SampleVerdict, SolveResult, residual_resolution, rose
+from .trace import IterationRecord, SampleVerdict, SolveResult, residual_resolution, rose_beyond_roundoff
 
 
 @dataclass(frozen=True)
@@ -228,7 +228,8 @@ class _Tracker:
         moved = moved.cpu()
         self.max_inc = torch.where(moved, torch.maximum(self.max_inc, inc), self.max_inc)
         e_old = e_old.double().cpu()
-        rises = torch.tensor([rose(float(a), float(b), h) for a, b, h in zip(inc, e_old, self.eta)], dtype=torch.bool)
+        rises = [rose_beyond_roundoff(float(a), float(b), h) for a, b, h in zip(inc, e_old, self.eta)]
+        rises = torch.tensor(rises, dtype=torch.bool)
         self.monotone &= ~(moved & rises)  # a NaN energy certifies nothing
         self.monotone &= torch.isfinite(e_new.double().cpu()) | ~moved
 

@@ -29,7 +29,7 @@ def residual_resolution(f: Optional[torch.Tensor]) -> List[float]:
     return [4 * EPS32 * float(n) for n in f.flatten(1).double().norm(dim=1).tolist()]
 
 
-def rose(inc: float, e_old: float, eta: float = 0.0) -> bool:
+def rose_beyond_roundoff(inc: float, e_old: float, eta: float = 0.0) -> bool:
     """Whether an energy change ``inc`` from ``e_old`` is a rise beyond round-off: more than
     ``MONOTONE_RTOL |e_old|``, ``1e-12``, and what recomputing a float32 residual of resolution
     ``eta`` can move ``1/2 ||r||^2`` by (``eta ||r|| + eta^2 / 2``, ``||r|| = sqrt(2 e_old)``).
@@ -227,7 +227,7 @@ class SolveResult:
 
     @property
     def energy_monotone(self) -> bool:
-        """True when no sample's energy rose beyond round-off (see :func:`rose`)."""
+        """True when no sample's energy rose beyond round-off (see :func:`rose_beyond_roundoff`)."""
         return all(s.energy_monotone for s in self.samples)
 
     @property
