@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-SHARED_DATA = Path(os.environ.get("EDN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+SHARED_DATA = Path(os.environ.get("EDN_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

@@ -28,6 +28,7 @@ def _psnr(u: np.ndarray, ref: np.ndarray) -> float:
 def pair(tmp_path, monkeypatch, capsys):
     """in/a.tif, in/b.tif (x4 low-resolution) and ref/a.png, ref/b.png (their 64² ground truths)."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EDN_CACHE_DIR", str(tmp_path / "cache"))
     gen = np.random.default_rng(0)
     os.mkdir("in"), os.mkdir("ref")
     for name, freq in (("a", 2.0), ("b", 5.0)):
@@ -528,3 +529,111 @@ def test_ct_says_that_potential_red_and_pnp_run_with_the_deblurring_preset(tmp_p
     assert code in (0, 3), err
     assert "edn: warning:" in err and "no CT preset" in err, err
     assert json.loads(Path("r.json").read_text())["preset"] == "deblur (no ct preset)"
+
+
+# ---- caches, environment, concurrent writers (helper audit) -------------------------------------
+
+def test_a_bad_ct_matrix_size_limit_is_one_line(tmp_path, monkeypatch, capsys):
+    # was: float('2e9x') raised a ValueError traceback, exit 1
+    pytest.importorskip("astra")
+    from .test_ct_cli_errors import _phantom, _sinogram
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EDN_CACHE_DIR", str(tmp_path / "cache"))
+    _phantom(tmp_path / "phantom.png")
+    _sinogram(monkeypatch, capsys)
+    monkeypatch.setenv("EDN_CT_MATRIX_MAX_BYTES", "2e9x")
+    code, _, err = edn(monkeypatch, capsys, "ct", "--sinogram", "sino.h5", "--size", "48", "-o", "x.tif", "--method", "cg")
+    assert code == 2 and _one_line(err) and "EDN_CT_MATRIX_MAX_BYTES" in err, err
+
+
+def test_a_ct_matrix_cache_entry_of_another_geometry_or_with_nan_is_rebuilt(tmp_path):
+    # was: trusted when its shape fit: a NaN made every later run "precision limit", exit 3, and
+    # another centre's matrix copied over the entry gave a wrong reconstruction
+    pytest.importorskip("astra")
+    import shutil
+    import warnings
+
+    import torch
+
+    from edncli.operators.tomography import CTGeometry, make_ct_operator
+
+    theta = np.linspace(0, np.pi, 30, endpoint=False)
+    g1, g2 = CTGeometry(32, theta, 46, center=22.0), CTGeometry(32, theta, 46, center=24.0)
+    x = torch.rand(1, 32, 32, generator=torch.Generator().manual_seed(0))
+    truth = {}
+    for g in (g1, g2):
+        truth[g.center] = make_ct_operator(g, backend="matrix", cache_dir=tmp_path / "fresh" / str(g.center))(x)
+    cache = tmp_path / "cache"
+    make_ct_operator(g1, backend="matrix", cache_dir=cache)
+    make_ct_operator(g2, backend="matrix", cache_dir=cache)
+    f1, f2 = (next((cache).rglob(f"{g.key()}*.npz")) for g in (g1, g2))
+    shutil.copy(f1, f2)  # centre 22's matrix under centre 24's name
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        y = make_ct_operator(g2, backend="matrix", cache_dir=cache)(x)
+    assert torch.allclose(y, truth[24.0]) and any("another geometry" in str(w.message) for w in caught)
+    z = dict(np.load(f1))
+    z["data"][5] = np.nan
+    np.savez(f1, **z)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        y = make_ct_operator(g1, backend="matrix", cache_dir=cache)(x)
+    assert torch.allclose(y, truth[22.0]) and any("NaN" in str(w.message) for w in caught)
+
+
+def test_tv_on_data_in_tiny_units_does_not_report_a_discrepancy_of_zero(tmp_path, monkeypatch, capsys):
+    # was: float32 squares underflowed: ||Au-f|| = 0 reported, "δ reached", exit 0, for 5.6e-30 > δ
+    monkeypatch.chdir(tmp_path)
+    tifffile.imwrite("small.tif", (np.random.RandomState(1).rand(64, 64) * 1e-30).astype(np.float32))
+    code, _, err = edn(monkeypatch, capsys, "sr", "--scale", "4", "small.tif", "-o", "out.tif", "--method", "tv",
+                       "--delta", "1e-30", "--report", "r.json")
+    doc = json.loads(Path("r.json").read_text())
+    assert doc["final_discrepancy"] > 1e-30 and doc["delta_reached"] is False and code == 3, err
+
+
+def test_two_trainings_of_one_checkpoint_at_once_are_refused(tmp_path, monkeypatch, capsys):
+    # was: both ran and exited 0; the checkpoint was the last writer's and the log held NUL bytes
+    import fcntl
+
+    from .test_learned import _images
+
+    monkeypatch.chdir(tmp_path)
+    imgs = _images(tmp_path / "imgs", n=3, size=40)
+    lock = open(tmp_path / ".m.safetensors.lock", "a+")
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another run holds the checkpoint
+    try:
+        code, _, err = edn(monkeypatch, capsys, "train", "--task", "sr", "--images", str(imgs), "--out", "m", "--depth", "3",
+                           "--width", "8", "--patch-size", "24", "--batch-size", "2", "--steps", "2", "--quiet")
+    finally:
+        lock.close()
+    assert code == 2 and _one_line(err) and "another edn train is writing" in err, err
+    assert not Path("m.safetensors").exists() and not Path("m.train.jsonl").exists()
+    code, _, err = edn(monkeypatch, capsys, "train", "--task", "sr", "--images", str(imgs), "--out", "m", "--depth", "3",
+                       "--width", "8", "--patch-size", "24", "--batch-size", "2", "--steps", "2", "--quiet")
+    assert code == 0 and Path("m.safetensors").exists() and not Path(".m.safetensors.lock").exists(), err
+
+
+def test_an_output_folder_removed_during_the_run_is_an_io_failure(tmp_path, monkeypatch):
+    from edncli.errors import InputError
+    from edncli.io.images import write_together
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match="is gone"):
+        write_together([("gone/x.tif", b"data")])
+
+
+def test_a_bad_dist_timeout_under_torchrun_is_printed_once(tmp_path):
+    # was: every rank printed "$EDN_DIST_TIMEOUT must be a positive number of seconds"
+    import subprocess
+    import sys
+
+    from .test_sharding import _env, _scan
+
+    _scan(tmp_path / "scan.h5", tmp_path / "cache", n_slices=2)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "edncli",
+           "reconstruct", "ct", "--sinogram", "scan.h5", "--slices", "0:2", "--size", "32", "-o", "d.tif", "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**_env(tmp_path), "EDN_DIST_TIMEOUT": "abc"},
+                          cwd=tmp_path, timeout=240)
+    errors = [line for line in proc.stderr.splitlines() if "edn: error:" in line]
+    assert proc.returncode != 0 and len(errors) == 1 and "EDN_DIST_TIMEOUT" in errors[0], proc.stderr[-3000:]

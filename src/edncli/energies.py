@@ -183,8 +183,9 @@ class DataFidelity(Energy):
         return torch.linalg.vector_norm(_rows(r), dim=1, dtype=torch.float64)
 
     def discrepancy(self, u: torch.Tensor) -> torch.Tensor:
-        """``||A u - f||`` per sample, shape ``(B,)``."""
-        return self.residual(u).flatten(1).norm(dim=1)
+        """``||A u - f||`` per sample, shape ``(B,)`` float64: squares summed in float64, so data
+        in tiny units (``|r| < 1e-19``, whose float32 squares underflow) do not read 0."""
+        return torch.linalg.vector_norm(_rows(self.residual(u)), dim=1, dtype=torch.float64)
 
     def value(self, u):
         # vector_norm with a float64 accumulator: one pass, relative error ~1e-14 (the

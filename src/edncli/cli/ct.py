@@ -203,11 +203,13 @@ def ct(
     from ..io.sinograms import read_sinogram
     from ..operators.tomography import make_ct_operator
     from ..solvers.methods import Problem
-    from ..solvers.sharding import Launch, PeerFailed, ShardGroup, rank_device
+    from ..solvers.sharding import Launch, PeerFailed, ShardGroup, dist_timeout_s, rank_device
 
     launch = Launch.from_env()
     try:
         with launch.unanimous():  # every rank checks the same arguments: rank 0 alone reports
+            if launch.distributed:
+                dist_timeout_s()  # $EDN_DIST_TIMEOUT, read again by the group below
             _check_method(method, weights)
             if method in ("potential", "red", "pnp") and launch.is_main:
                 c.say(f"edn: warning: {method} has no CT preset; it runs with the deblurring one (λ, µ and the "

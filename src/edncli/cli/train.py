@@ -189,7 +189,10 @@ def train(
             kwargs["time_limit_s"] = time_limit
         if n_puzzles is not None:
             kwargs["n_puzzles"] = n_puzzles
-        train_command(**kwargs)
+        from ..io.checkpoints import exclusive_output
+
+        with exclusive_output(_out_path(out)):  # one writer per checkpoint
+            train_command(**kwargs)
         return
     if task == "denoiser":
         from ..training.denoiser import DenoiserTrainConfig, train_denoiser
@@ -203,7 +206,10 @@ def train(
             depth=depth, width=width, patch_size=patch, batch_size=batch, steps=steps, lr=lr, seed=seed,
             time_limit_s=time_limit, device=str(dev), threads=threads, force=force,
         )
-        train_denoiser(cfg, out, command=command, quiet=quiet)
+        from ..io.checkpoints import exclusive_output
+
+        with exclusive_output(_out_path(out)):  # one writer per checkpoint
+            train_denoiser(cfg, out, command=command, quiet=quiet)
         return
 
     from ..tasks import TaskSpec

@@ -12,8 +12,9 @@ import hashlib
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 from ..errors import CheckpointError, UsageError, not_a_file
 
@@ -194,6 +195,38 @@ def write_model_card(card_path: str | Path, name: str, meta: Dict[str, Any], sha
     if body:
         lines += ["", body.strip()]
     atomic_write_bytes(card_path, ("\n".join(lines) + "\n").encode())
+
+
+@contextmanager
+def exclusive_output(out: Path) -> Iterator[None]:
+    """Hold an advisory lock on ``.<name>.lock`` beside ``out`` while a run writes it: a second
+    run writing the same checkpoint at the same time is refused (one line, exit 2) instead of
+    replacing this one's checkpoint and interleaving its log. The lock goes with the process,
+    even a killed one; where the platform has no ``fcntl`` (Windows) only the up-front checks remain."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    lock = out.parent / f".{out.name}.lock"
+    try:
+        fh = open(lock, "a+")
+    except OSError:  # a folder that cannot take the lock file cannot take the checkpoint either: said later
+        yield
+        return
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise UsageError(f"another edn train is writing {out} now; wait for it to end, or choose another --out") from None
+    try:
+        yield
+    finally:
+        try:
+            lock.unlink()
+        except OSError:
+            pass
+        fh.close()
 
 
 def check_side_files(out: Path, log_path: Optional[Path], force: bool) -> None:

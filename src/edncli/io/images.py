@@ -407,7 +407,10 @@ def write_together(files: Sequence[tuple[str, bytes]], force: bool = False) -> N
     """
     from .checkpoints import _umask
 
-    for path, _ in files:
+    for path, _ in files:  # the commands checked these before any work: a folder gone now is an I/O failure
+        parent = Path(path).parent
+        if path != "-" and not parent.is_dir():
+            raise InputError(f"{path}: cannot write, the folder {parent} is gone (removed during the run?)")
         check_writable(path, force)
     staged: list[tuple[str, str]] = []
     renamed = 0

@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: The FIPS walnut in the project's public data (``$EDN_SHARED_DATA/walnut``; by default
 #: ``../shared/data/walnut`` beside a source checkout, as the tests and benchmarks read it).
-WALNUT_DIR = Path(os.environ.get("EDN_SHARED_DATA", Path(__file__).resolve().parents[3].parent / "shared" / "data")) / "walnut"
+WALNUT_DIR = Path(os.environ.get("EDN_SHARED_DATA") or Path(__file__).resolve().parents[3].parent / "shared" / "data") / "walnut"
 _NO_ANGLES = "no projection angles: the file has no /exchange/theta; pass --angles N or --angle-file FILE"
 
 

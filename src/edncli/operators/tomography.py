@@ -607,6 +607,18 @@ def _build_matrix(geometry: CTGeometry, projector: str):
     return mat
 
 
+def matrix_limit_from_env() -> float:
+    """``$EDN_CT_MATRIX_MAX_BYTES`` (bytes, e.g. ``2e9``), or :data:`DEFAULT_MAX_MATRIX_BYTES` when
+    unset or empty; anything but a number is a one-line :class:`UsageError`."""
+    raw = os.environ.get("EDN_CT_MATRIX_MAX_BYTES", "").strip()
+    if not raw:
+        return float(DEFAULT_MAX_MATRIX_BYTES)
+    try:
+        return float(raw)
+    except ValueError:
+        raise UsageError(f"$EDN_CT_MATRIX_MAX_BYTES must be a number of bytes (e.g. 2e9), got {raw!r}") from None
+
+
 def _cache_path(cache_dir: Path, geometry: CTGeometry, projector: str) -> Path:
     try:
         version = str(_astra().__version__).replace("/", "_")
@@ -620,15 +632,22 @@ def _load_or_build_matrix(geometry: CTGeometry, projector: str, cache_dir: Optio
 
     shape = (geometry.n_angles * geometry.detectors, geometry.size**2)
     path = None if cache_dir is None else _cache_path(cache_dir, geometry, projector)
+    key = f"{geometry.key()}-{projector}"  # stored in the entry: a file copied under another name is not this geometry's
     if path is not None and path.is_file():
         try:
             with np.load(path) as z:
                 mat = sp.csr_matrix((z["data"], z["indices"], z["indptr"]), shape=tuple(int(s) for s in z["shape"]))
+                stored = str(z["key"]) if "key" in z.files else None
             mat.check_format(full_check=True)  # torch's CSR product trusts its indices: check them here
-            if mat.shape == shape:
-                return mat, path, True
+            if stored is not None and stored != key:
+                raise ValueError("made for another geometry")
+            if not np.isfinite(mat.data).all():
+                raise ValueError("it holds NaN/Inf")
+            if mat.shape == shape and stored is not None:
+                return mat, path, True  # (an entry of an earlier edn, without its key, is rebuilt quietly)
         except Exception as exc:  # corrupt cache entry: rebuild and overwrite
-            warnings.warn(f"ignoring unreadable CT matrix cache {path} ({exc}); rebuilding it", stacklevel=3)
+            warnings.warn(f"ignoring unreadable or foreign CT matrix cache entry {path} ({exc}); rebuilding it",
+                          stacklevel=3)
     mat = _build_matrix(geometry, projector)
     if path is not None:
         try:
@@ -636,7 +655,8 @@ def _load_or_build_matrix(geometry: CTGeometry, projector: str, cache_dir: Optio
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=".tmp.npz")
             try:
                 with os.fdopen(fd, "wb") as fh:
-                    np.savez(fh, data=mat.data, indices=mat.indices, indptr=mat.indptr, shape=np.array(mat.shape))
+                    np.savez(fh, data=mat.data, indices=mat.indices, indptr=mat.indptr, shape=np.array(mat.shape),
+                             key=np.array(key))
                 os.replace(tmp, path)
             except BaseException:
                 if os.path.exists(tmp):
@@ -742,9 +762,7 @@ def make_ct_operator(
         if dev.type == "cuda" and cuda_available():
             backend = "cuda"
         else:
-            limit = max_matrix_bytes
-            if limit is None:
-                limit = float(os.environ.get("EDN_CT_MATRIX_MAX_BYTES", DEFAULT_MAX_MATRIX_BYTES))
+            limit = max_matrix_bytes if max_matrix_bytes is not None else matrix_limit_from_env()
             backend = "matrix" if estimate_matrix_bytes(geometry) <= limit else "astra-cpu"
             if backend == "matrix":
                 try:

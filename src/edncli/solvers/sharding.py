@@ -144,7 +144,8 @@ def rank_device(device: torch.device, launch: Launch) -> torch.device:
     return torch.device("cuda", launch.local_rank)
 
 
-def _timeout_s() -> float:
+def dist_timeout_s() -> float:
+    """``$EDN_DIST_TIMEOUT`` in seconds (default :data:`DEFAULT_TIMEOUT_S`); a usage error unless > 0."""
     raw = os.environ.get(TIMEOUT_ENV)
     if raw is None:
         return DEFAULT_TIMEOUT_S
@@ -168,7 +169,7 @@ class ShardGroup:
     def __init__(self, launch: Launch, device: torch.device, timeout_s: Optional[float] = None):
         self.launch = launch
         self.device = device
-        self.timeout_s = _timeout_s() if timeout_s is None else timeout_s
+        self.timeout_s = dist_timeout_s() if timeout_s is None else timeout_s
         self.bounds: Optional[List[Tuple[int, int]]] = None
         self._owns_group = False
 

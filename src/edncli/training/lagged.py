@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from ..energies import DataFidelity
 from ..errors import CheckpointError, UsageError
-from ..io.checkpoints import check_side_files, save_checkpoint, write_model_card
+from ..io.checkpoints import check_side_files, exclusive_output, save_checkpoint, write_model_card
 from ..io.reports import strict_json
 from ..metrics import psnr
 from ..networks.backbones import BackboneConfig
@@ -314,10 +314,13 @@ def train(cfg: TrainConfig, out: Path, *, command: str, device: torch.device, qu
     """
     import torch.distributed as dist
 
+    from contextlib import ExitStack
+
     owns_group = _dist_info()[0] > 1 and not (dist.is_available() and dist.is_initialized())
     try:
-        result = _train(cfg, out, command=command, device=device, quiet=quiet, force=force, resume=resume,
-                        log_path=log_path)
+        with ExitStack() as held:  # the lock on ``out``, taken in the set-up (rank 0), kept to the end
+            result = _train(cfg, out, command=command, device=device, quiet=quiet, force=force, resume=resume,
+                            log_path=log_path, held=held)
         if owns_group:  # every rank leaves together, once rank 0 has written the checkpoint
             dist.barrier()
         return result
@@ -327,12 +330,14 @@ def train(cfg: TrainConfig, out: Path, *, command: str, device: torch.device, qu
 
 
 def _train(cfg: TrainConfig, out: Path, *, command: str, device: torch.device, quiet: bool, force: bool,
-           resume: Optional[Path], log_path: Optional[Path]) -> Optional[Path]:
+           resume: Optional[Path], log_path: Optional[Path], held) -> Optional[Path]:
     cfg.check()
     world, rank, device = _init_distributed(device)
     # Set-up is voted on: an error met on one rank only (a file that differs between nodes, a
     # failed read) stops every rank, and rank 0 reports it ("rank 1: ..."), before DDP would hang.
     with _setup_stage(world, device):
+        if rank == 0 and out.parent.is_dir():  # one writer per checkpoint: a concurrent run is refused
+            held.enter_context(exclusive_output(out))
         same = resume is not None and Path(resume).resolve() == Path(out).resolve()
         if out.exists() and not force and not same:
             raise UsageError(f"{out} exists; pass --force to overwrite it (or --resume {out})")
