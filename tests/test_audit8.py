@@ -637,3 +637,38 @@ def test_a_bad_dist_timeout_under_torchrun_is_printed_once(tmp_path):
                           cwd=tmp_path, timeout=240)
     errors = [line for line in proc.stderr.splitlines() if "edn: error:" in line]
     assert proc.returncode != 0 and len(errors) == 1 and "EDN_DIST_TIMEOUT" in errors[0], proc.stderr[-3000:]
+
+
+# ---- training (helper audit of edn train) -------------------------------------------------------
+
+def test_training_refuses_nan_and_inf_ranges_and_rates_before_writing(tmp_path, monkeypatch, capsys):
+    # was: --noise-sigma nan trained to NaN and wrote a checkpoint edn refuses; --kernel-sigma 1:nan
+    # failed after the log was opened; the denoiser took --lr inf; sudoku a negative --time-limit
+    from .test_learned import _images
+
+    monkeypatch.chdir(tmp_path)
+    imgs = str(_images(tmp_path / "imgs", n=3, size=40))
+    small = ["--depth", "3", "--width", "8", "--patch-size", "24", "--batch-size", "2", "--steps", "2", "--quiet"]
+    for args in (["--task", "sr", "--images", imgs, "--noise-sigma", "nan"], ["--task", "sr", "--images", imgs, "--noise-sigma", "0:inf"],
+                 ["--task", "deblur", "--images", imgs, "--kernel-sigma", "1.5:nan"],
+                 ["--task", "denoiser", "--arch", "dncnn", "--images", imgs, "--lr", "inf"]):
+        code, _, err = edn(monkeypatch, capsys, "train", *args, *small, "--out", "m")
+        assert code == 2 and _one_line(err), (args, err)
+        assert not list(Path(".").glob("m*")), (args, os.listdir("."))
+    code, _, err = edn(monkeypatch, capsys, "train", "--task", "sudoku", "--n-puzzles", "20", "--epochs", "1",
+                       "--time-limit", "-5", "--out", "m", "--quiet")
+    assert code == 2 and "--time-limit" in err and not list(Path(".").glob("m*")), err
+
+
+def test_a_denoiser_named_with_a_dot_gets_its_own_card(tmp_path):
+    from edncli.training.denoiser import output_paths
+
+    assert [str(p) for p in output_paths(tmp_path / "my.v1")] == [str(tmp_path / f"my.v1{s}") for s in
+                                                                 (".safetensors", ".md", ".train.jsonl")]
+
+
+def test_training_under_a_shipped_name_is_refused(tmp_path, monkeypatch, capsys):
+    # was: ./edn-sr-x4.safetensors written, and --weights edn-sr-x4 then found the shipped one
+    monkeypatch.chdir(tmp_path)
+    code, _, err = edn(monkeypatch, capsys, "train", "--task", "sr", "--images", "x", "--out", "edn-sr-x4")
+    assert code == 2 and _one_line(err) and "./edn-sr-x4" in err, err

@@ -20,9 +20,18 @@ TASKS = ("sr", "ct", "deblur", "denoiser", "sudoku")
 
 
 def _check_out_name(name: str) -> None:
-    """``--out`` names a checkpoint file: not stdout, not a folder."""
+    """``--out`` names a checkpoint file: not stdout, not a folder, and not, as a bare name, one
+    that ``--weights NAME`` finds elsewhere first (a shipped checkpoint would shadow the result)."""
     if name.strip() in ("", "-") or name.endswith(("/", "\\")):
         raise UsageError(f"--out {name!r}: give a checkpoint name (e.g. my-sr), not stdout or a folder")
+    if "/" not in name and "\\" not in name:
+        from ..io.weights import weights_dirs
+
+        stem = name[: -len(".safetensors")] if name.endswith(".safetensors") else name
+        for folder in weights_dirs():
+            if (folder / f"{stem}.safetensors").is_file():
+                raise UsageError(f"--out {name}: {folder / (stem + '.safetensors')} has that name, and --weights {stem} "
+                                 f"would find it first; choose another name, or give a path (./{stem})")
 
 
 def _out_path(name: str) -> Path:

@@ -56,6 +56,8 @@ class TrainConfig:
     device: str = "cpu"
 
     def check(self) -> None:
+        if self.time_limit_s is not None and not self.time_limit_s > 0:
+            raise UsageError(f"--time-limit must be > 0 seconds, got {self.time_limit_s}")
         if self.epochs < 1:
             raise UsageError(f"--epochs {self.epochs}: must be >= 1")
         if self.batch_size < 1:

@@ -88,8 +88,8 @@ def parse_range(spec: str, name: str) -> tuple[float, float]:
     if len(parts) == 1:
         parts = parts * 2
     lo, hi = parts[0], parts[-1]
-    if len(parts) != 2 or lo < 0 or hi < lo:
-        raise UsageError(f"{name} must be lo:hi with 0 <= lo <= hi, got {spec!r}")
+    if len(parts) != 2 or not (0 <= lo <= hi < float("inf")):  # NaN and inf fail too
+        raise UsageError(f"{name} must be lo:hi with 0 <= lo <= hi, finite, got {spec!r}")
     return lo, hi
 
 

@@ -77,8 +77,8 @@ class DenoiserTrainConfig:
         for name, value in (("--steps", self.steps), ("--batch-size", self.batch_size), ("--patch-size", self.patch_size)):
             if value < 1:
                 raise UsageError(f"{name} must be >= 1, got {value}")
-        if not self.lr > 0:
-            raise UsageError(f"--lr must be > 0, got {self.lr}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UsageError(f"--lr must be > 0 and finite, got {self.lr}")
         if self.time_limit_s is not None and not self.time_limit_s > 0:
             raise UsageError(f"--time-limit must be > 0 seconds, got {self.time_limit_s}")
 
@@ -90,8 +90,8 @@ def output_paths(out: str | Path) -> Tuple[Path, Path, Path]:
 
     s = str(out)
     ckpt = Path(s if s.endswith(SUFFIX) else s + SUFFIX)
-    stem = ckpt.with_suffix("")
-    return ckpt, stem.with_suffix(".md"), Path(str(stem) + ".train.jsonl")
+    stem = str(ckpt)[: -len(SUFFIX)]  # "my.v1" keeps its dot: my.v1.md, not my.md
+    return ckpt, Path(stem + ".md"), Path(stem + ".train.jsonl")
 
 
 def _validation_set(folder: str, crop: int, sigmas: Tuple[float, ...], seed: int) -> List[Tuple[float, torch.Tensor, torch.Tensor]]:

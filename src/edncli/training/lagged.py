@@ -132,7 +132,8 @@ class TrainConfig:
         if spec.task == "deblur":
             from ..operators.blur import gaussian_kernel
 
-            gaussian_kernel(spec.kernel_sigma[0], spec.kernel_size)  # σ > 0, odd size: usage errors
+            for sigma in spec.kernel_sigma:  # both ends of the range: σ > 0, odd size: usage errors
+                gaussian_kernel(sigma, spec.kernel_size)
             for name, side in (("--patch-size", self.patch), ("--val-size", self.val_size)):
                 if spec.boundary == "reflect" and spec.kernel_size // 2 >= side:
                     raise UsageError(
