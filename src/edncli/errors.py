@@ -47,27 +47,6 @@ class StdoutClosed(EdnError):
     exit_code = 141
 
 
-def write_stdout(data: "bytes | str") -> None:
-    """Write ``data`` to stdout and flush: a closed pipe is :class:`StdoutClosed`, no stdout (the
-    shell closed it, ``>&-``) or a failed write (``> /dev/full``) an :class:`InputError`."""
-    import sys
-
-    out = sys.stdout
-    if out is None:
-        raise InputError("stdout is closed: nothing can be written to it; give -o FILE (or --json FILE where offered)")
-    try:
-        if isinstance(data, bytes):
-            out.buffer.write(data)
-            out.buffer.flush()
-        else:
-            out.write(data)
-            out.flush()
-    except BrokenPipeError:
-        raise StdoutClosed("stdout closed by its reader") from None
-    except OSError as exc:
-        raise InputError(f"stdout: cannot write ({exc.strerror or exc})") from None
-
-
 def not_a_file(path: "str | os.PathLike[str]") -> str:
     """Why ``path`` is not a readable regular file, for a message: a folder, something else, or missing."""
     p = os.fspath(path)

@@ -211,10 +211,11 @@ def say(msg: str, quiet: bool) -> None:
 
 
 # ---------------------------------------------------------------------------- inputs
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".npy", ".h5", ".hdf5")
+#: What a folder or glob of inputs (and of --reference images) picks up, and what an output keeps.
+INPUT_SUFFIXES = (".png", ".tif", ".tiff", ".npy", ".h5", ".hdf5")
 
 
-def expand_inputs(spec: str, exts: tuple = IMAGE_SUFFIXES) -> List[str]:
+def expand_inputs(spec: str, exts: tuple = INPUT_SUFFIXES) -> List[str]:
     """A file, ``-``, a folder (its image files, sorted) or a glob pattern -> list of paths."""
     if spec == "-":
         return ["-"]
@@ -244,7 +245,7 @@ def references_for(reference: Optional[str], inputs: List[str]) -> List[Optional
         return [reference] * len(inputs)
     by_stem: dict = {}
     for q in sorted(Path(reference).iterdir()):
-        if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES:
+        if q.is_file() and q.suffix.lower() in INPUT_SUFFIXES:
             by_stem.setdefault(q.stem, []).append(str(q))
     matched = []
     for path in inputs:
@@ -283,7 +284,7 @@ def plan_outputs(inputs: List[str], output: Optional[str], output_dir: Optional[
     for path in inputs:
         stem = Path(path).stem if path != "-" else "stdin"
         own = Path(path).suffix if path != "-" else ""
-        suffix = ext or (own if own.lower() in (".png", ".tif", ".tiff", ".npy", ".h5", ".hdf5") else ".png")
+        suffix = ext or (own if own.lower() in INPUT_SUFFIXES else ".png")
         outs.append(str(output_dir / f"{stem}{suffix}"))
     return outs
 

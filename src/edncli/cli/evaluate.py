@@ -54,7 +54,7 @@ def _run(spec, images, methods, noise_sigma, seed, tau, iterations, max_iter, bo
         c.check_exists_for_write([json_out], force)
     dev = c.resolve_device(device)
     doc = run_eval([Path(f) for f in files], cfg, dev, progress=None if quiet else (lambda m: c.say(m, False)))
-    from ..errors import write_stdout
+    from ..io.stdout import write_stdout
 
     write_stdout(format_table(doc) + "\n")
     if json_out is not None:

@@ -363,7 +363,7 @@ def run_problems(
             note = "time_s and elapsed_s are those of the whole batch"
             finish(job, built, result, {"size": len(group), "index": index, "note": note} if batch_size > 1 else None)
     if as_json:  # one object for one input file, a list for a folder or glob (however many it holds)
-        from ..errors import write_stdout
+        from ..io.stdout import write_stdout
         from ..io.reports import strict_json
 
         write_stdout(strict_json(summaries[0] if len(summaries) == 1 and not several else summaries) + "\n")

@@ -47,7 +47,7 @@ def _echo(msg: str, quiet: bool) -> None:
 
 def _result(msg: str) -> None:
     """A result line (a grid, a puzzle's status, a table): stdout, with or without --quiet."""
-    from ..errors import write_stdout
+    from ..io.stdout import write_stdout
 
     write_stdout(msg + "\n")
 

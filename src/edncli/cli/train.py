@@ -160,6 +160,7 @@ def train(
     """Train a network for a task and write a checkpoint (safetensors) plus its model card."""
     import torch
 
+    from ..io.checkpoints import exclusive_output
     from ..training.data import parse_range
 
     if task not in TASKS:
@@ -198,8 +199,6 @@ def train(
             kwargs["time_limit_s"] = time_limit
         if n_puzzles is not None:
             kwargs["n_puzzles"] = n_puzzles
-        from ..io.checkpoints import exclusive_output
-
         with exclusive_output(_out_path(out)):  # one writer per checkpoint
             train_command(**kwargs)
         return
@@ -215,8 +214,6 @@ def train(
             depth=depth, width=width, patch_size=patch, batch_size=batch, steps=steps, lr=lr, seed=seed,
             time_limit_s=time_limit, device=str(dev), threads=threads, force=force,
         )
-        from ..io.checkpoints import exclusive_output
-
         with exclusive_output(_out_path(out)):  # one writer per checkpoint
             train_denoiser(cfg, out, command=command, quiet=quiet)
         return

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from ..errors import write_stdout
+from ..io.stdout import write_stdout
 
 app = typer.Typer(help="List and inspect checkpoints (shipped in weights/ or in $EDN_WEIGHTS_DIR).", no_args_is_help=True)
 

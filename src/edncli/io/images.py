@@ -22,7 +22,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..errors import InputError, UsageError, write_stdout
+from ..errors import InputError, UsageError
+from .stdout import write_stdout
 from .values import float32_problem
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".npy", ".h5", ".hdf5", ".jpg", ".jpeg", ".bmp", ".pgm")
