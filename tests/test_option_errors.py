@@ -226,7 +226,7 @@ _TRAIN = ["train", "--task", "sr", "--images", "imgs", "--depth", "3", "--width"
 @pytest.mark.parametrize(
     "args, words",
     [
-        (["--patch-size", "0"], "--patch-size must be >= 1"),
+        (["--patch-size", "0"], "--patch-size must be >= 8"),
         (["--patch-size", "30"], "--patch-size 30 must be divisible by --scale 4"),
         (["--batch-size", "0"], "--batch-size must be >= 1"),
         (["--lr", "-1"], "--lr must be > 0"),

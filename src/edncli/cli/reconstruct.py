@@ -332,10 +332,10 @@ def run_problems(
         if missed_by_file:
             verdict = "δ reached by the result, NOT by the written PNG (clipped to [0, 1])"
         c.say(
-            f"{job.path} -> {job.out}: {method}, {result.iterations} iterations{_search_text(result)}, "
+            f"{job.path} -> {job.out}: {method}, {result.iterations} iteration{'' if result.iterations == 1 else 's'}{_search_text(result)}, "
             f"||Au-f|| = {result.final_discrepancy:.4g}"
             + (f" (δ = {_delta_text(doc['delta'])})" if doc["delta"] else "")
-            + f", {verdict}, energy monotone: {result.energy_monotone}",
+            + f", {verdict}, energy monotone: {_monotone_text(result.energy_monotone, doc.get('guarantee'))}",
             quiet,
         )
 
@@ -396,6 +396,14 @@ def _png_verdict(problem, result, bit_depth: int) -> dict:
 #: Why a run stopped short of δ, as the summary line says it (keys: ``SampleVerdict.stop_reason``).
 _STOP_TEXT = {"max_iter": "iteration cap", "grad_tol": "gradient tolerance", "precision_limit": "float32 precision limit",
               "line_search_stalled": "line search stalled", "single_pass": "single pass"}
+
+
+def _monotone_text(monotone: bool, guarantee: object) -> str:
+    """``yes`` or ``NO``; for a method without a guarantee (the baseline network's one pass, whose
+    report's ``guarantee`` starts with ``none``) ``yes`` is what was observed, and says so."""
+    if not monotone:
+        return "NO"
+    return "yes (observed; no guarantee)" if isinstance(guarantee, str) and guarantee.startswith("none") else "yes"
 
 
 def _miss_reason(result) -> str:

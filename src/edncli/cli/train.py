@@ -132,7 +132,7 @@ def train(
     zeta1: Annotated[float, typer.Option("--zeta1", help="eq. 22 ζ1 (on the normalised gradient).")] = 0.05,
     zeta2: Annotated[float, typer.Option("--zeta2", help="eq. 22 ζ2.")] = 20.0,
     zeta: Annotated[float, typer.Option("--zeta", help="eq. 21 ζ.")] = 1e-3,
-    patch: Annotated[int, typer.Option("--patch-size", help="Training patch side.")] = 48,
+    patch: Annotated[int, typer.Option("--patch-size", help="Training patch side, >= 8.")] = 48,
     batch: Annotated[int, typer.Option("--batch-size", help="Mini-batch size per process.")] = 16,
     steps: Annotated[int, typer.Option("--steps", help="Optimiser steps.")] = 2000,
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-3,
@@ -150,7 +150,7 @@ def train(
     puzzles: Annotated[Optional[str], typer.Option("--puzzles", help="sudoku: CSV of puzzles (default: generated).")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="sudoku: epochs.")] = None,
     baseline: Annotated[bool, typer.Option("--baseline", help="sudoku: train the feed-forward baseline instead.")] = False,
-    time_limit: Annotated[Optional[float], typer.Option("--time-limit", help="sudoku/denoiser: training time cap in seconds.")] = None,
+    time_limit: Annotated[Optional[float], typer.Option("--time-limit", help="sudoku/denoiser: training time cap in seconds (default: none, the run is its --epochs/--steps). Sudoku stretches its learning-rate schedule to it, so the run ends on time but a rerun differs.")] = None,
     n_puzzles: Annotated[Optional[int], typer.Option("--n-puzzles", help="sudoku: generated puzzles when no --puzzles.")] = None,
     device: c.Device = "auto",
     seed: c.Seed = 0,
@@ -215,7 +215,15 @@ def train(
             time_limit_s=time_limit, device=str(dev), threads=threads, force=force,
         )
         with exclusive_output(_out_path(out)):  # one writer per checkpoint
-            train_denoiser(cfg, out, command=command, quiet=quiet)
+            written = train_denoiser(cfg, out, command=command, quiet=quiet)
+        from ..io.checkpoints import read_metadata
+
+        meta = read_metadata(written)
+        if meta.get("stopped") == "interrupted":  # the weights so far are kept, but the run did not end: exit 130
+            print(f"edn: interrupted at step {meta.get('steps_done')}; {written} holds the weights of that step",
+                  file=sys.stderr)
+            c.INTERRUPT_REPORTED = True
+            raise typer.Exit(130)
         return
 
     from ..tasks import TaskSpec

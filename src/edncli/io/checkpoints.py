@@ -173,6 +173,26 @@ def tensors_fit_architecture(arch: Dict[str, Any], state: Dict[str, Any], build:
     return None
 
 
+def describe_data(data: Any) -> str:
+    """The model card's ``data:`` line: a text as it is; the lagged trainer's dict (``images``,
+    ``n_images``, ``val_images``, ``phantoms``) as a sentence, any other dict as JSON."""
+    if data is None:
+        return "n/a"
+    if not isinstance(data, dict):
+        return str(data)
+    if set(data) <= {"images", "n_images", "val_images", "phantoms"}:
+        parts = []
+        if data.get("images"):
+            count = f"{data['n_images']} images from " if data.get("n_images") is not None else ""
+            parts.append(f"{count}{data['images']} (patches with flips/rotations)")
+        if data.get("phantoms"):
+            parts.append("random ellipse phantoms")
+        text = " plus ".join(parts) or "n/a"
+        return text + (f"; validation: {data['val_images']}" if data.get("val_images") else "; validation: phantoms"
+                       if data.get("phantoms") else "")
+    return json.dumps(data, sort_keys=True)
+
+
 def write_model_card(card_path: str | Path, name: str, meta: Dict[str, Any], sha256: str, body: str = "") -> None:
     """Write ``<name>.md`` beside the checkpoint: what it is, how it was made, how well it does."""
     lines = [
@@ -183,7 +203,7 @@ def write_model_card(card_path: str | Path, name: str, meta: Dict[str, Any], sha
         f"- sha256: `{sha256}`",
         f"- file size: {meta.get('file_size', 'n/a')} bytes",
         f"- trained with: `{meta.get('command', 'n/a')}`",
-        f"- data: {meta.get('data', 'n/a')}",
+        f"- data: {describe_data(meta.get('data'))}",
         f"- device: {meta.get('device', 'n/a')}; time: {meta.get('train_time_s', 'n/a')} s",
         "",
         "## Validation metrics",

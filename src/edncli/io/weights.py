@@ -11,14 +11,36 @@ from ..errors import CheckpointError, not_a_file
 SUFFIX = ".safetensors"
 
 
+#: Where a regular (non-editable) install puts the shipped checkpoints, under the install's data
+#: prefix (``pyproject.toml``: ``[tool.setuptools.data-files]``).
+INSTALLED = Path("share") / "edncli" / "weights"
+
+
 def weights_dirs() -> List[Path]:
-    """Where named checkpoints are looked up, in order: ``$EDN_WEIGHTS_DIR``, the repository's ``weights/``."""
+    """Where named checkpoints are looked up, in order: ``$EDN_WEIGHTS_DIR``; the source checkout's
+    ``weights/`` (an editable install or a run from the repository); ``<prefix>/share/edncli/weights``,
+    where ``pip install`` of the project puts them (the environment's prefix, then the user prefix)."""
+    import site
+    import sys
+    import sysconfig
+
     dirs = []
     env = os.environ.get("EDN_WEIGHTS_DIR")
     if env:
         dirs.append(Path(env))
-    dirs.append(Path(__file__).resolve().parents[3] / "weights")
+    package = Path(__file__).resolve().parents[1]  # .../edncli
+    if package.parent.name == "src":  # a source checkout: <repo>/src/edncli
+        dirs.append(package.parents[1] / "weights")
+    for prefix in (sysconfig.get_path("data"), sys.prefix, getattr(site, "USER_BASE", None)):
+        if prefix and Path(prefix) / INSTALLED not in dirs:
+            dirs.append(Path(prefix) / INSTALLED)
     return dirs
+
+
+def searched() -> str:
+    """The folders :func:`weights_dirs` looks in, for messages: ``a, b (set $EDN_WEIGHTS_DIR to add one)``."""
+    text = ", ".join(str(d) for d in weights_dirs())
+    return text if os.environ.get("EDN_WEIGHTS_DIR") else text + " (set $EDN_WEIGHTS_DIR to add a folder)"
 
 
 def resolve_weights(name_or_path: str, what: str = "--weights") -> Path:
@@ -43,7 +65,8 @@ def resolve_weights(name_or_path: str, what: str = "--weights") -> Path:
     known = ", ".join(sorted(q.stem for q in list_weights() if _readable(q)))
     env = os.environ.get("EDN_WEIGHTS_DIR")
     note = f"; $EDN_WEIGHTS_DIR {env} is not a folder" if env and not Path(env).is_dir() else ""
-    raise CheckpointError(f"{what} {name_or_path}: no such checkpoint; shipped: {known or 'none'} (see edn weights list){note}")
+    where = f"shipped: {known}" if known else f"no checkpoints found in {searched()}"
+    raise CheckpointError(f"{what} {name_or_path}: no such checkpoint; {where} (see edn weights list){note}")
 
 
 def list_weights() -> List[Path]:

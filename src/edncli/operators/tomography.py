@@ -579,9 +579,24 @@ def estimate_matrix_bytes(geometry: CTGeometry) -> int:
 
 
 def default_cache_dir() -> Path:
-    """``$EDN_CACHE_DIR/ct`` if set, else ``~/.cache/edn/ct``."""
+    """``$EDN_CACHE_DIR/ct`` if set, else ``$XDG_CACHE_HOME/edn/ct``, else ``~/.cache/edn/ct``; an
+    empty variable counts as unset, and where there is no home (``$HOME`` empty or ``/``) the cache
+    goes to ``<tmp>/edn-cache-<uid>/ct``, never to ``/.cache``."""
     env = os.environ.get("EDN_CACHE_DIR")
-    return Path(env) / "ct" if env else Path.home() / ".cache" / "edn" / "ct"
+    if env:
+        return Path(env) / "ct"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg and os.path.isabs(xdg):  # the XDG spec: a relative value is ignored
+        return Path(xdg) / "edn" / "ct"
+    home = os.environ.get("HOME", None)
+    if home is None:
+        home = os.path.expanduser("~")
+    if home.strip() in ("", "/") or home == "~":
+        import tempfile
+
+        uid = os.getuid() if hasattr(os, "getuid") else "user"
+        return Path(tempfile.gettempdir()) / f"edn-cache-{uid}" / "ct"
+    return Path(home) / ".cache" / "edn" / "ct"
 
 
 def _build_matrix(geometry: CTGeometry, projector: str):

@@ -266,6 +266,9 @@ def train(
         "device": str(device),
         "metrics": metrics,
     }
+    if cfg.time_limit_s is not None:
+        meta["schedule"] = (f"learning rate stretched to --time-limit {cfg.time_limit_s:g} s (wall clock): "
+                            "a rerun of this command gives a different checkpoint")
     if not baseline:
         meta.update({"zeta1": cfg.zeta1, "zeta2": cfg.zeta2, "default_iterations": cfg.default_iterations})
     return net, meta
@@ -293,5 +296,7 @@ def save_trained(net: torch.nn.Module, meta: Dict[str, Any], out: str | Path, co
         if meta["task"] == "sudoku"
         else "Feed-forward baseline for Sudoku (givens -> digits in one pass; no guarantee)."
     )
+    if meta.get("schedule"):
+        body += f"\n\nSchedule: {meta['schedule']}."
     write_model_card(card, ck.stem, dict(meta, file_size=size), sha, body)
     return {"checkpoint": str(ck), "card": str(card), "sha256": sha, "size": size}

@@ -74,9 +74,12 @@ class DenoiserTrainConfig:
         lo, hi = self.sigma
         if not (0 <= lo <= hi and hi > 0):
             raise UsageError(f"--sigma must be lo:hi with 0 <= lo <= hi and hi > 0, got {lo}:{hi}")
-        for name, value in (("--steps", self.steps), ("--batch-size", self.batch_size), ("--patch-size", self.patch_size)):
-            if value < 1:
-                raise UsageError(f"{name} must be >= 1, got {value}")
+        from .lagged import MIN_PATCH
+
+        for name, value, low in (("--steps", self.steps, 1), ("--batch-size", self.batch_size, 1),
+                                 ("--patch-size", self.patch_size, MIN_PATCH)):
+            if value < low:
+                raise UsageError(f"{name} must be >= {low}, got {value}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise UsageError(f"--lr must be > 0 and finite, got {self.lr}")
         if self.time_limit_s is not None and not self.time_limit_s > 0:
@@ -183,30 +186,45 @@ def train_denoiser(cfg: DenoiserTrainConfig, out: str | Path, command: str = "",
     say(f"training {cfg.arch} ({count_parameters(model)} parameters) on {len(files)} images, σ in [{lo:g}, {hi:g}]")
     t0 = time.perf_counter()
     running, step, stopped = 0.0, 0, "steps"
+    from .lagged import _raise_on_sigterm
+
+    _raise_on_sigterm()  # SIGTERM ends training like Ctrl-C
     try:
-        for step in range(1, cfg.steps + 1):
-            x = sampler.sample(cfg.batch_size).to(cfg.device)
-            s = draw_sigmas(cfg.batch_size, lo, hi, gen).to(cfg.device).view(-1, 1, 1)
-            y = x + s * torch.randn(x.shape, generator=gen).to(cfg.device)
-            den = model(y)
-            loss = ((den - x) ** 2).flatten(1).mean(1).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            running += float(loss.detach())
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                n = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
-                row = {"step": step, "loss": running / n, "psnr_train": 10 * math.log10(1 / max(running / n, 1e-12)),
-                       "lr": sched.get_last_lr()[0], "time_s": round(time.perf_counter() - t0, 2)}
-                logf.write(strict_json(row) + "\n")
-                logf.flush()
-                say(f"step {step}/{cfg.steps}: loss {row['loss']:.3e} ({row['psnr_train']:.2f} dB) {row['time_s']:.0f} s")
-                running = 0.0
-            if cfg.time_limit_s is not None and time.perf_counter() - t0 > cfg.time_limit_s:
-                stopped = "time_limit"
-                break
+        try:
+            for k in range(1, cfg.steps + 1):
+                x = sampler.sample(cfg.batch_size).to(cfg.device)
+                s = draw_sigmas(cfg.batch_size, lo, hi, gen).to(cfg.device).view(-1, 1, 1)
+                y = x + s * torch.randn(x.shape, generator=gen).to(cfg.device)
+                den = model(y)
+                loss = ((den - x) ** 2).flatten(1).mean(1).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                sched.step()
+                step = k  # steps completed
+                running += float(loss.detach())
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    n = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
+                    row = {"step": step, "loss": running / n, "psnr_train": 10 * math.log10(1 / max(running / n, 1e-12)),
+                           "lr": sched.get_last_lr()[0], "time_s": round(time.perf_counter() - t0, 2)}
+                    logf.write(strict_json(row) + "\n")
+                    logf.flush()
+                    say(f"step {step}/{cfg.steps}: loss {row['loss']:.3e} ({row['psnr_train']:.2f} dB) {row['time_s']:.0f} s")
+                    running = 0.0
+                if cfg.time_limit_s is not None and time.perf_counter() - t0 > cfg.time_limit_s:
+                    stopped = "time_limit"
+                    break
+        except KeyboardInterrupt:
+            # Ctrl-C (or SIGTERM) ends training early but keeps the work: the weights after the last
+            # completed step are validated and written, and the card says the run was interrupted.
+            # With no step done there is nothing to keep: the fresh log goes too, so a rerun needs no --force.
+            if step == 0:
+                logf.close()
+                log_path.unlink(missing_ok=True)
+                raise
+            stopped = "interrupted"
+            say(f"interrupted at step {step}; validating and writing the weights of that step")
         train_time = time.perf_counter() - t0
         metrics = evaluate_denoiser(model, val, cfg.device) if val else {}
         logf.write(strict_json({"final": True, "steps_done": step, "stopped": stopped, **metrics}) + "\n")
@@ -237,10 +255,12 @@ def train_denoiser(cfg: DenoiserTrainConfig, out: str | Path, command: str = "",
     sha = save_checkpoint(ckpt, model.state_dict(), meta)
     meta["file_size"] = ckpt.stat().st_size
     kind = "a gradient-step denoiser D(x) = x - ∇g(x) of a learned potential" if arch["name"] != "dncnn" else "a residual DnCNN denoiser D(x) = x - N(x) (no potential; for RED/PnP baselines)"
+    how = {"time_limit": "stopped by the time limit",
+           "interrupted": f"interrupted (Ctrl-C or SIGTERM) after step {step} of {cfg.steps}"}.get(stopped, "all steps done")
     body = (
         f"## What it is\n\n{ckpt.stem}: {kind}, trained for Gaussian noise σ in [{lo:g}, {hi:g}] on [0, 1] images "
         f"(gray), {step} Adam steps of {cfg.batch_size} patches {cfg.patch_size}x{cfg.patch_size} "
-        f"({'stopped by the time limit' if stopped == 'time_limit' else 'all steps done'}).\n\n"
+        f"({how}).\n\n"
         "Validation: PSNR (dB) of the denoised central crops vs the noisy input, per σ (above).\n"
     )
     write_model_card(card, ckpt.stem, meta, sha, body)

@@ -42,6 +42,10 @@ from .data import PatchSampler, list_images, load_gray_images
 from .phantoms import random_ellipses
 
 
+#: The smallest training patch side: below it a 3x3 backbone sees mostly its zero padding.
+MIN_PATCH = 8
+
+
 @dataclass
 class TrainConfig:
     """Everything ``edn train --task sr|ct|deblur`` needs; stored in the checkpoint."""
@@ -103,7 +107,7 @@ class TrainConfig:
         if self.layer == "halfspace" and not self.zeta > 0:
             raise UsageError(f"--zeta must be > 0, got {self.zeta}")
         for name, value, low in (("--depth", self.depth, 2), ("--width", self.width, 1), ("--shuffle", self.shuffle, 1),
-                                 ("--patch-size", self.patch, 1), ("--batch-size", self.batch, 1),
+                                 ("--patch-size", self.patch, MIN_PATCH), ("--batch-size", self.batch, 1),
                                  ("--steps", self.steps, 1), ("--lag-every", self.lag_every, 1),
                                  ("--val-every", self.val_every, 1), ("--max-lag-steps", self.max_lag_steps, 0),
                                  ("--min-iter", self.min_iter, 0), ("--val-count", self.val_count, 1),
@@ -550,6 +554,13 @@ def warm_start(net: torch.nn.Module, cfg: TrainConfig, name_or_path: str) -> Non
             f"residual {src_shape[3]} does not match --depth {cfg.depth} --width {cfg.width} --shuffle {cfg.shuffle}"
             f" {'--residual' if cfg.residual else '--plain'}"
         )
+    op = meta.get("operator") or {}
+    for key in ("scale", "downsampler") if cfg.spec.task == "sr" else ():
+        if key in op and op[key] != getattr(cfg.spec, key):  # allowed (a warm start), but never silent
+            import sys
+
+            print(f"edn: warning: --init-from {path.name} was trained with --{key} {op[key]}; this run trains "
+                  f"--{key} {getattr(cfg.spec, key)} (its weights are only a starting point)", file=sys.stderr)
     own = net.state_dict()
     first = "backbone.body.0.weight"
     for key, value in tensors.items():
