@@ -205,9 +205,15 @@ def progress_callback(total: int, quiet: bool, desc: str) -> tuple[Optional[Call
 
 
 def say(msg: str, quiet: bool) -> None:
-    """A human-readable line on stderr (stdout is kept for data and --json)."""
+    """A human-readable line on stderr (stdout is kept for data and --json); not with --quiet."""
     if not quiet:
         print(msg, file=sys.stderr)
+
+
+def warn(msg: str) -> None:
+    """An ``edn: warning: ...`` line on stderr, with or without --quiet (which drops only bars and
+    summaries: a warning says something about the result the user would not otherwise know)."""
+    print(f"edn: warning: {msg}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------- inputs

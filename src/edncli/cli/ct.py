@@ -212,8 +212,8 @@ def ct(
                 dist_timeout_s()  # $EDN_DIST_TIMEOUT, read again by the group below
             _check_method(method, weights)
             if method in ("potential", "red", "pnp") and launch.is_main:
-                c.say(f"edn: warning: {method} has no CT preset; it runs with the deblurring one (λ, µ and the "
-                      "iteration cap were not tuned for CT, so δ may not be reached; raise --max-iter if it is not)", quiet)
+                c.warn(f"{method} has no CT preset; it runs with the deblurring one (λ, µ and the "
+                      "iteration cap were not tuned for CT, so δ may not be reached; raise --max-iter if it is not)")
             _check_fan_options(beam, source_origin, origin_detector)
             if method == "baseline" and weights is None:
                 _check_baseline_weights()
@@ -260,6 +260,8 @@ def ct(
                     theta = np.linspace(0, arc, angles, endpoint=False)
                 if flat_field not in ("auto", "on", "off"):
                     raise UsageError(f"--flat-field must be auto, on or off, got {flat_field!r}")
+                if launch.is_main:  # the outputs before the sinogram's warnings (run_problems checks them again)
+                    plan_jobs([sinogram], [output], report, plot, force, as_json, fmt, bit_depth, read_too=read_too)
                 sino = read_sinogram(sinogram, dataset=dataset, theta=theta, slices=parse_slices(slices),
                                      normalise={"auto": "auto", "on": True, "off": False}[flat_field],
                                      angle_file=angle_file, angle_unit=angle_unit, transpose=transpose)
@@ -274,7 +276,7 @@ def ct(
                     sino.notes.append("detector reversed (--reverse-detector)")
                 if launch.is_main:
                     for warning in sino.warnings:
-                        c.say(f"edn: warning: {warning}", quiet)
+                        c.warn(warning)
                 geom, center_value, center_rule = _geometry(sino, size, beam, detector_spacing, source_origin, origin_detector,
                                                             center, quiet)
                 if sino.n_slices > 1 and output_format(output, fmt) == "png":  # PNG would take slices for channels
@@ -285,8 +287,6 @@ def ct(
                 lo, hi = group.shard(sino.n_slices)
                 f_all = torch.from_numpy(sino.data)
                 delta_choice = _delta(delta, noise_sigma, tau, f_all)
-                if launch.distributed and launch.is_main:  # run_problems checks only without torchrun
-                    plan_jobs([sinogram], [output], report, plot, force, as_json, fmt, bit_depth, read_too=read_too)
 
             def build(path, device):
                 op = make_ct_operator(geom, backend=backend, device=device)

@@ -282,8 +282,8 @@ def run_problems(
         # the whole input's δ: under torchrun ``problem`` holds rank 0's slices only
         delta_doc = context.get("delta", problem.delta.as_dict() if problem.delta else None)
         if delta_doc and delta_doc.get("sigma_fallback"):
-            c.say(f"edn: warning: {job.path}: --delta auto estimated no noise in sample(s) "
-                  f"{', '.join(map(str, delta_doc['sigma_fallback']))}; they use the median of the others' σ", quiet)
+            c.warn(f"{job.path}: --delta auto estimated no noise in sample(s) "
+                  f"{', '.join(map(str, delta_doc['sigma_fallback']))}; they use the median of the others' σ")
         doc = build_report(
             result,
             device=str(device),
@@ -306,7 +306,7 @@ def run_problems(
                         f"{written['discrepancy'][worst]:.4g} > δ = {result.samples[worst].delta:.4g}; "
                         "write .tif or .npy to keep the result that meets δ")
                 doc.setdefault("warnings", []).append(text)
-                c.say(f"edn: warning: {text}", quiet)
+                c.warn(text)
         if job.rep is not None:
             files.append((job.rep, report_bytes(doc)))
         if job.plt is not None:
@@ -434,9 +434,8 @@ def _explain_unreachable(path: str, built: tuple, quiet: bool) -> None:
     if missed:
         i = missed[0]
         which = f" (sample {', '.join(map(str, missed))})" if len(floors) > 1 else ""
-        c.say(f"edn: warning: {path}{which}: δ = {deltas[i]:.4g} cannot be reached: {counts[i]} measurements that no "
-              f"pixel of the result reaches hold ||f|| = {floors[i]:.4g} there (for CT: a larger --size, or check --center)",
-              quiet)
+        c.warn(f"{path}{which}: δ = {deltas[i]:.4g} cannot be reached: {counts[i]} measurements that no "
+              f"pixel of the result reaches hold ||f|| = {floors[i]:.4g} there (for CT: a larger --size, or check --center)")
 
 
 def _check_stdin(inputs: List[str], reference: Optional[str]) -> None:

@@ -28,6 +28,19 @@ def _noisy(clean, sigma: float, seed: int):
     return clean + sigma * torch.randn(clean.shape, generator=gen).to(clean.device)
 
 
+def _write(output: str, f, ndim: int, fmt, depth, force: bool) -> None:
+    """Write the measurement; a PNG clips values outside [0, 1], which changes the noise: say so."""
+    from ..io.images import output_format, write_image
+
+    arr = c.from_tensor(f, ndim)
+    if output_format(output, fmt) == "png":
+        clipped = int(((arr < 0) | (arr > 1)).sum())
+        if clipped:
+            c.warn(f"{output}: the PNG clips {clipped} of {arr.size} noisy value(s) to [0, 1], so its noise is no "
+                   "longer Gaussian with the given σ; write .tif or .npy to keep it exact")
+    write_image(output, arr, fmt=fmt, bit_depth=depth, force=force)
+
+
 def _read_clean(path: str):
     from ..io.images import read_image
 
@@ -49,7 +62,7 @@ def simulate_sr(
     force: c.Force = False,
 ) -> None:
     """Downsample by --scale and add noise. Use .tif/.npy output to keep the noise exact."""
-    from ..io.images import check_writable, output_format, write_image
+    from ..io.images import check_writable, output_format
     from ..operators.downsample import check_scale, make_sr_operator
 
     scale = check_scale(scale)
@@ -66,7 +79,7 @@ def simulate_sr(
     u = c.to_tensor(arr, "cpu")
     op = make_sr_operator(u.shape[-2:], scale, downsampler)
     f = _noisy(op(u), noise_sigma, seed)
-    write_image(output, c.from_tensor(f, arr.ndim), fmt=fmt, bit_depth=depth, force=force)
+    _write(output, f, arr.ndim, fmt, depth, force)
 
 
 @app.command("deblur")
@@ -85,7 +98,7 @@ def simulate_deblur(
     force: c.Force = False,
 ) -> None:
     """Blur with a Gaussian (or file) kernel and add noise."""
-    from ..io.images import check_writable, output_format, write_image
+    from ..io.images import check_writable, output_format
     from ..operators.blur import Blur
 
     c.check_not_inputs({"-o": output}, [input, *([str(kernel)] if kernel else [])], "an input")
@@ -95,4 +108,4 @@ def simulate_deblur(
     arr = _read_clean(input)
     u = c.to_tensor(arr, "cpu")
     f = _noisy(Blur(u.shape[-2:], k, boundary)(u), noise_sigma, seed)
-    write_image(output, c.from_tensor(f, arr.ndim), fmt=fmt, bit_depth=depth, force=force)
+    _write(output, f, arr.ndim, fmt, depth, force)

@@ -38,14 +38,11 @@ def list_cmd(as_json: JsonList = False) -> None:
         rows.append({"name": path.stem, "task": task, "bytes": path.stat().st_size, "sha256": digest, "path": str(path),
                      "error": error})
     if not rows:  # say where it looked, on stderr (stdout stays the empty list)
-        import os
         import sys
 
-        from ..io.weights import searched
+        from ..io.weights import env_note, searched
 
-        env = os.environ.get("EDN_WEIGHTS_DIR")
-        note = f"; $EDN_WEIGHTS_DIR {env} is not a folder" if env and not os.path.isdir(env) else ""
-        print(f"edn: no checkpoints found in {searched()}{note}", file=sys.stderr)
+        print(f"edn: no checkpoints found in {searched()}{env_note()}", file=sys.stderr)
     if as_json:
         from ..io.reports import strict_json
 

@@ -15,6 +15,7 @@ import stat
 import struct
 import sys
 import tempfile
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,22 +78,51 @@ def _to_unit(arr: np.ndarray, source: str) -> np.ndarray:
     return arr.astype(np.float32)
 
 
-def _channels_first(arr: np.ndarray, source: str) -> np.ndarray:
+def _channels_first(arr: np.ndarray, source: str, channels_last: bool = False) -> np.ndarray:
+    """``(H, W)`` or ``(C, H, W)``. ``channels_last``: the array is ``(H, W, C)`` for sure (what Pillow
+    decodes: a PNG, JPEG or BMP); else the channel axis is guessed from the shape, as for NPY/TIFF/HDF5.
+
+    A fourth channel is taken as alpha and dropped, with a warning unless it is fully opaque (1.0)."""
     if arr.ndim == 2:
         return arr
     if arr.ndim == 3:
-        if arr.shape[-1] == 1 and arr.shape[0] > 1:  # (H, W, 1): gray with its channel axis last
+        if channels_last:
+            arr = np.moveaxis(arr, -1, 0)
+        elif arr.shape[-1] == 1 and arr.shape[0] > 1:  # (H, W, 1): gray with its channel axis last
             return arr[..., 0]
-        if arr.shape[-1] in (3, 4) and arr.shape[0] not in (3, 4):
+        elif arr.shape[-1] in (3, 4) and arr.shape[0] not in (3, 4):
             arr = np.moveaxis(arr, -1, 0)
         elif arr.shape[-1] == 2 and arr.shape[0] > 4:  # (H, W, 2): two channels last, not H images
             arr = np.moveaxis(arr, -1, 0)
-        if arr.shape[0] == 4:  # drop alpha
+        if arr.shape[0] == 4:  # RGBA: the colour channels are the image
+            if not np.all(arr[3] == 1.0):
+                warnings.warn(f"{source}: 4 channels read as RGBA; the 4th (alpha, not fully opaque) is dropped and "
+                              "the 3 colour channels are reconstructed", stacklevel=3)
             arr = arr[:3]
         if arr.shape[0] == 1:
             arr = arr[0]
         return arr
     raise InputError(f"{source}: expected a 2D image (or 3D with colour channels), got shape {arr.shape}")
+
+
+def read_tiff(source, label: str) -> np.ndarray:
+    """Every image of a TIFF: one series as stored, or several series (pages written one by one)
+    of one shape and type stacked as ``(pages, ...)``, as a 3D one-series TIFF reads. Pages of
+    different shapes are an :class:`InputError` (``tifffile.imread`` would return the first)."""
+    import tifffile
+
+    with tifffile.TiffFile(source) as tif:
+        series = tif.series
+        if not series:
+            raise InputError(f"{label}: the TIFF holds no image")
+        if len(series) == 1:
+            return series[0].asarray()
+        kinds = [(tuple(s.shape), np.dtype(s.dtype)) for s in series]
+        if len(set(kinds)) > 1:
+            listed = ", ".join(f"{'x'.join(map(str, shape))} {dtype}" for shape, dtype in kinds[:4])
+            raise InputError(f"{label}: a multi-page TIFF of {len(series)} images of different shapes or types "
+                             f"({listed}{', ...' if len(kinds) > 4 else ''}); save each as its own file")
+        return np.stack([s.asarray() for s in series])
 
 
 #: Pillow's raw modes for 16-bit colour PNGs, which it reads as 8-bit (each sample's high byte),
@@ -136,7 +166,7 @@ def _png16_colour(im, source) -> Optional[np.ndarray]:
 
 def read_image_array(path: str | Path, dataset: Optional[str] = None, *, option: str = "--dataset") -> np.ndarray:
     """The raw array stored in an image file (no scaling); ``option`` names the dataset option in messages."""
-    arr, _ = _read_raw(str(path), dataset, option=option)
+    arr, _, _ = _read_raw(str(path), dataset, option=option)
     return arr
 
 
@@ -152,7 +182,8 @@ def load_npy(source, label: str) -> np.ndarray:
         raise
 
 
-def _read_raw(path: str, dataset: Optional[str], option: str = "--dataset") -> tuple[np.ndarray, str]:
+def _read_raw(path: str, dataset: Optional[str], option: str = "--dataset") -> tuple[np.ndarray, str, bool]:
+    """The stored array, the source's label, and whether a 3D array is ``(H, W, C)`` for sure (Pillow's)."""
     if path == "-":
         if sys.stdin is None:
             raise InputError("stdin is closed: there is nothing to read; give the input as a file")
@@ -181,9 +212,7 @@ def _read_raw(path: str, dataset: Optional[str], option: str = "--dataset") -> t
         if fmt == "npy":
             arr = load_npy(source, label)
         elif fmt == "tif":
-            import tifffile
-
-            arr = tifffile.imread(source)
+            arr = read_tiff(source, label)
         elif fmt == "h5":
             import h5py
 
@@ -222,7 +251,7 @@ def _read_raw(path: str, dataset: Optional[str], option: str = "--dataset") -> t
         raise
     except (OSError, ValueError, KeyError) as exc:
         raise InputError(f"{label}: cannot read the image ({exc})") from None
-    return arr, label
+    return arr, label, fmt not in ("npy", "tif", "h5")
 
 
 def _dataset_names(fh) -> list[str]:
@@ -248,15 +277,15 @@ def read_image(path: str | Path, dataset: Optional[str] = None, stack: bool = Fa
     ``stack``: a 3D array is ``(slices, H, W)`` as stored (a CT volume), never colour channels
     to reorder or an alpha channel to drop.
     """
-    raw, label = _read_raw(str(path), dataset)
+    raw, label, channels_last = _read_raw(str(path), dataset)
     bit_depth = int(raw.dtype.itemsize * 8) if np.issubdtype(raw.dtype, np.integer) else None
     unit = _to_unit(raw, label)
     if stack and unit.ndim == 3:
         arr = unit
     else:
-        arr = _channels_first(unit, label)
+        arr = _channels_first(unit, label, channels_last)
     if arr.shape[-1] < 2 or arr.shape[-2] < 2:
-        raise InputError(f"{label}: image of shape {arr.shape} is too small")
+        raise UsageError(f"{label}: image of shape {arr.shape} is too small (edn needs at least 2x2 pixels)")
     fmt = _format_from_suffix(Path(label)) if label != "stdin" else "stdin"
     return arr, ImageInfo(source=label, format=fmt, dtype=str(raw.dtype), bit_depth=bit_depth)
 

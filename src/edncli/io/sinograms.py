@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,18 +277,19 @@ def _resolve_theta(
     if theta is not None:
         out = np.asarray(theta, dtype=np.float64).reshape(-1)
         notes.append("angles from the theta argument (radians)")
+        fix = f"give exactly {n_angles} angles"
     elif angle_file is not None:
         out = read_angles(angle_file, unit=angle_unit)
         notes.append(f"angles from {angle_file} ({angle_unit})")
+        fix = f"the angle file {angle_file} must list exactly {n_angles}"
     elif file_theta is not None:
         out = file_theta
         notes.append("angles from /exchange/theta (degrees)")
+        fix = f"the file's /exchange/theta holds {out.size}: replace them with --angle-file FILE of {n_angles} angles"
     else:
         raise UsageError(_NO_ANGLES)
     if out.size != n_angles:
-        raise UsageError(
-            f"{out.size} projection angles for {path} with {n_angles} projections; give exactly {n_angles} angles"
-        )
+        raise UsageError(f"{out.size} projection angles for {path} with {n_angles} projections; {fix}")
     if not np.all(np.isfinite(out)):
         raise UsageError("projection angles contain NaN/Inf; give finite angles")
     degrees = np.rad2deg(out)
@@ -361,7 +363,7 @@ def read_sinogram(
     if not p.is_file():
         what = "is a folder" if p.is_dir() else "is not a regular file" if p.exists() else "does not exist"
         raise InputError(f"sinogram file {str(p)!r} {what}; give the path of one sinogram file")
-    suffix = p.suffix.lower()
+    suffix = _kind(p)
     if suffix in (".npy", ".tif", ".tiff", ".png"):
         if dataset is not None:
             raise UsageError(f"dataset={dataset!r} applies to HDF5 files only, and {str(p)!r} is {suffix}; drop it")
@@ -394,8 +396,12 @@ def read_sinogram(
     try:
         with f:
             if name not in f or not isinstance(f[name], h5py.Dataset):
+                held: list[str] = []
+                f.visititems(lambda key, obj: held.append("/" + key) if isinstance(obj, h5py.Dataset) else None)
+                listed = (f" (it holds {', '.join(held[:6])}{', ...' if len(held) > 6 else ''})" if held
+                          else " (it holds no datasets)")
                 raise InputError(
-                    f"sinogram file {str(p)!r} has no dataset {name!r}; give the projections' path with --dataset"
+                    f"sinogram file {str(p)!r} has no dataset {name!r}{listed}; give the projections' path with --dataset"
                 )
             d = f[name]
             if d.ndim not in (2, 3) or 0 in d.shape:
@@ -482,22 +488,44 @@ def read_sinogram(
     )
 
 
+def _kind(p: Path) -> str:
+    """The file's type as a suffix, from its first bytes (as images are read), else from its name:
+    a PNG named ``.tif`` is read as the PNG it is."""
+    from .images import _format_from_magic  # noqa: PLC0415
+
+    try:
+        with open(p, "rb") as fh:
+            magic = _format_from_magic(fh.read(8))
+    except OSError:
+        magic = "pillow"
+    return {"npy": ".npy", "tif": ".tif", "png": ".png", "h5": ".h5"}.get(magic, p.suffix.lower())
+
+
+def _gray_from_palette(im, source: str) -> np.ndarray:
+    """The gray levels of a palette PNG (not its palette indices); a palette with colours is refused."""
+    rgb = np.asarray(im.convert("RGB"))
+    if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+        raise InputError(f"sinogram file {source!r} is a colour palette image; save the sinogram as a gray PNG "
+                         "or as float TIFF/NPY")
+    return rgb[..., 0].copy()
+
+
 def _read_plain(p: Path, theta, slices, angle_file, angle_unit: str, transpose: bool) -> Sinogram:
-    suffix = p.suffix.lower()
+    suffix = _kind(p)
     try:
         if suffix == ".npy":
             from .images import load_npy  # noqa: PLC0415
 
             arr = load_npy(p, f"sinogram file {str(p)!r}")
         elif suffix in (".tif", ".tiff"):
-            import tifffile  # noqa: PLC0415
+            from .images import read_tiff  # noqa: PLC0415
 
-            arr = tifffile.imread(str(p))
+            arr = read_tiff(str(p), f"sinogram file {str(p)!r}")  # every page: several are refused below
         else:
             from PIL import Image  # noqa: PLC0415
 
             with Image.open(p) as im:
-                arr = np.array(im)
+                arr = _gray_from_palette(im, str(p)) if im.mode in ("P", "PA") else np.array(im)
     except InputError:
         raise
     except Exception as exc:
@@ -506,6 +534,8 @@ def _read_plain(p: Path, theta, slices, angle_file, angle_unit: str, transpose: 
     if arr.ndim != 2 or 0 in arr.shape:
         raise InputError(
             f"sinogram file {str(p)!r} holds shape {arr.shape}; expected a 2D (angles, detectors) array, neither of them 0"
+            + ("; several slices go in one DXchange HDF5 file (/exchange/data: angles x rows x detectors)"
+               if arr.ndim == 3 and suffix != ".png" else "")
         )
     if slices is not None and _slice_list(slices, 1, str(p)) != [0]:
         raise UsageError(f"slices={slices!r} given, but {str(p)!r} is a single 2D sinogram; drop slices")
@@ -526,6 +556,16 @@ def _read_plain(p: Path, theta, slices, angle_file, angle_unit: str, transpose: 
 # ----------------------------------------------------------------------------------------------
 # Writing
 # ----------------------------------------------------------------------------------------------
+def _write_failure(exc: OSError) -> str:
+    """Why a write failed, in a few words: the OS's reason, or the one HDF5 quotes in its message."""
+    if exc.strerror:
+        return exc.strerror
+    quoted = re.search(r"error message = '([^']+)'", str(exc))
+    if quoted:
+        return quoted.group(1)
+    return " ".join(str(exc).split())[:200]
+
+
 def write_sinogram(path: str | os.PathLike, data: np.ndarray, theta: np.ndarray) -> Path:
     """Write a DXchange HDF5 sinogram atomically (temp file in the target folder, then
     ``os.replace``).
@@ -563,9 +603,11 @@ def write_sinogram(path: str | os.PathLike, data: np.ndarray, theta: np.ndarray)
 
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 is not what a user expects
         os.replace(tmp, p)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):  # a full disk, a quota: one line naming the target, not the temp file
+            raise InputError(f"{p}: cannot write the sinogram ({_write_failure(exc)}); nothing was written") from None
         raise
     return p
 

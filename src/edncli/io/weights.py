@@ -43,6 +43,12 @@ def searched() -> str:
     return text if os.environ.get("EDN_WEIGHTS_DIR") else text + " (set $EDN_WEIGHTS_DIR to add a folder)"
 
 
+def env_note() -> str:
+    """``; $EDN_WEIGHTS_DIR X is not a folder`` when it is set to something else, for messages; else ``""``."""
+    env = os.environ.get("EDN_WEIGHTS_DIR")
+    return f"; $EDN_WEIGHTS_DIR {env} is not a folder" if env and not Path(env).is_dir() else ""
+
+
 def resolve_weights(name_or_path: str, what: str = "--weights") -> Path:
     """A checkpoint path from a file path or a name; a clear error when neither exists.
 
@@ -63,10 +69,8 @@ def resolve_weights(name_or_path: str, what: str = "--weights") -> Path:
     if p.is_dir():
         raise CheckpointError(f"{what} {name_or_path}: is a folder, not a file (nor the name of a checkpoint)")
     known = ", ".join(sorted(q.stem for q in list_weights() if _readable(q)))
-    env = os.environ.get("EDN_WEIGHTS_DIR")
-    note = f"; $EDN_WEIGHTS_DIR {env} is not a folder" if env and not Path(env).is_dir() else ""
     where = f"shipped: {known}" if known else f"no checkpoints found in {searched()}"
-    raise CheckpointError(f"{what} {name_or_path}: no such checkpoint; {where} (see edn weights list){note}")
+    raise CheckpointError(f"{what} {name_or_path}: no such checkpoint; {where} (see edn weights list){env_note()}")
 
 
 def list_weights() -> List[Path]:

@@ -147,9 +147,11 @@ class Blur(LinearOperator):
         h, w = shape[-2:]
         kh, kw = kernel.shape
         if boundary == "reflect" and (kh // 2 >= h or kw // 2 >= w):
-            raise UsageError(f"kernel {kh}x{kw} is too large for a {h}x{w} image with reflect boundary")
+            raise UsageError(f"kernel {kh}x{kw} is too large for a {h}x{w} image with reflect boundary (its half-width must "
+                             "be below the image's side); use a smaller --kernel-size, or --boundary zero")
         if boundary == "circular" and (kh > h or kw > w):  # the kernel must fit on the image's period
-            raise UsageError(f"kernel {kh}x{kw} is larger than the {h}x{w} image; circular boundary needs it to fit")
+            raise UsageError(f"kernel {kh}x{kw} is larger than the {h}x{w} image; circular boundary needs it to fit: use a "
+                             "smaller --kernel-size, or --boundary zero")
         super().__init__((h, w), (h, w))
         self.kernel = kernel.float()
         self.boundary = boundary
