@@ -213,3 +213,87 @@ def test_a_one_pixel_image_is_a_usage_error(here, monkeypatch, capsys):
         read_image("one.png")
     code, _, err = edn(monkeypatch, capsys, "simulate", "sr", "one.png", "-o", "x.tif")
     assert code == 2 and _one_line(err), err
+
+
+# ------------------------------------------------------------------ plots without a writable home
+
+
+def test_a_plot_with_no_writable_home_is_silent(tmp_path):
+    # was: matplotlib's two lines about MPLCONFIGDIR on stderr of every --plot run (exit 0)
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "home").write_text("a file, so no folder can be made under it, even by root")
+    env = {k: v for k, v in os.environ.items() if k not in ("MPLCONFIGDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME")}
+    env.update(HOME=str(tmp_path / "home"), TMPDIR=str(tmp_path))
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16), dtype=np.uint8)).save(tmp_path / "lr.png")
+    cmd = [sys.executable, "-m", "edncli", "sr", "--method", "gd", "--scale", "4", "lr.png", "-o", "hr.tif",
+           "--plot", "p.png", "--delta", "0.5", "-q"]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert Image.open(tmp_path / "p.png").format == "PNG"
+    assert (tmp_path / f"edn-matplotlib-{os.getuid()}").is_dir()  # kept: the font cache is built once
+
+
+# ------------------------------------------------------------------ the verdict's numbers agree
+
+
+def test_a_run_at_its_cap_reports_the_recomputed_discrepancy(here, monkeypatch, capsys):
+    # was: at --max-iter the top-level final_discrepancy was the trace's in-place residual, not the
+    # recomputed ||Au - f|| of samples[0]; with δ between the two, "δ reached" with final_discrepancy > δ
+    import json
+
+    import torch
+
+    from edncli.solvers.trace import IterationRecord, SampleVerdict, SolveResult
+
+    img = np.asarray(Image.open(Path(__file__).parents[1] / "examples" / "camera.png"), np.float32)[100:164, 100:164]
+    tifffile.imwrite("gt.tif", img / 255)
+    assert edn(monkeypatch, capsys, "simulate", "deblur", "--kernel-sigma", "1.6", "--seed", "1", "gt.tif", "-o",
+               "b.tif")[0] == 0
+    code, out, err = edn(monkeypatch, capsys, "deblur", "--kernel-sigma", "1.6", "b.tif", "-o", "c.tif", "--method",
+                         "gd", "--noise-sigma", "0.01", "--max-iter", "5", "--report", "c.json", "--json")
+    doc = json.loads(Path("c.json").read_text())
+    assert doc["samples"][0]["stop_reason"] == "max_iter", doc["samples"]
+    assert doc["final_discrepancy"] == doc["samples"][0]["final_discrepancy"]
+    assert json.loads(out)["final_discrepancy"] == doc["final_discrepancy"]
+    row = IterationRecord(iter=5, energy=1.0, discrepancy=0.8218370303983803, grad_norm=1.0, step=1.0, backtracks=0,
+                          time_s=0.0, active=1)
+    verdict = SampleVerdict(iterations=5, final_energy=1.0, final_discrepancy=0.8218369674493411, delta=0.821837,
+                            delta_reached=True, max_energy_increase=0.0, energy_monotone=True, stop_reason="max_iter")
+    result = SolveResult(u=torch.zeros(1, 2, 2), trace=[row], samples=[verdict], method="gd", elapsed_s=0.0)
+    assert result.delta_reached and result.final_discrepancy <= 0.821837
+
+
+def test_the_json_line_of_a_png_that_misses_delta_agrees_with_itself(here, monkeypatch, capsys):
+    # was: {"delta_reached": false, "final_discrepancy": 0.631 <= "delta": 0.633}: the verdict was the
+    # written PNG's, the discrepancy the result's
+    import json
+
+    from .test_audit7 import _blurred
+
+    _blurred(here, monkeypatch, capsys)
+    code, out, err = edn(monkeypatch, capsys, "deblur", "--kernel-sigma", "1.6", "b.tif", "--method", "cg", "-o",
+                         "x.png", "--report", "p.json", "--json")
+    line, doc = json.loads(out), json.loads(Path("p.json").read_text())
+    assert code == 3 and doc["output"]["delta_reached"] is False, err
+    assert line["delta_reached"] is False and line["final_discrepancy"] > line["delta"]
+    assert line["final_discrepancy"] == doc["output"]["discrepancy"][0]
+    assert line["result_discrepancy"] == doc["final_discrepancy"] <= doc["delta"]
+
+
+def test_a_bad_omp_num_threads_is_one_edn_warning(tmp_path):
+    # was: libgomp's own "Invalid value for environment variable OMP_NUM_THREADS" line
+    import os
+    import subprocess
+    import sys
+
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "c.png")
+    for value, warned in (("abc", True), ("0", True), ("2", False), ("2,1", False)):
+        env = {**os.environ, "OMP_NUM_THREADS": value}
+        done = subprocess.run([sys.executable, "-m", "edncli", "simulate", "sr", "c.png", "-o", "lr.tif", "--force"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        expected = (f"edn: warning: OMP_NUM_THREADS={value!r} is not a positive number of threads; ignored\n"
+                    if warned else "")
+        assert done.returncode == 0 and done.stderr == expected, (value, done.stderr)

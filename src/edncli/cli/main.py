@@ -113,6 +113,16 @@ def _quiet_stdout() -> None:
         pass
 
 
+def _check_thread_env() -> None:
+    """An ``OMP_NUM_THREADS`` that is not a positive count (or a comma list of them) is dropped,
+    with one edn warning, before torch loads OpenMP (whose libgomp would print its own line)."""
+    value = os.environ.get("OMP_NUM_THREADS")
+    if value is None or all(part.strip().isdigit() and int(part) > 0 for part in value.split(",")):
+        return
+    del os.environ["OMP_NUM_THREADS"]
+    print(f"edn: warning: OMP_NUM_THREADS={value!r} is not a positive number of threads; ignored", file=sys.stderr)
+
+
 def run() -> None:
     """Console-script entry point: run the app, turning library errors into one line + exit code."""
     from ..errors import EdnError, StdoutClosed
@@ -124,6 +134,7 @@ def run() -> None:
     import warnings
 
     warnings.showwarning = _show_warning
+    _check_thread_env()
     common._CREATED.clear()  # folders made by an earlier in-process run are not this run's
     common.INTERRUPT_REPORTED = False
     _terminate_cleanly()

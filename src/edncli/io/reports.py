@@ -116,10 +116,40 @@ def plot_report(path: str, report: Dict[str, Any], force: bool = False) -> None:
     write_bytes(path, plot_bytes(report), force=force)
 
 
+def _matplotlib_config_dir() -> None:
+    """Give matplotlib a writable config/cache folder before its import when its own is not
+    (a read-only or missing ``$HOME``): ``<tmp>/edn-matplotlib-<uid>``, kept between runs so that
+    its font cache is built once. Else matplotlib prints two lines about ``MPLCONFIGDIR`` on every plot."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    if os.environ.get("MPLCONFIGDIR") or "matplotlib" in __import__("sys").modules:
+        return
+    xdg = os.environ.get("XDG_CONFIG_HOME")
+    home = os.environ.get("HOME") or os.path.expanduser("~")
+    own = Path(xdg) / "matplotlib" if xdg and os.path.isabs(xdg) else Path(home) / ".config" / "matplotlib"
+    try:
+        own.mkdir(parents=True, exist_ok=True)
+        if os.access(own, os.W_OK | os.X_OK):
+            return
+    except OSError:
+        pass
+    uid = os.getuid() if hasattr(os, "getuid") else "user"
+    fallback = Path(tempfile.gettempdir()) / f"edn-matplotlib-{uid}"
+    try:
+        fallback.mkdir(mode=0o700, exist_ok=True)
+    except OSError:
+        return  # matplotlib then makes its own temporary folder, and says so
+    if os.access(fallback, os.W_OK | os.X_OK):
+        os.environ["MPLCONFIGDIR"] = str(fallback)
+
+
 def plot_bytes(report: Dict[str, Any]) -> bytes:
     """PNG with energy, discrepancy (and δ) and, when known, PSNR per iteration."""
     import io
 
+    _matplotlib_config_dir()
     import matplotlib
 
     matplotlib.use("Agg")

@@ -237,6 +237,8 @@ class SolveResult:
         ``delta_reached`` is ``final_discrepancy <= delta`` whenever the samples share one δ.
         The trace's ``discrepancy`` stays the norm over the whole batch."""
         discs = [s.final_discrepancy for s in self.samples]
+        if len(discs) == 1 and discs[0] is not None:  # the verdict's value (recomputed at a cap), not the trace's
+            return discs[0]
         if len(discs) < 2 or any(d is None for d in discs):
             return self.trace[-1].discrepancy if self.trace else None
         deltas = [s.delta for s in self.samples]
