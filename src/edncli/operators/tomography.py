@@ -588,10 +588,10 @@ def default_cache_dir() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     if xdg and os.path.isabs(xdg):  # the XDG spec: a relative value is ignored
         return Path(xdg) / "edn" / "ct"
-    home = os.environ.get("HOME", None)
-    if home is None:
+    home = os.environ.get("HOME")
+    if home is None:  # unset: the password database's home (expanduser's rule), or "~" when there is none
         home = os.path.expanduser("~")
-    if home.strip() in ("", "/") or home == "~":
+    if home.strip() in ("", "/", "~"):
         import tempfile
 
         uid = os.getuid() if hasattr(os, "getuid") else "user"
