@@ -297,3 +297,50 @@ def test_a_bad_omp_num_threads_is_one_edn_warning(tmp_path):
         expected = (f"edn: warning: OMP_NUM_THREADS={value!r} is not a positive number of threads; ignored\n"
                     if warned else "")
         assert done.returncode == 0 and done.stderr == expected, (value, done.stderr)
+
+
+# ------------------------------------------------------------------ folders of inputs
+
+
+def test_a_folder_run_reads_every_format_a_single_file_run_reads(here, monkeypatch, capsys):
+    # was: lr/zjpg.jpg skipped without a word in `edn sr lr --output-dir out` (exit 0, 1 of 2 done)
+    Path("lr").mkdir()
+    img = np.random.default_rng(5).integers(0, 256, (8, 8), dtype=np.uint8)
+    Image.fromarray(img).save("lr/a.png")
+    Image.fromarray(img).save("lr/z.jpg")
+    Image.fromarray(img).save("lr/b.bmp")
+    code, _, err = edn(monkeypatch, capsys, "sr", "--scale", "4", "lr", "--output-dir", "out", "--method", "gd",
+                       "--delta", "1", "-q")
+    assert code == 0, err
+    assert sorted(q.name for q in Path("out").iterdir()) == ["a.png", "b.png", "z.png"]  # read-only formats: PNG
+
+
+def test_a_broken_link_in_an_input_folder_is_an_error(here, monkeypatch, capsys):
+    # was: skipped silently (q.is_file() is False for a dangling link)
+    Path("lr").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save("lr/a.png")
+    Path("lr/b.png").symlink_to(here / "gone.png")
+    code, _, err = edn(monkeypatch, capsys, "sr", "--scale", "4", "lr", "--output-dir", "out", "--method", "gd",
+                       "--delta", "1")
+    assert code == 4 and _one_line(err) and "broken link" in err and "b.png" in err, err
+    assert not Path("out").exists()
+
+
+def test_ctrl_c_wrapped_by_an_import_is_an_interrupt(here, monkeypatch, capsys):
+    # was: Ctrl-C during matplotlib's import reached edn as RuntimeError('Error calling __set_name__'),
+    # which ended in a traceback and exit 1
+    import edncli.io.reports as reports
+
+    def interrupted(report):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as exc:
+            raise RuntimeError("Error calling __set_name__ on '_Deprecated' instance") from exc
+
+    monkeypatch.setattr(reports, "plot_bytes", interrupted)
+    monkeypatch.setattr("edncli.cli.reconstruct.plot_bytes", interrupted, raising=False)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save("lr.png")
+    code, _, err = edn(monkeypatch, capsys, "sr", "--scale", "4", "lr.png", "-o", "hr.tif", "--method", "gd",
+                       "--delta", "1", "--plot", "p.png")
+    assert code == 130 and err == "edn: interrupted\n", err
+    assert not Path("hr.tif").exists() and not Path("p.png").exists()

@@ -217,8 +217,10 @@ def warn(msg: str) -> None:
 
 
 # ---------------------------------------------------------------------------- inputs
-#: What a folder or glob of inputs (and of --reference images) picks up, and what an output keeps.
-INPUT_SUFFIXES = (".png", ".tif", ".tiff", ".npy", ".h5", ".hdf5")
+#: What a folder or glob of inputs (and of --reference images) picks up: every format edn reads.
+INPUT_SUFFIXES = (".png", ".tif", ".tiff", ".npy", ".h5", ".hdf5", ".jpg", ".jpeg", ".bmp", ".pgm")
+#: The input suffixes an output of ``--output-dir`` keeps (the others, read-only formats, become ``.png``).
+KEPT_SUFFIXES = (".png", ".tif", ".tiff", ".npy", ".h5", ".hdf5")
 
 
 def expand_inputs(spec: str, exts: tuple = INPUT_SUFFIXES) -> List[str]:
@@ -227,7 +229,12 @@ def expand_inputs(spec: str, exts: tuple = INPUT_SUFFIXES) -> List[str]:
         return ["-"]
     p = Path(spec)
     if p.is_dir():
-        files = sorted(str(q) for q in p.iterdir() if q.suffix.lower() in exts and q.is_file())
+        named = [q for q in p.iterdir() if q.suffix.lower() in exts]
+        odd = [q for q in named if not q.is_file() and not q.is_dir()]  # a broken link or a FIFO: not skipped without a word
+        if odd:
+            what = "a broken link" if odd[0].is_symlink() and not odd[0].exists() else "not a regular file"
+            raise InputError(f"{odd[0]}: {what}, in the input folder {spec}; remove it or fix it")
+        files = sorted(str(q) for q in named)
         if not files:
             raise InputError(f"{spec}: the folder holds no images ({', '.join(exts)})")
         return files
@@ -290,7 +297,7 @@ def plan_outputs(inputs: List[str], output: Optional[str], output_dir: Optional[
     for path in inputs:
         stem = Path(path).stem if path != "-" else "stdin"
         own = Path(path).suffix if path != "-" else ""
-        suffix = ext or (own if own.lower() in INPUT_SUFFIXES else ".png")
+        suffix = ext or (own if own.lower() in KEPT_SUFFIXES else ".png")
         outs.append(str(output_dir / f"{stem}{suffix}"))
     return outs
 

@@ -123,6 +123,17 @@ def _check_thread_env() -> None:
     print(f"edn: warning: OMP_NUM_THREADS={value!r} is not a positive number of threads; ignored", file=sys.stderr)
 
 
+def _interrupted(exc: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is the cause (or context) of ``exc``, however deep."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def run() -> None:
     """Console-script entry point: run the app, turning library errors into one line + exit code."""
     from ..errors import EdnError, StdoutClosed
@@ -174,6 +185,10 @@ def run() -> None:
         sys.exit(4)
     except RuntimeError as exc:  # typer's Exit/Abort (RuntimeError subclasses) are caught above
         common.remove_created_folders()
+        if _interrupted(exc):  # Ctrl-C inside an import (matplotlib's class set-up wraps it in a RuntimeError)
+            if os.environ.get("RANK", "0") in ("0", ""):
+                print("edn: interrupted", file=sys.stderr)
+            sys.exit(130)
         if is_gpu_oom(exc):
             detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
             hint = "try --tile 512 (or smaller), a smaller --batch-size, fewer slices, or --device cpu"
