@@ -344,3 +344,25 @@ def test_ctrl_c_wrapped_by_an_import_is_an_interrupt(here, monkeypatch, capsys):
                        "--delta", "1", "--plot", "p.png")
     assert code == 130 and err == "edn: interrupted\n", err
     assert not Path("hr.tif").exists() and not Path("p.png").exists()
+
+
+def test_red_energy_monotone_reports_every_rise_of_its_trace(here, monkeypatch, capsys):
+    # was: red/pnp judged rises with the guaranteed solvers' in-place residual slack (eta ||r||), though
+    # they recompute Au - f every step: rises of 4e-5 relative in the trace read "energy_monotone: true"
+    import json
+
+    from edncli.solvers.trace import MONOTONE_RTOL
+
+    data = Path(__file__).parents[2] / "shared" / "data" / "set12" / "01.png"
+    if not data.exists():
+        pytest.skip("../shared/data/set12 not present")
+    img = np.asarray(Image.open(data).convert("L"), np.float32)[:256, :240] / 255
+    tifffile.imwrite("clean.tif", img)
+    assert edn(monkeypatch, capsys, "simulate", "sr", "--scale", "4", "--noise-sigma", "0.01", "--seed", "0",
+               "clean.tif", "-o", "lr.tif")[0] == 0
+    edn(monkeypatch, capsys, "sr", "--scale", "4", "lr.tif", "-o", "hr.tif", "--method", "red", "--precision", "bf16",
+        "--report", "r.json")
+    doc = json.loads(Path("r.json").read_text())
+    e = [r["energy"] for r in doc["trace"]]
+    rose = any(b - a > MONOTONE_RTOL * abs(a) + 1e-12 for a, b in zip(e, e[1:]))
+    assert doc["energy_monotone"] is (not rose), (doc["energy_monotone"], doc["max_energy_increase"])

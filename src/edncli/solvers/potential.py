@@ -182,7 +182,7 @@ def resolve_settings(method: str, problem: Problem, options: MethodOptions) -> T
 class _Tracker:
     """Per-sample bookkeeping shared by the three methods: stopping, monotonicity, the trace."""
 
-    def __init__(self, problem: Problem, settings: Preset, callback: Callback, record_ssim: bool):
+    def __init__(self, problem: Problem, settings: Preset, callback: Callback, record_ssim: bool, exact: bool = False):
         self.problem = problem
         self.delta = problem.deltas()  # per sample, or None
         self.min_iter, self.max_iter = settings.min_iter, settings.max_iter
@@ -194,7 +194,11 @@ class _Tracker:
         self.iters = torch.zeros(b, dtype=torch.long)
         self.max_inc = torch.full((b,), -math.inf, dtype=torch.float64)
         self.monotone = torch.ones(b, dtype=torch.bool)
-        self.eta = residual_resolution(problem.f)  # float32 resolution of the data term's residual
+        # float32 resolution of the data term's residual; none where ``Au - f`` is recomputed every step
+        # (red, pnp: no guarantee, so ``energy_monotone`` reports any rise of the data term)
+        self.eta = residual_resolution(problem.f)
+        if exact:
+            self.eta = [0.0 for _ in self.eta]
         self.reasons: List[str] = [""] * b
         self.trace: List[IterationRecord] = []
         self.start = time.perf_counter()
@@ -385,7 +389,7 @@ def projected_red_pnp(
     lip = problem.op.sqnorm(device=problem.f.device)
     mu = float(settings.mu) / max(1.0, lip)  # type: ignore[arg-type]
     lam = float(settings.lam) if settings.lam is not None else 0.0
-    tr = _Tracker(problem, settings, callback, record_ssim)
+    tr = _Tracker(problem, settings, callback, record_ssim, exact=True)
     dev = u.device
 
     def state(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
