@@ -123,6 +123,16 @@ def _check_thread_env() -> None:
     print(f"edn: warning: OMP_NUM_THREADS={value!r} is not a positive number of threads; ignored", file=sys.stderr)
 
 
+def _exit_interrupted() -> None:
+    """Ctrl-C: finished outputs stay, empty folders edn made go, one line, exit 130."""
+    from . import common
+
+    common.remove_created_folders()
+    if os.environ.get("RANK", "0") in ("0", ""):  # under torchrun Ctrl-C reaches every rank: say it once
+        print("edn: interrupted", file=sys.stderr)
+    sys.exit(130)
+
+
 def _interrupted(exc: BaseException) -> bool:
     """Whether a KeyboardInterrupt is the cause (or context) of ``exc``, however deep."""
     seen = set()
@@ -164,10 +174,7 @@ def run() -> None:
         show_click_error(exc)
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, Abort):
-        common.remove_created_folders()  # only the still-empty ones: finished outputs stay
-        if os.environ.get("RANK", "0") in ("0", ""):  # under torchrun Ctrl-C reaches every rank: say it once
-            print("edn: interrupted", file=sys.stderr)
-        sys.exit(130)
+        _exit_interrupted()
     except EdnError as err:
         from .common import remove_created_folders
 
@@ -184,11 +191,9 @@ def run() -> None:
         print(f"edn: error: out of memory; {CPU_OOM_HINT}", file=sys.stderr)
         sys.exit(4)
     except RuntimeError as exc:  # typer's Exit/Abort (RuntimeError subclasses) are caught above
-        common.remove_created_folders()
         if _interrupted(exc):  # Ctrl-C inside an import (matplotlib's class set-up wraps it in a RuntimeError)
-            if os.environ.get("RANK", "0") in ("0", ""):
-                print("edn: interrupted", file=sys.stderr)
-            sys.exit(130)
+            _exit_interrupted()
+        common.remove_created_folders()
         if is_gpu_oom(exc):
             detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
             hint = "try --tile 512 (or smaller), a smaller --batch-size, fewer slices, or --device cpu"

@@ -121,10 +121,11 @@ def _matplotlib_config_dir() -> None:
     (a read-only or missing ``$HOME``): ``<tmp>/edn-matplotlib-<uid>``, kept between runs so that
     its font cache is built once. Else matplotlib prints two lines about ``MPLCONFIGDIR`` on every plot."""
     import os
+    import sys
     import tempfile
     from pathlib import Path
 
-    if os.environ.get("MPLCONFIGDIR") or "matplotlib" in __import__("sys").modules:
+    if os.environ.get("MPLCONFIGDIR") or "matplotlib" in sys.modules:
         return
     xdg = os.environ.get("XDG_CONFIG_HOME")
     home = os.environ.get("HOME") or os.path.expanduser("~")
